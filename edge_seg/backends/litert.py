@@ -1,0 +1,94 @@
+"""LiteRT (TFLite) backend: ai_edge_litert, else tflite_runtime, else tensorflow.lite.
+
+XNNPACK is on (the default delegate of the builtin resolver, which also registers the custom
+ops LiteRT ships with, e.g. TFLite_Detection_PostProcess). Inputs and outputs keep their own
+dtype and quantisation parameters; quantising the input is preprocessing's job.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_seg.backends.base import BackendOptions, TensorSpec
+from edge_seg.errors import BackendUnavailable, ModelError
+
+if TYPE_CHECKING:
+    from edge_seg.manifest import Manifest
+
+_CANDIDATES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+def interpreter_module():
+    """The first LiteRT interpreter module that imports, in order of preference."""
+    for name in _CANDIDATES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise BackendUnavailable("no LiteRT runtime found: pip install ai-edge-litert")
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(name=detail["name"], shape=tuple(int(d) for d in detail["shape"]),
+                      dtype=np.dtype(detail["dtype"]), scale=float(scale), zero_point=int(zero_point))
+
+
+class LiteRTBackend:
+    """Runs a ``.tflite`` model on the CPU with XNNPACK."""
+
+    name = "litert"
+
+    def __init__(self) -> None:
+        self._interp = None
+        self._in: TensorSpec | None = None
+        self._outs: list[TensorSpec] = []
+        self._in_index = 0
+        self._out_indices: list[int] = []
+
+    def load(self, path: Path, manifest: "Manifest | None" = None,
+             options: BackendOptions | None = None) -> None:
+        options = options or BackendOptions()
+        module = interpreter_module()
+        resolver = getattr(module, "OpResolverType", None)
+        kwargs = {"num_threads": options.num_threads}
+        if resolver is not None:
+            kwargs["experimental_op_resolver_type"] = resolver.AUTO
+        try:
+            interp = module.Interpreter(model_path=str(path), **kwargs)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"LiteRT cannot load {Path(path).name}: {first}") from None
+        inputs = interp.get_input_details()
+        if len(inputs) != 1:
+            raise ModelError(f"{Path(path).name} has {len(inputs)} inputs; edge_seg models take one image")
+        self._interp = interp
+        self._in = _spec(inputs[0])
+        self._in_index = inputs[0]["index"]
+        outputs = interp.get_output_details()
+        self._outs = [_spec(d) for d in outputs]
+        self._out_indices = [d["index"] for d in outputs]
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        if self._in is None:
+            raise ModelError("backend used before load()")
+        return self._in
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return list(self._outs)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one invoke; ``batch`` must already have the input tensor's shape and dtype."""
+        self._interp.set_tensor(self._in_index, batch)
+        self._interp.invoke()
+        return [self._interp.get_tensor(i) for i in self._out_indices]
+
+    def close(self) -> None:
+        self._interp = None

@@ -1,0 +1,28 @@
+"""The small exception hierarchy users see as one-line messages.
+
+Every error a user can cause (bad path, bad model, bad manifest, bad config) is an
+``EdgeSegError``; the CLI prints ``str(err)`` on one line and exits non-zero. Anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeSegError(Exception):
+    """Base class: a problem the user can fix; the message says what to do."""
+
+
+class ModelError(EdgeSegError):
+    """The model file is missing, unreadable or does not match its manifest."""
+
+
+class ManifestError(ModelError):
+    """The manifest is missing a field, has a wrong value, or disagrees with the model."""
+
+
+class BackendUnavailable(EdgeSegError):
+    """The runtime a backend needs is not installed; the message names the package."""
+
+
+class InputError(EdgeSegError):
+    """An input (image, directory, dataset) cannot be read or has the wrong layout."""

@@ -1,0 +1,121 @@
+"""``load_model``: find the model file and its manifest, open a backend, validate one against the other.
+
+``path`` may be a model directory (with ``manifest.json``), a ``manifest.json``, or a model
+file. A model file with no manifest that lists it still runs: the manifest is inferred from its
+tensors (``manifest.infer_manifest``) and one notice line says what was inferred.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_seg import backends
+from edge_seg.backends.base import Backend, BackendOptions
+from edge_seg.errors import ManifestError, ModelError
+from edge_seg.manifest import MANIFEST_NAME, Manifest, check_file_hash, infer_manifest, read_manifest, validate
+
+log = logging.getLogger(__name__)
+
+# which manifest `files` entry each backend runs
+FILE_KEYS = {"litert": "tflite", "edgetpu": "edgetpu", "onnxruntime": "onnx", "tensorrt": "onnx"}
+
+
+@dataclass
+class LoadedModel:
+    """A backend with its model loaded, and the manifest that describes it."""
+
+    manifest: Manifest
+    backend: Backend
+    path: Path
+    sha256: str
+    inferred: str | None = None  # the notice line when the manifest was inferred
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _manifest_listing(model_file: Path) -> tuple[Manifest, str] | None:
+    """The manifest beside ``model_file`` that lists it, with its files key."""
+    candidate = model_file.parent / MANIFEST_NAME
+    if not candidate.is_file():
+        return None
+    manifest = read_manifest(candidate)
+    for key, entry in manifest.files.items():
+        if Path(entry.path).name == model_file.name:
+            return manifest, key
+    return None
+
+
+def _pick_file(manifest: Manifest, root: Path, backend: str | None, source: Path) -> tuple[Path, str]:
+    if not manifest.files:
+        raise ManifestError(f"{source}: field 'files' lists no model file")
+    key = FILE_KEYS.get(backend or "", None) if backend else None
+    if key is None:
+        key = "tflite" if "tflite" in manifest.files else next(iter(manifest.files))
+    entry = manifest.files.get(key)
+    if entry is None:
+        raise ManifestError(f"{source}: no '{key}' file listed for backend '{backend}' "
+                            f"(listed: {', '.join(manifest.files)})")
+    path = root / entry.path
+    if not path.is_file():
+        raise ManifestError(f"manifest lists {key} file '{entry.path}' but it is missing from {root}")
+    return path, key
+
+
+def _resolve(path: Path, backend: str | None) -> tuple[Path, Manifest | None, str | None]:
+    """(model file, manifest or None, files key)."""
+    if not path.exists():
+        raise ModelError(f"model not found: {path}")
+    if path.is_dir():
+        manifest_path = path / MANIFEST_NAME
+        if manifest_path.is_file():
+            manifest = read_manifest(manifest_path)
+            model_file, key = _pick_file(manifest, path, backend, manifest_path)
+            return model_file, manifest, key
+        models = sorted(p for p in path.iterdir() if p.suffix in (".tflite", ".onnx", ".engine", ".plan"))
+        if len(models) != 1:
+            raise ModelError(f"{path} has no {MANIFEST_NAME} and {len(models)} model files; "
+                             "pass the model file itself")
+        path = models[0]
+    if path.suffix == ".json":
+        manifest = read_manifest(path)
+        model_file, key = _pick_file(manifest, path.parent, backend, path)
+        return model_file, manifest, key
+    listing = _manifest_listing(path)
+    if listing is not None:
+        return path, listing[0], listing[1]
+    return path, None, None
+
+
+def load_model(path: str | Path, backend: str | None = None, options: BackendOptions | None = None,
+               mean: list[float] | None = None, std: list[float] | None = None) -> LoadedModel:
+    """Load a model for inference and validate its manifest against its tensors.
+
+    ``backend`` overrides the choice by file suffix; ``mean``/``std`` override the input
+    normalisation (of the manifest, or of the inferred one).
+    """
+    model_file, manifest, key = _resolve(Path(path), backend)
+    if not model_file.is_file():
+        raise ModelError(f"model not found: {model_file}")
+    expected = manifest.files[key].sha256 if manifest is not None else None
+    sha256 = check_file_hash(model_file, expected)
+    name = backend or backends.backend_for_path(model_file)
+    runtime = backends.create(name)
+    runtime.load(model_file, manifest, options or BackendOptions())
+    notice = None
+    try:
+        if manifest is None:
+            manifest, notice = infer_manifest(model_file, runtime)
+            log.warning(notice)
+        if mean is not None or std is not None:
+            overrides = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+            new_input = manifest.input.model_copy(update=overrides)
+            manifest = manifest.model_copy(update={"input": type(manifest.input).model_validate(
+                new_input.model_dump())})
+        validate(manifest, runtime.input_spec, runtime.output_specs)
+    except Exception:
+        runtime.close()
+        raise
+    return LoadedModel(manifest=manifest, backend=runtime, path=model_file, sha256=sha256, inferred=notice)

@@ -1,0 +1,111 @@
+"""Frame → input tensor: resize (stretch or letterbox), colour order, normalise, quantise.
+
+Normalisation and input quantisation fold into one 256-entry lookup table per channel
+(``real = (pixel - mean) / std``, then ``q = round(real / scale + zero_point)``), applied with
+one ``cv2.LUT`` at model resolution; a table that is the identity is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_seg.backends.base import TensorSpec
+from edge_seg.errors import InputError, ModelError
+from edge_seg.manifest import InputSpec
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Where the frame lies inside the model input, so postprocessing can undo a letterbox.
+
+    ``content`` is (x, y, width, height) of the frame's pixels in model-input coordinates.
+    """
+
+    frame_size: tuple[int, int]  # (width, height)
+    input_size: tuple[int, int]  # (width, height)
+    content: tuple[int, int, int, int]
+
+    def crop(self, model_map: np.ndarray) -> np.ndarray:
+        """The part of a model-resolution map (any resolution, same aspect) that shows the frame."""
+        x, y, w, h = self.content
+        in_w, in_h = self.input_size
+        if (x, y, w, h) == (0, 0, in_w, in_h):
+            return model_map
+        map_h, map_w = model_map.shape[:2]
+        sx, sy = map_w / in_w, map_h / in_h
+        x0, y0 = int(round(x * sx)), int(round(y * sy))
+        x1, y1 = max(x0 + 1, int(round((x + w) * sx))), max(y0 + 1, int(round((y + h) * sy)))
+        return model_map[y0:y1, x0:x1]
+
+
+def letterbox_geometry(frame_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of a frame scaled to fit ``input_size`` with its aspect kept, centred."""
+    fw, fh = frame_size
+    iw, ih = input_size
+    scale = min(iw / fw, ih / fh)
+    w, h = max(1, int(round(fw * scale))), max(1, int(round(fh * scale)))
+    return (iw - w) // 2, (ih - h) // 2, w, h
+
+
+def _channel_values(values: list[float]) -> np.ndarray:
+    return np.array(values * 3 if len(values) == 1 else values, dtype=np.float64)
+
+
+def build_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray | None:
+    """A (256, 1, 3) table mapping a pixel to the tensor's value, or None for the identity."""
+    pixels = np.arange(256, dtype=np.float64)[:, None]
+    real = (pixels - _channel_values(spec.mean)) / _channel_values(spec.std)
+    dtype = np.dtype(tensor.dtype)
+    if dtype == np.float32:
+        return real.astype(np.float32).reshape(256, 1, 3)
+    if tensor.quantized:
+        values = np.round(real / tensor.scale + tensor.zero_point)
+    else:
+        values = np.round(real)
+    info = np.iinfo(dtype)
+    table = np.clip(values, info.min, info.max)
+    if dtype == np.uint8 and np.array_equal(table, np.repeat(pixels, 3, axis=1)):
+        return None
+    # cv2.LUT needs an 8-bit table; int8 values are stored as their uint8 bit pattern.
+    return table.astype(dtype).view(np.uint8).reshape(256, 1, 3) if dtype == np.int8 else \
+        table.astype(dtype).reshape(256, 1, 3)
+
+
+class Preprocessor:
+    """Turns BGR frames into input tensors for one model; reuses its buffers."""
+
+    def __init__(self, spec: InputSpec, tensor: TensorSpec):
+        if len(tensor.shape) != 4 or tensor.shape[0] != 1 or tensor.shape[3] != 3:
+            raise ModelError(f"model input shape {list(tensor.shape)} is not [1, height, width, 3] (NHWC)")
+        self.spec = spec
+        self.tensor = tensor
+        self.input_size = (tensor.shape[2], tensor.shape[1])
+        self._lut = build_lut(spec, tensor)
+        self._dtype = np.dtype(tensor.dtype)
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 frame (H, W, 3) → (batch of one in the tensor's dtype, Transform)."""
+        if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            shape = None if frame is None else (frame.shape, frame.dtype)
+            raise InputError(f"expected a BGR uint8 image of shape (H, W, 3), got {shape}")
+        frame_size = (frame.shape[1], frame.shape[0])
+        iw, ih = self.input_size
+        if self.spec.resize == "letterbox":
+            x, y, w, h = letterbox_geometry(frame_size, self.input_size)
+            scaled = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            image = cv2.copyMakeBorder(scaled, y, ih - h - y, x, iw - w - x, cv2.BORDER_CONSTANT, value=0)
+            content = (x, y, w, h)
+        else:
+            image = frame if frame_size == self.input_size else \
+                cv2.resize(frame, self.input_size, interpolation=cv2.INTER_LINEAR)
+            content = (0, 0, iw, ih)
+        if self.spec.color_order == "rgb":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        if self._lut is not None:
+            image = cv2.LUT(image, self._lut)
+            if self._dtype == np.int8:
+                image = image.view(np.int8)
+        return image[None, ...], Transform(frame_size, self.input_size, content)

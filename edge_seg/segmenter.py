@@ -1,0 +1,93 @@
+"""``Segmenter``: frame in, ``Segmentation`` out (preprocess → backend → postprocess).
+
+Shaped after MediaPipe Tasks' ImageSegmenter: an options dataclass, ``create_from_options``,
+``segment``, ``close`` and ``with``. One thread uses a Segmenter at a time (it owns the
+backend's interpreter).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_seg.backends.base import BackendOptions
+from edge_seg.manifest import output_tensor
+from edge_seg.model import LoadedModel, load_model
+from edge_seg.postprocess.semantic import SemanticDecoder
+from edge_seg.preprocess import Preprocessor
+from edge_seg.segmentation import ModelIdentity, Segmentation
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """How to build a ``Segmenter``."""
+
+    model: str | Path = DEFAULT_MODEL
+    backend: str | None = None  # None: by model file suffix
+    num_threads: int | None = None
+    entropy: bool = False  # also compute per-pixel normalised entropy
+    mean: list[float] | None = None  # override the input normalisation
+    std: list[float] | None = None
+
+
+class Segmenter:
+    """Segments BGR frames with one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, entropy: bool = False):
+        self.loaded = loaded
+        manifest = loaded.manifest
+        backend = loaded.backend
+        self._pre = Preprocessor(manifest.input, backend.input_spec)
+        out = output_tensor(manifest, backend.output_specs)
+        self._out_index = backend.output_specs.index(out)
+        self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
+        self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
+        self._classes = tuple(manifest.classes)
+        self._palette = tuple(tuple(c) for c in manifest.palette)
+
+    @classmethod
+    def create_from_options(cls, options: SegmenterOptions) -> "Segmenter":
+        loaded = load_model(options.model, backend=options.backend,
+                            options=BackendOptions(num_threads=options.num_threads),
+                            mean=options.mean, std=options.std)
+        return cls(loaded, entropy=options.entropy)
+
+    @classmethod
+    def create(cls, **kwargs) -> "Segmenter":
+        """``Segmenter.create(model=..., backend=..., num_threads=...)``."""
+        return cls.create_from_options(SegmenterOptions(**kwargs))
+
+    @property
+    def manifest(self):
+        return self.loaded.manifest
+
+    def segment(self, frame: np.ndarray) -> Segmentation:
+        """Segment one BGR uint8 frame; ``timings`` holds ms for preprocess, infer, postprocess."""
+        t0 = time.perf_counter()
+        batch, transform = self._pre(frame)
+        t1 = time.perf_counter()
+        raw = self.loaded.backend.infer(batch)[self._out_index]
+        t2 = time.perf_counter()
+        decoded = self._decode(raw)
+        labels = transform.crop(decoded.label_map)
+        confidence = transform.crop(decoded.confidence)
+        entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
+        t3 = time.perf_counter()
+        return Segmentation(
+            label_map=labels, confidence_map=confidence, frame_size=transform.frame_size,
+            classes=self._classes, palette=self._palette, model=self._identity, entropy_map=entropy,
+            timings={"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+
+    def close(self) -> None:
+        self.loaded.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
