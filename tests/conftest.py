@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny real TFLite models built once per session."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tflite_builders  # noqa: E402
+
+from edge_seg.manifest import (  # noqa: E402
+    FileEntry,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    sha256_file,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """name -> .tflite path for every (kind, io) combination the tests use."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    specs = {
+        "colour_probs_uint8": ("colour_probs", "uint8"),
+        "colour_logits_float": ("colour_logits", "float32"),
+        "colour_logits_int8": ("colour_logits", "int8"),
+        "binary_sigmoid_float": ("binary_sigmoid", "float32"),
+        "binary_logits_uint8": ("binary_logits", "uint8"),
+    }
+    return {name: tflite_builders.build(kind, root / f"{name}.tflite", io=io)
+            for name, (kind, io) in specs.items()}
+
+
+def write_manifest(model: Path, directory: Path, **overrides) -> Path:
+    """Copy ``model`` into ``directory`` with a correct colour-model manifest; ``overrides`` edit it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / model.name
+    target.write_bytes(model.read_bytes())
+    manifest = Manifest(
+        name="colour", version="1.0.0", task="semantic", classes=tflite_builders.COLOUR_CLASSES,
+        input=InputSpec(width=32, height=32, dtype="uint8"),
+        output=OutputSpec(kind="probabilities"),
+        files={"tflite": FileEntry(path=target.name, sha256=sha256_file(target))})
+    data = json.loads(manifest.dump())
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path = directory / "manifest.json"
+    path.write_text(json.dumps(data))
+    return path
