@@ -1,0 +1,186 @@
+"""``edge-seg`` command line. Subcommands parse arguments and delegate; the work is in the modules.
+
+A user mistake (``EdgeSegError``) prints one line and exits 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge_seg import __version__
+from edge_seg.errors import EdgeSegError, InputError
+
+log = logging.getLogger("edge_seg")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'") from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'")
+    return values
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from edge_seg.segmenter import DEFAULT_MODEL
+
+    p.add_argument("--model", "-m", type=Path, required=required,
+                   default=None if required else DEFAULT_MODEL,
+                   help="model directory, manifest.json or model file (default: the bundled model)")
+    p.add_argument("--backend", "-b", default=None, help="runtime to use (default: by model file suffix)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")
+    p.add_argument("--mean", type=_floats, default=None, help="override input mean, e.g. 127.5 or 123.7,116.3,103.5")
+    p.add_argument("--std", type=_floats, default=None, help="override input std, e.g. 127.5")
+
+
+def _segmenter(args: argparse.Namespace):
+    from edge_seg.segmenter import Segmenter
+
+    return Segmenter.create(model=args.model, backend=args.backend, num_threads=args.threads,
+                            mean=args.mean, std=args.std)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from edge_seg.infer_files import infer_files
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    with _segmenter(args) as seg:
+        report = infer_files(seg, args.target, args.out, alpha=args.alpha, contours=args.contours)
+    print(f"segmented {len(report.written)} image(s) into {args.out}; {len(report.failed)} failed")
+    return 1 if report.failed else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge_seg.evaluate import evaluate_dataset, write_report
+
+    with _segmenter(args) as seg:
+        classes = list(seg.manifest.classes)
+        result = evaluate_dataset(lambda img: seg.segment(img).class_map, args.data, len(classes), classes,
+                                  progress=not args.quiet)
+    write_report(result, args.out)
+    miou = result["mean_iou"]
+    print(f"mIoU {miou:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
+          f"({result.get('images', '?')} images)  report: {args.out}/metrics.json, {args.out}/confusion.png")
+    for name, m in result["per_class"].items():
+        iou = "n/a" if m["iou"] is None else f"{m['iou']:.4f}"
+        print(f"  {name:<16} IoU {iou}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_seg.demo import run_demo
+
+    with _segmenter(args) as seg:
+        summary = run_demo(seg, args.out, frames=args.frames, seed=args.seed, progress=not args.quiet)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_seg.bench import run_bench
+
+    with _segmenter(args) as seg:
+        result = run_bench(seg, frames=args.frames, frame_size=(args.width, args.height))
+        print(f"model {seg.manifest.name} {seg.manifest.version} ({seg.loaded.path.name}), "
+              f"backend {seg.loaded.backend.name}")
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_manifest_init(args: argparse.Namespace) -> int:
+    from edge_seg.model import load_model
+
+    out = args.output or args.model.with_name("manifest.json")
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists; pass --force to overwrite it")
+    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std)
+    manifest = loaded.manifest
+    loaded.close()
+    entry_key = next(iter(manifest.files))
+    manifest.files[entry_key].sha256 = loaded.sha256
+    out.write_text(manifest.dump())
+    print(f"wrote {out}: edit 'classes', 'palette', 'name' and 'version' to describe your model")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(json.dumps({"edge_seg": __version__, "python": sys.version.split()[0]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-seg", description="Edge segmentation runtime.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"edge-seg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("infer", help="segment an image or a directory of images")
+    p.add_argument("target", type=Path, metavar="IMAGE|DIR")
+    _model_args(p)
+    p.add_argument("--out", "-o", type=Path, default=Path("out/infer"), help="output directory (default out/infer)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
+    p.add_argument("--contours", action="store_true", help="draw class contours on the overlay")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("eval", help="per-class IoU, mIoU, Dice, accuracy on an images/ + masks/ dataset")
+    _model_args(p)
+    p.add_argument("--data", "-d", type=Path, required=True, help="directory with images/ and masks/")
+    p.add_argument("--out", "-o", type=Path, default=Path("out/eval"), help="report directory (default out/eval)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="segment a synthetic clip with the bundled model, write an overlay video")
+    _model_args(p)
+    p.add_argument("--out", "-o", type=Path, default=Path("out"), help="output directory (default out)")
+    p.add_argument("--frames", type=int, default=150, help="clip length (default 150)")
+    p.add_argument("--seed", type=int, default=7, help="clip seed (default 7)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="per-stage latency percentiles and ratios for one frame size")
+    _model_args(p)
+    p.add_argument("--frames", type=int, default=300, help="frames to time (default 300)")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("manifest", help="model manifest tools")
+    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+    q = msub.add_parser("init", help="write the manifest inferred from a model's tensors, to edit")
+    q.add_argument("model", type=Path, metavar="MODEL")
+    q.add_argument("--output", "-o", type=Path, default=None, help="where to write (default: manifest.json beside MODEL)")
+    q.add_argument("--force", action="store_true", help="overwrite an existing file")
+    q.add_argument("--backend", "-b", default=None)
+    q.add_argument("--mean", type=_floats, default=None)
+    q.add_argument("--std", type=_floats, default=None)
+    q.set_defaults(func=cmd_manifest_init)
+
+    p = sub.add_parser("version", help="print versions")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except EdgeSegError as err:
+        if args.debug:
+            raise
+        print(f"edge-seg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-seg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
