@@ -47,12 +47,13 @@ def _segmenter(args: argparse.Namespace):
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from edge_seg.infer_files import infer_files
+    from edge_seg.infer_files import image_paths, infer_files
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    paths = image_paths(args.target)
     with _segmenter(args) as seg:
-        report = infer_files(seg, args.target, args.out, alpha=args.alpha, contours=args.contours)
+        report = infer_files(seg, paths, args.out, alpha=args.alpha, contours=args.contours)
     print(f"segmented {len(report.written)} image(s) into {args.out}; {len(report.failed)} failed")
     return 1 if report.failed else 0
 
@@ -60,6 +61,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from edge_seg.evaluate import evaluate_dataset, write_report
 
+    if not args.data.is_dir():
+        raise InputError(f"dataset directory not found: {args.data}")
     with _segmenter(args) as seg:
         classes = list(seg.manifest.classes)
         result = evaluate_dataset(lambda img: seg.segment(img).class_map, args.data, len(classes), classes,

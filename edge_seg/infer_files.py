@@ -46,14 +46,13 @@ def _outputs(segmenter: Segmenter, paths: list[Path], overlay: Overlay) -> Itera
         yield path, (result, overlay.annotate(frame, result))
 
 
-def infer_files(segmenter: Segmenter, target: Path, out_dir: Path, alpha: float = 0.5,
+def infer_files(segmenter: Segmenter, paths: list[Path], out_dir: Path, alpha: float = 0.5,
                 contours: bool = False, legend: bool = True) -> InferReport:
-    """Segment every image of ``target`` into ``out_dir``; unreadable images are reported and skipped.
+    """Segment the images ``paths`` into ``out_dir``; unreadable images are reported and skipped.
 
     For ``name.ext`` it writes ``name_overlay.jpg`` (or .png for PNG input), ``name_mask.png``
     (palette PNG of class ids) and ``name.json`` (model, classes, area fractions, timings).
     """
-    paths = image_paths(target)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay = Overlay(alpha=alpha, contours=contours, legend=legend)
     report = InferReport([], [])
