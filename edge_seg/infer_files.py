@@ -11,7 +11,8 @@ from pathlib import Path
 import cv2
 
 from edge_seg.errors import InputError
-from edge_seg.overlay import Overlay, palette_png
+from edge_seg.maskio import palette_png
+from edge_seg.overlay import Overlay
 from edge_seg.segmenter import Segmenter
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,14 @@ from pathlib import Path
 from edge_seg import backends
 from edge_seg.backends.base import Backend, BackendOptions
 from edge_seg.errors import ManifestError, ModelError
-from edge_seg.manifest import MANIFEST_NAME, Manifest, check_file_hash, infer_manifest, read_manifest, validate
+from edge_seg.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_file_hash,
+    infer_manifest,
+    read_manifest,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 

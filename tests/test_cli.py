@@ -14,7 +14,7 @@ from conftest import write_manifest
 
 from edge_seg.cli import main
 from edge_seg.manifest import read_manifest
-from edge_seg.overlay import read_palette_png
+from edge_seg.maskio import read_palette_png
 
 
 @pytest.fixture

@@ -1,0 +1,220 @@
+"""Overlays: palette-LUT blend, contours, legend, privacy redaction, palette PNG.
+
+Annotators follow the supervision style: appearance in the constructor, ``annotate(frame_bgr,
+segmentation)`` does the work and returns a new BGR image (the input frame is never modified).
+Colouring happens at model resolution with a lookup table, then one nearest resize to the frame
+(DESIGN §5). An annotator caches scratch buffers per frame shape, so use one per thread.
+
+Palettes are RGB per class (manifest order); frames and the ``color`` of ``Redactor`` are BGR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from edge_seg.errors import InputError
+from edge_seg.segmentation import Segmentation
+
+Palette = Sequence[Sequence[int]]
+
+
+def palette_lut(palette: Palette) -> np.ndarray:
+    """A (256, 3) uint8 BGR table from an RGB palette; ids past the palette map to black."""
+    lut = np.zeros((256, 3), np.uint8)
+    if len(palette):
+        lut[: min(len(palette), 256)] = np.asarray(palette, np.uint8)[:256, ::-1]
+    return lut
+
+
+def colorize(label_map: np.ndarray, palette: Palette) -> np.ndarray:
+    """A BGR image with each class id of ``label_map`` (uint8, (h, w)) in its palette colour."""
+    return np.take(palette_lut(palette), _check_labels(label_map), axis=0)
+
+
+class Overlay:
+    """Tint the frame with the class colours.
+
+    ``alpha`` is the weight of the class colour (0 = frame only, 1 = solid colour). With
+    ``background_transparent`` pixels of class 0 keep the frame's exact values. ``contours``
+    draws class boundaries in the class colour; ``legend`` draws a top-left box naming the
+    classes present (without class 0 when the background is transparent). ``palette`` (RGB per
+    class) overrides the segmentation's palette.
+    """
+
+    def __init__(self, alpha: float = 0.5, contours: bool = False, legend: bool = False,
+                 background_transparent: bool = True, palette: Palette | None = None) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha)
+        self.contours = contours
+        self.legend = legend
+        self.background_transparent = background_transparent
+        self.palette = None if palette is None else tuple(tuple(int(v) for v in c) for c in palette)
+        self._luts: dict[tuple, np.ndarray] = {}
+        self._buffers: dict[tuple, tuple[np.ndarray, ...]] = {}
+
+    def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
+        """Return a copy of ``frame_bgr`` with the segmentation drawn on it.
+
+        The overlay is resized to the frame given, which may differ from
+        ``segmentation.frame_size`` (e.g. a smaller preview frame).
+        """
+        _check_frame(frame_bgr)
+        labels = _check_labels(segmentation.label_map)
+        palette = self.palette if self.palette is not None else tuple(segmentation.palette)
+        lut = self._luts.get(palette)
+        if lut is None:
+            lut = self._luts[palette] = palette_lut(palette)
+        out = self._blend(frame_bgr, labels, lut)
+        if self.contours:
+            _draw_contours(out, labels, lut, self.background_transparent)
+        if self.legend:
+            _draw_legend(out, labels, lut, segmentation.classes, self.background_transparent)
+        return out
+
+    def _blend(self, frame: np.ndarray, labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        key = (labels.shape, height, width)
+        if key not in self._buffers:
+            self._buffers = {key: (np.empty((*labels.shape, 3), np.uint8), np.empty_like(labels),
+                                   np.empty_like(frame), np.empty((height, width), np.uint8))}
+        small_colour, small_mask, big_colour, big_mask = self._buffers[key]
+        background = 0
+        if self.background_transparent:
+            cv2.compare(labels, 0, cv2.CMP_EQ, dst=small_mask)
+            background = cv2.countNonZero(small_mask)
+            if background == labels.size:
+                return frame.copy()
+        np.take(lut, labels, axis=0, out=small_colour)
+        cv2.resize(small_colour, (width, height), dst=big_colour, interpolation=cv2.INTER_NEAREST)
+        out = np.empty_like(frame)
+        cv2.addWeighted(frame, 1.0 - self.alpha, big_colour, self.alpha, 0.0, dst=out)
+        if background:
+            # Blend everywhere, then put the frame back under class 0: cheaper than a per-pixel
+            # alpha (one nearest resize of a 1-channel mask plus a masked copy).
+            cv2.resize(small_mask, (width, height), dst=big_mask, interpolation=cv2.INTER_NEAREST)
+            cv2.copyTo(frame, big_mask, out)
+        return out
+
+
+class Redactor:
+    """Hide the pixels of chosen classes (privacy redaction), pixel-accurate at frame size.
+
+    ``classes`` are class ids or names. ``mode="fill"`` paints them with ``color`` (BGR);
+    ``mode="blur"`` replaces them with a Gaussian blur (odd ``blur_kernel``) of the frame.
+    Pixels of other classes keep the frame's exact values.
+    """
+
+    def __init__(self, classes: Sequence[int | str], mode: str = "fill",
+                 color: tuple[int, int, int] = (0, 0, 0), blur_kernel: int = 31) -> None:
+        if mode not in ("fill", "blur"):
+            raise ValueError(f"mode must be 'fill' or 'blur', got {mode!r}")
+        if blur_kernel < 3 or blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be an odd number >= 3, got {blur_kernel}")
+        if len(color) != 3:
+            raise ValueError(f"color must be 3 BGR values, got {color!r}")
+        self.classes = tuple(classes)
+        self.mode = mode
+        self.color = tuple(int(v) for v in color)
+        self.blur_kernel = int(blur_kernel)
+
+    def mask(self, segmentation: Segmentation, size: tuple[int, int] | None = None) -> np.ndarray:
+        """uint8 mask (255 = redact) at ``size`` (width, height), default the frame size."""
+        selected = np.zeros(256, np.uint8)
+        selected[list(self._resolve(segmentation.classes))] = 255
+        size = tuple(size or segmentation.frame_size)
+        class_map = (segmentation.class_map if size == tuple(segmentation.frame_size)
+                     else cv2.resize(segmentation.label_map, size, interpolation=cv2.INTER_NEAREST))
+        return cv2.LUT(_check_labels(class_map), selected)
+
+    def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
+        """Return a copy of ``frame_bgr`` with the chosen classes filled or blurred."""
+        _check_frame(frame_bgr)
+        mask = self.mask(segmentation, (frame_bgr.shape[1], frame_bgr.shape[0]))
+        out = frame_bgr.copy()
+        x, y, w, h = cv2.boundingRect(mask)
+        if w == 0 or h == 0:
+            return out
+        if self.mode == "fill":
+            solid = np.empty((h, w, 3), np.uint8)
+            solid[:] = self.color
+            cv2.copyTo(solid, mask[y:y + h, x:x + w], out[y:y + h, x:x + w])
+            return out
+        # Blur only the masked box plus a kernel-wide margin of context, then copy under the mask.
+        m = self.blur_kernel
+        x0, y0 = max(x - m, 0), max(y - m, 0)
+        x1, y1 = min(x + w + m, out.shape[1]), min(y + h + m, out.shape[0])
+        blurred = cv2.GaussianBlur(frame_bgr[y0:y1, x0:x1], (m, m), 0)
+        cv2.copyTo(blurred, mask[y0:y1, x0:x1], out[y0:y1, x0:x1])
+        return out
+
+    def _resolve(self, names: Sequence[str]) -> set[int]:
+        ids = set()
+        for c in self.classes:
+            if isinstance(c, str):
+                if c not in names:
+                    raise InputError(f"unknown class {c!r} to redact; the model has: {', '.join(names)}")
+                ids.add(list(names).index(c))
+            elif 0 <= int(c) < 256:
+                ids.add(int(c))
+            else:
+                raise InputError(f"class id {c} to redact is outside 0..255")
+        return ids
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
+            and frame.shape[2] == 3):
+        shape = getattr(frame, "shape", None)
+        raise InputError(f"frame must be a uint8 BGR image (H, W, 3), got shape {shape}")
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise InputError(f"label map must be uint8 (H, W), got {labels.dtype} {labels.shape}")
+    return labels
+
+
+def _present(labels: np.ndarray, skip_background: bool) -> list[int]:
+    counts = cv2.calcHist([labels], [0], None, [256], [0, 256]).ravel()
+    return [int(c) for c in np.flatnonzero(counts) if not (skip_background and c == 0)]
+
+
+def _draw_contours(out: np.ndarray, labels: np.ndarray, lut: np.ndarray, skip_background: bool) -> None:
+    """Class boundaries found at model resolution, scaled to the frame, drawn in class colour."""
+    sx, sy = out.shape[1] / labels.shape[1], out.shape[0] / labels.shape[0]
+    thickness = max(1, round(out.shape[0] / 360))
+    for c in _present(labels, skip_background):
+        found, _ = cv2.findContours((labels == c).view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        # Map model-pixel centres to frame-pixel centres of the nearest-upscaled mask.
+        scaled = [np.rint((p + 0.5) * (sx, sy) - 0.5).astype(np.int32) for p in found]
+        cv2.drawContours(out, scaled, -1, tuple(int(v) for v in lut[c]), thickness, cv2.LINE_8)
+
+
+def _draw_legend(out: np.ndarray, labels: np.ndarray, lut: np.ndarray, names: Sequence[str],
+                 skip_background: bool) -> None:
+    """A darkened top-left box with a colour swatch and name per class present."""
+    ids = _present(labels, skip_background)
+    if not ids:
+        return
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(out.shape[0] / 1200, 0.35)
+    thick = max(1, round(scale * 2))
+    texts = [names[c] if c < len(names) else f"class {c}" for c in ids]
+    sizes = [cv2.getTextSize(t, font, scale, thick)[0] for t in texts]
+    row, pad = max(h for _, h in sizes) + 8, 6
+    box_w = min(pad * 3 + row + max(w for w, _ in sizes), out.shape[1])
+    box_h = min(pad * 2 + row * len(ids), out.shape[0])
+    roi = out[:box_h, :box_w]
+    roi[:] = cv2.convertScaleAbs(roi, alpha=0.35)
+    for i, (c, text) in enumerate(zip(ids, texts, strict=True)):
+        top = pad + i * row
+        colour = tuple(int(v) for v in lut[c])
+        cv2.rectangle(out, (pad, top + 2), (pad + row - 4, top + row - 4), colour, cv2.FILLED)
+        cv2.putText(out, text, (pad * 2 + row, top + row - 6), font, scale, (255, 255, 255), thick,
+                    cv2.LINE_AA)
+
+
+__all__ = ["Overlay", "Redactor", "colorize", "palette_lut"]
