@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
     q = msub.add_parser("init", help="write the manifest inferred from a model's tensors, to edit")
     q.add_argument("model", type=Path, metavar="MODEL")
-    q.add_argument("--output", "-o", type=Path, default=None, help="where to write (default: manifest.json beside MODEL)")
+    q.add_argument("--output", "-o", type=Path, default=None,
+                   help="where to write (default: manifest.json beside MODEL)")
     q.add_argument("--force", action="store_true", help="overwrite an existing file")
     q.add_argument("--backend", "-b", default=None)
     q.add_argument("--mean", type=_floats, default=None)
