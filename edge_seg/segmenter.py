@@ -17,7 +17,7 @@ from edge_seg.backends.base import BackendOptions
 from edge_seg.manifest import output_tensor
 from edge_seg.model import LoadedModel, load_model
 from edge_seg.postprocess.semantic import SemanticDecoder
-from edge_seg.preprocess import Preprocessor
+from edge_seg.preprocess import Preprocessor, Transform
 from edge_seg.segmentation import ModelIdentity, Segmentation
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
@@ -66,22 +66,34 @@ class Segmenter:
     def manifest(self):
         return self.loaded.manifest
 
+    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """Preprocess a BGR uint8 frame into the model's input tensor."""
+        return self._pre(frame)
+
+    def invoke(self, batch: np.ndarray) -> np.ndarray:
+        """Run the backend; the raw (possibly quantised) output tensor the manifest describes."""
+        return self.loaded.backend.infer(batch)[self._out_index]
+
+    def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None) -> Segmentation:
+        """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame)."""
+        decoded = self._decode(raw)
+        entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
+        return Segmentation(
+            label_map=transform.crop(decoded.label_map), confidence_map=transform.crop(decoded.confidence),
+            frame_size=transform.frame_size, classes=self._classes, palette=self._palette, model=self._identity,
+            entropy_map=entropy, timings=timings if timings is not None else {})
+
     def segment(self, frame: np.ndarray) -> Segmentation:
         """Segment one BGR uint8 frame; ``timings`` holds ms for preprocess, infer, postprocess."""
         t0 = time.perf_counter()
-        batch, transform = self._pre(frame)
+        batch, transform = self.prepare(frame)
         t1 = time.perf_counter()
-        raw = self.loaded.backend.infer(batch)[self._out_index]
+        raw = self.invoke(batch)
         t2 = time.perf_counter()
-        decoded = self._decode(raw)
-        labels = transform.crop(decoded.label_map)
-        confidence = transform.crop(decoded.confidence)
-        entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
-        t3 = time.perf_counter()
-        return Segmentation(
-            label_map=labels, confidence_map=confidence, frame_size=transform.frame_size,
-            classes=self._classes, palette=self._palette, model=self._identity, entropy_map=entropy,
-            timings={"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+        timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3}
+        result = self.decode(raw, transform, timings)
+        timings["postprocess"] = (time.perf_counter() - t2) * 1e3
+        return result
 
     def close(self) -> None:
         self.loaded.close()

@@ -1,0 +1,153 @@
+"""The device configuration (YAML) as pydantic v2 models: one place for every default.
+
+``load_config(path)`` reads and validates a file; errors name the field path and what was
+expected, one line each (``source.deadline_s: must be > 0, got -1``). Unknown fields are
+rejected, so a typo never passes silently. ``edge-seg config schema`` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_seg.errors import EdgeSegError
+
+
+class ConfigError(EdgeSegError):
+    """The device config file is missing, not YAML, or has invalid fields."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceConfig(_Section):
+    name: str = Field(default="edge-01", pattern=r"^[A-Za-z0-9_.-]+$", description="device id (MQTT topics, metrics)")
+    state_dir: Path = Field(default=Path("/var/lib/edge-seg"), description="models, outbox, engine cache")
+
+
+class ModelConfig(_Section):
+    path: Path | None = Field(default=None, description="model dir, manifest.json or model file; None: bundled")
+    backend: str | None = Field(default=None, description="runtime; None: by model file suffix")
+    num_threads: int | None = Field(default=None, ge=1, le=64)
+    entropy: bool = False
+
+
+class SourceConfig(_Section):
+    uri: str = Field(default="synthetic://", description="file://, rtsp://, v4l2:///dev/videoN, csi://N, "
+                                                         "picam://N, images://DIR, synthetic://")
+    loop: bool = Field(default=True, description="at end of a file or image dir: start again (else stop)")
+    fps: float | None = Field(default=None, gt=0, description="pace file/image/synthetic sources")
+    deadline_s: float = Field(default=2.0, gt=0, description="no frame for this long: reopen the source")
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+
+
+class TilingConfig(_Section):
+    enabled: bool = False
+    min_scale: float = Field(default=2.5, gt=1, description="tile when the frame is this many times the input")
+    overlap: float = Field(default=0.25, ge=0, lt=0.9)
+
+
+class PipelineConfig(_Section):
+    every_n: int = Field(default=1, ge=1, description="segment every Nth frame")
+    roi: tuple[int, int, int, int] | None = Field(default=None, description="x, y, width, height in frame pixels")
+    tiling: TilingConfig = TilingConfig()
+    max_frames: int | None = Field(default=None, ge=1, description="stop after this many segmented frames")
+
+
+class SmoothingConfig(_Section):
+    enabled: bool = False
+    alpha: float = Field(default=0.5, gt=0, le=1)
+    scene_cut: float = Field(default=0.35, gt=0, le=1)
+    hysteresis_high: float = Field(default=0.6, gt=0, lt=1)
+    hysteresis_low: float = Field(default=0.4, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SmoothingConfig":
+        if self.hysteresis_low > self.hysteresis_high:
+            raise ValueError("hysteresis_low must not exceed hysteresis_high")
+        return self
+
+
+class OverlayConfig(_Section):
+    enabled: bool = True
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    contours: bool = False
+    legend: bool = True
+    redact_classes: list[str | int] = Field(default_factory=list, description="classes to hide")
+    redact_mode: Literal["fill", "blur"] = "fill"
+
+
+class PreviewConfig(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_fps: float = Field(default=10.0, gt=0)
+
+
+class OutputConfig(_Section):
+    video: Path | None = Field(default=None, description="write the overlay video here (.mp4)")
+    jsonl: Path | None = Field(default=None, description="append one JSON summary per frame here")
+
+
+class Config(_Section):
+    """The whole device config."""
+
+    device: DeviceConfig = DeviceConfig()
+    model: ModelConfig = ModelConfig()
+    source: SourceConfig = SourceConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    smoothing: SmoothingConfig = SmoothingConfig()
+    overlay: OverlayConfig = OverlayConfig()
+    preview: PreviewConfig = PreviewConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown field"
+    if "input" in err and err["type"] not in ("missing",):
+        got = err["input"]
+        got_text = json.dumps(got) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__
+        return f"{where}: {msg[0].lower()}{msg[1:]}, got {got_text}"
+    return f"{where}: {msg[0].lower()}{msg[1:]}"
+
+
+def parse_config(data: dict | None, source: str = "config") -> Config:
+    """Validate a config mapping; errors list each bad field path on one line, '; '-separated."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        problems = "; ".join(_describe(e) for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML device config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_config(data, str(path))
+
+
+def json_schema() -> str:
+    """The JSON Schema of the config file."""
+    return json.dumps(Config.model_json_schema(), indent=2) + "\n"

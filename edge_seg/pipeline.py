@@ -1,0 +1,213 @@
+"""The on-device loop: capture thread → latest-frame slot → inference → sink thread.
+
+- The capture thread reads the source and overwrites one slot; a frame that was never taken is
+  dropped and counted (inference always works on the newest frame, Coral examples-camera style).
+- The inference loop (the thread that calls ``run``) owns the backend: preprocess + invoke, one
+  frame in flight. ``every_n`` skips frames, ``roi`` crops them, tiling splits big frames.
+- The sink thread decodes the raw output and runs the sinks (overlay → preview / video / JSONL /
+  crops / publish). Its queue is bounded; when it is full the oldest result is dropped and
+  counted, so a slow sink never blocks inference.
+- ``stop()`` (SIGTERM/SIGINT via ``install_signal_handlers``) drains in-flight work and ends with
+  a stats line.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_seg.pipeline_stats import LoopStats
+from edge_seg.segmentation import Segmentation
+from edge_seg.segmenter import Segmenter
+from edge_seg.sources.base import Frame, Source, SourceEnded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """What the sinks get: the frame, its segmentation (of the ROI if one is set) and timings."""
+
+    frame: Frame
+    segmentation: Segmentation
+    roi: tuple[int, int, int, int] | None
+    timings: dict[str, float]
+    overlay: np.ndarray | None = None  # filled by the overlay stage when one runs
+    extras: dict = field(default_factory=dict)  # e.g. "crops" from the uncertainty stage
+
+
+class LatestSlot:
+    """One frame slot: ``put`` overwrites (returns True when an untaken frame was dropped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+
+    def put(self, frame: Frame) -> bool:
+        with self._cond:
+            dropped = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+            return dropped
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+Stage = Callable[[FrameResult], None]
+
+
+class Pipeline:
+    """Runs capture, inference and sinks until the source ends, ``max_frames`` or ``stop()``."""
+
+    def __init__(self, source: Source, segmenter: Segmenter, stages: list[Stage] | None = None,
+                 every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
+                 tiler=None, sink_queue: int = 4, stats: LoopStats | None = None):
+        self.source = source
+        self.segmenter = segmenter
+        self.stages = list(stages or [])
+        self.every_n = every_n
+        self.roi = roi
+        self.max_frames = max_frames
+        self.tiler = tiler
+        self.stats = stats or LoopStats()
+        self._slot = LatestSlot()
+        self._queue: queue.Queue = queue.Queue(maxsize=sink_queue)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.error: BaseException | None = None
+
+    # --- threads -----------------------------------------------------------------------
+    def _capture(self) -> None:
+        try:
+            while not self._stop.is_set():
+                frame = self.source.read(0.2)
+                if frame is None:
+                    continue
+                self.stats.captured += 1
+                if self._slot.put(frame):
+                    self.stats.dropped += 1
+        except SourceEnded:
+            log.info("source ended: %s", self.source.uri)
+        except Exception as err:  # noqa: BLE001 - reported and ends the loop
+            self.error = err
+            log.error("capture failed: %s", err)
+        finally:
+            self._slot.close()
+
+    def _sink(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            frame, raw, transform, timings = item
+            t0 = time.perf_counter()
+            if self.tiler is not None:
+                segmentation = self.tiler.decode(raw, transform, timings)
+            else:
+                segmentation = self.segmenter.decode(raw, transform, timings)
+            timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+            result = FrameResult(frame, segmentation, self.roi, timings)
+            for stage in self.stages:
+                t0 = time.perf_counter()
+                try:
+                    stage(result)
+                except Exception as err:  # noqa: BLE001 - a broken sink must not stop the loop
+                    self.stats.sink_errors += 1
+                    log.error("sink %s failed: %s", getattr(stage, "name", type(stage).__name__), err)
+                timings[getattr(stage, "name", type(stage).__name__)] = (time.perf_counter() - t0) * 1e3
+            self.stats.record(timings, frame.ts)
+
+    def _handoff(self, item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            try:
+                self._queue.get_nowait()  # drop the oldest result, keep the newest
+                self.stats.sink_dropped += 1
+            except queue.Empty:
+                pass
+            self._queue.put_nowait(item)
+
+    def _infer_one(self, frame: Frame) -> None:
+        image = frame.image
+        if self.roi is not None:
+            x, y, w, h = self.roi
+            image = image[y:y + h, x:x + w]
+        t0 = time.perf_counter()
+        if self.tiler is not None:
+            raw, transform, invoke_ms = self.tiler.run(image)
+            t1 = time.perf_counter() - invoke_ms / 1e3
+            t2 = time.perf_counter()
+        else:
+            batch, transform = self.segmenter.prepare(image)
+            t1 = time.perf_counter()
+            raw = self.segmenter.invoke(batch)
+            t2 = time.perf_counter()
+        timings = {"capture_age": (time.time() - frame.ts) * 1e3, "preprocess": (t1 - t0) * 1e3,
+                   "infer": (t2 - t1) * 1e3}
+        self._handoff((frame, raw, transform, timings))
+
+    # --- control -----------------------------------------------------------------------
+    def run(self) -> LoopStats:
+        """Run until the source ends, ``max_frames`` are segmented, or ``stop()``; returns the stats."""
+        self.stats.start()
+        self._threads = [threading.Thread(target=self._capture, name="edge-seg-capture", daemon=True),
+                         threading.Thread(target=self._sink, name="edge-seg-sink", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        seen = 0
+        try:
+            while not self._stop.is_set():
+                frame = self._slot.take(0.1)
+                if frame is None:
+                    if self._slot.closed:
+                        break
+                    continue
+                seen += 1
+                if (seen - 1) % self.every_n:
+                    self.stats.skipped += 1
+                    continue
+                self._infer_one(frame)
+                self.stats.segmented += 1
+                if self.max_frames is not None and self.stats.segmented >= self.max_frames:
+                    break
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self._queue.put(None)  # after the in-flight results: the sink thread drains, then exits
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.source.close()
+        for stage in self.stages:
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
+        self.stats.finish()

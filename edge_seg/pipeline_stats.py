@@ -1,0 +1,82 @@
+"""Counters and per-stage timings of the loop, and the stats line printed at exit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+
+class LoopStats:
+    """Frame counters plus a rolling window of per-stage milliseconds (for percentiles and FPS)."""
+
+    def __init__(self, window: int = 2000):
+        self.captured = 0
+        self.segmented = 0
+        self.completed = 0
+        self.dropped = 0  # frames overwritten in the latest-frame slot before inference took them
+        self.sink_dropped = 0  # results dropped because the sink queue was full
+        self.skipped = 0  # every_n
+        self.sink_errors = 0
+        self.reconnects = 0
+        self.started = 0.0
+        self.finished = 0.0
+        self._lock = threading.Lock()
+        self._stages: dict[str, deque] = {}
+        self._done_at: deque = deque(maxlen=64)
+        self._window = window
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def finish(self) -> None:
+        self.finished = time.monotonic()
+
+    def record(self, timings: dict[str, float], capture_ts: float) -> None:
+        """One completed frame's per-stage ms (called from the sink thread)."""
+        with self._lock:
+            self.completed += 1
+            for stage, ms in timings.items():
+                self._stages.setdefault(stage, deque(maxlen=self._window)).append(ms)
+            self._stages.setdefault("end_to_end", deque(maxlen=self._window)).append((time.time() - capture_ts) * 1e3)
+            self._done_at.append(time.monotonic())
+
+    def percentiles(self, q: float = 50) -> dict[str, float]:
+        with self._lock:
+            return {k: float(np.percentile(v, q)) for k, v in self._stages.items() if v}
+
+    def samples(self, stage: str) -> np.ndarray:
+        with self._lock:
+            return np.array(self._stages.get(stage, ()), dtype=np.float64)
+
+    @property
+    def fps(self) -> float:
+        """Recent completed frames per second (over the last 64 frames)."""
+        with self._lock:
+            if len(self._done_at) < 2:
+                return 0.0
+            span = self._done_at[-1] - self._done_at[0]
+            return (len(self._done_at) - 1) / span if span > 0 else 0.0
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished or time.monotonic()
+        return end - self.started if self.started else 0.0
+
+    def snapshot(self) -> dict:
+        """JSON-ready counters and p50 per stage."""
+        return {"captured": self.captured, "segmented": self.segmented, "completed": self.completed,
+                "dropped": self.dropped, "sink_dropped": self.sink_dropped, "skipped": self.skipped,
+                "reconnects": self.reconnects, "sink_errors": self.sink_errors, "fps": round(self.fps, 2),
+                "p50_ms": {k: round(v, 3) for k, v in self.percentiles(50).items()}}
+
+    def line(self) -> str:
+        """The one-line summary printed when the loop exits."""
+        elapsed = self.elapsed
+        fps = self.completed / elapsed if elapsed > 0 else 0.0
+        p50 = ", ".join(f"{k} {v:.1f}" for k, v in self.percentiles(50).items())
+        return (f"stats: {self.completed} frames in {elapsed:.1f} s ({fps:.1f} FPS); captured {self.captured}, "
+                f"dropped {self.dropped}, skipped {self.skipped}, sink-dropped {self.sink_dropped}, "
+                f"reconnects {self.reconnects}; p50 ms: {p50}")

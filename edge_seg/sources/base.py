@@ -1,0 +1,42 @@
+"""The source contract: one capture kind behind one small Protocol (DESIGN §3).
+
+``read(timeout)`` returns the next ``Frame``, ``None`` when no frame came within ``timeout``
+seconds (the source may still recover), and raises ``SourceEnded`` at end of stream (a file or
+image directory that does not loop). ``close()`` releases the device; it is safe to call twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge_seg.errors import EdgeSegError
+
+
+class SourceEnded(Exception):
+    """End of stream: no more frames will come from this source."""
+
+
+class SourceError(EdgeSegError):
+    """A source cannot be opened (bad URI, missing device, missing package)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image: BGR uint8 (H, W, 3), wall-clock capture time, sequence number."""
+
+    image: np.ndarray
+    ts: float  # time.time() at capture
+    seq: int  # 0, 1, 2, ... per source, across reopens
+    lores: np.ndarray | None = None  # a second, model-size stream where the camera gives one (picamera2)
+
+
+@runtime_checkable
+class Source(Protocol):
+    uri: str
+
+    def read(self, timeout: float) -> Frame | None: ...
+
+    def close(self) -> None: ...
