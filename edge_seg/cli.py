@@ -113,6 +113,55 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, e.g. :8080 or 0.0.0.0:8080, got '{text}'") from None
+    return host or "127.0.0.1", number
+
+
+def _run_config(args: argparse.Namespace):
+    from edge_seg.config import Config, load_config, parse_config
+
+    config = load_config(args.config) if args.config else Config()
+    data = config.model_dump(mode="json")
+    flags = {("source", "uri"): args.source, ("model", "path"): args.model and str(args.model),
+             ("model", "backend"): args.backend, ("model", "num_threads"): args.threads,
+             ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
+             ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
+             ("device", "name"): args.device}
+    for (section, key), value in flags.items():
+        if value is not None:
+            data[section][key] = value
+    if args.preview:
+        data["preview"].update(enabled=True, host=args.preview[0], port=args.preview[1])
+    return parse_config(data, "command line" if not args.config else f"{args.config} + flags")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_seg.runner import run
+
+    stats = run(_run_config(args))
+    return 1 if stats.completed == 0 and stats.captured == 0 else 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from edge_seg.config import load_config
+
+    config = load_config(args.file)
+    print(f"{args.file}: OK (device {config.device.name}, source {config.source.uri})")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from edge_seg.config import json_schema
+
+    sys.stdout.write(json_schema())
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(json.dumps({"edge_seg": __version__, "python": sys.version.split()[0]}))
     return 0
@@ -165,6 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mean", type=_floats, default=None)
     q.add_argument("--std", type=_floats, default=None)
     q.set_defaults(func=cmd_manifest_init)
+
+    p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
+    p.add_argument("--config", "-c", type=Path, default=None, help="device YAML config (default: built-in defaults)")
+    p.add_argument("--source", "-s", default=None, help="source URI, e.g. file://clip.mp4, rtsp://..., "
+                   "v4l2:///dev/video0, csi://0, picam://0, images://DIR, synthetic:// (default)")
+    p.add_argument("--model", "-m", type=Path, default=None, help="model (default: the bundled model)")
+    p.add_argument("--backend", "-b", default=None)
+    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
+                   help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given)")
+    p.add_argument("--out", "-o", type=Path, default=None, help="write the overlay video here (.mp4)")
+    p.add_argument("--jsonl", type=Path, default=None, help="append one JSON summary per frame here")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N segmented frames")
+    p.add_argument("--every-n", type=int, default=None, help="segment every Nth frame")
+    p.add_argument("--device", default=None, help="device name")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="device config tools")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    q = csub.add_parser("check", help="validate a device config file")
+    q.add_argument("file", type=Path, metavar="FILE")
+    q.set_defaults(func=cmd_config_check)
+    q = csub.add_parser("schema", help="print the config's JSON Schema")
+    q.set_defaults(func=cmd_config_schema)
 
     p = sub.add_parser("version", help="print versions")
     p.set_defaults(func=cmd_version)

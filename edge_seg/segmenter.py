@@ -44,6 +44,7 @@ class Segmenter:
         backend = loaded.backend
         self._pre = Preprocessor(manifest.input, backend.input_spec)
         out = output_tensor(manifest, backend.output_specs)
+        self.output_tensor = out
         self._out_index = backend.output_specs.index(out)
         self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
@@ -74,9 +75,13 @@ class Segmenter:
         """Run the backend; the raw (possibly quantised) output tensor the manifest describes."""
         return self.loaded.backend.infer(batch)[self._out_index]
 
-    def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None) -> Segmentation:
-        """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame)."""
-        decoded = self._decode(raw)
+    def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
+               decoder: SemanticDecoder | None = None) -> Segmentation:
+        """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame).
+
+        ``decoder`` replaces the model's own (the tiler decodes stitched float probabilities).
+        """
+        decoded = (decoder or self._decode)(raw)
         entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
         return Segmentation(
             label_map=transform.crop(decoded.label_map), confidence_map=transform.crop(decoded.confidence),

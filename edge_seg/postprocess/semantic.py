@@ -107,3 +107,27 @@ class SemanticDecoder:
         if self.entropy:
             entropy = _entropy(np.stack([1.0 - prob, prob], axis=-1))
         return Decoded(labels, confidence, entropy)
+
+
+def probabilities(raw: np.ndarray, kind: str, tensor: TensorSpec, num_classes: int) -> np.ndarray:
+    """Per-class probabilities (h, w, C) float32 of one raw output (1, h, w, C) or (1, h, w).
+
+    For smoothing and tiling, which need the whole distribution rather than argmax + top value.
+    A 1-channel output stays 1 channel (the foreground probability).
+    """
+    raw = raw[0]
+    if kind == "class_map":
+        labels = raw[..., 0] if raw.ndim == 3 else raw
+        return np.eye(num_classes, dtype=np.float32)[labels]
+    values = tensor.dequantize(raw)
+    if kind in ("probabilities", "sigmoid"):
+        return values
+    if values.shape[-1] == 1:
+        return (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
+    exp = np.exp(values - values.max(axis=-1, keepdims=True))
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def float_spec(name: str = "probabilities") -> TensorSpec:
+    """The spec of an already-dequantised float32 tensor."""
+    return TensorSpec(name=name, shape=(), dtype=np.dtype(np.float32))

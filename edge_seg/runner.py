@@ -1,0 +1,145 @@
+"""``edge-seg run``: build the loop from a ``Config`` (plus quick flags) and run it until stopped.
+
+SIGTERM and SIGINT stop the loop gracefully: in-flight frames are finished, sinks closed, and
+the stats line printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from edge_seg.config import Config
+from edge_seg.pipeline import Pipeline
+from edge_seg.pipeline_stats import LoopStats
+from edge_seg.segmenter import DEFAULT_MODEL, Segmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """Everything ``build`` made, so callers (tests, the service) can reach the parts."""
+
+    pipeline: Pipeline
+    segmenter: Segmenter
+    preview: object | None = None
+    metrics: object | None = None
+    events: list = field(default_factory=list)
+
+
+def _source(config: Config, stats: LoopStats, events: list):
+    from edge_seg.sources import open_source
+    from edge_seg.sources.reconnect import ResilientSource
+
+    src = config.source
+
+    def factory():
+        return open_source(src.uri, loop=src.loop, fps=src.fps)
+
+    def on_event(event) -> None:
+        events.append(event)
+        if event.kind == "reopened":
+            stats.reconnects += 1
+        log.warning("source %s: %s", event.kind, event.detail)
+
+    factory().close()  # fail fast on a bad URI, before any thread starts
+    return ResilientSource(factory, deadline=src.deadline_s, backoff_cap=src.backoff_cap_s, on_event=on_event)
+
+
+def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> list:
+    from edge_seg.overlay import Overlay, Redactor
+    from edge_seg.sinks import JsonlSink, MetricsStage, OverlayStage, PreviewSink, VideoSink
+
+    stages: list = []
+    ov = config.overlay
+    wants_overlay = ov.enabled or ov.redact_classes
+    if wants_overlay and (config.preview.enabled or config.output.video):
+        overlay = Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend) if ov.enabled else None
+        redactor = Redactor(ov.redact_classes, mode=ov.redact_mode) if ov.redact_classes else None
+        stages.append(OverlayStage(overlay, redactor))
+    if config.uncertainty.enabled:
+        from edge_seg.postprocess.uncertainty import CropExtractor
+        from edge_seg.sinks import CropStage
+
+        stages.append(CropStage(CropExtractor(config.uncertainty.crops)))
+    from edge_seg.metrics import Metrics
+
+    manifest = segmenter.manifest
+    built.metrics = Metrics(device=config.device.name, classes=list(manifest.classes), baseline=manifest.baseline)
+    built.metrics.set_model(manifest.name, manifest.version, segmenter.loaded.sha256)
+    stages.append(MetricsStage(built.metrics, stats))
+    if config.preview.enabled:
+        from edge_seg.preview import PreviewServer
+
+        pv = config.preview
+        built.preview = PreviewServer(host=pv.host, port=pv.port, metrics=built.metrics, max_fps=pv.max_fps)
+        built.preview.start()
+        info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
+        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,
+                                                           "source_state": built.pipeline.source.state}))
+        log.info("preview on %s", built.preview.url)
+    if config.output.video:
+        stages.append(VideoSink(config.output.video, fps=config.source.fps or 15.0))
+    if config.output.jsonl:
+        stages.append(JsonlSink(config.output.jsonl))
+    return stages
+
+
+def build(config: Config) -> Built:
+    """Open the model, the source and the sinks described by ``config``."""
+    m = config.model
+    segmenter = Segmenter.create(model=m.path or DEFAULT_MODEL, backend=m.backend, num_threads=m.num_threads,
+                                 entropy=m.entropy or config.uncertainty.crops.method == "entropy",
+                                 smoothing=config.smoothing if config.smoothing.enabled else None)
+    stats = LoopStats()
+    events: list = []
+    try:
+        source = _source(config, stats, events)
+    except Exception:
+        segmenter.close()
+        raise
+    built = Built(pipeline=None, segmenter=segmenter, events=events)  # type: ignore[arg-type]
+    tiler = None
+    if config.pipeline.tiling.enabled:
+        from edge_seg.tiling import Tiler
+
+        tiling = config.pipeline.tiling
+        tiler = Tiler(segmenter, overlap=tiling.overlap, min_scale=tiling.min_scale)
+    p = config.pipeline
+    built.pipeline = Pipeline(source, segmenter, every_n=p.every_n, roi=p.roi, max_frames=p.max_frames,
+                              tiler=tiler, stats=stats)
+    try:
+        built.pipeline.stages = _stages(config, segmenter, stats, built)
+    except Exception:
+        built.pipeline.source.close()
+        segmenter.close()
+        raise
+    return built
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    """SIGTERM/SIGINT → ``pipeline.stop()`` (only from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        log.info("received %s: draining", signal.Signals(signum).name)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(config: Config) -> LoopStats:
+    """Build and run the loop in this thread until the source ends, max_frames, or a signal."""
+    built = build(config)
+    install_signal_handlers(built.pipeline)
+    try:
+        stats = built.pipeline.run()
+    finally:
+        built.segmenter.close()
+    print(stats.line(), flush=True)
+    return stats

@@ -1,0 +1,168 @@
+"""Sink stages of the loop: each is a callable ``stage(result)`` run on the sink thread, in order.
+
+Overlay first (it fills ``result.overlay``), then consumers: preview, video file, JSONL, metrics,
+uncertain crops, and the publish sink that the MQTT publisher implements (``PublishSink``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_seg.errors import InputError
+from edge_seg.overlay import Overlay, Redactor
+from edge_seg.pipeline import FrameResult
+
+
+class PublishSink(Protocol):
+    """What the loop hands to a publisher (MQTT): one call per segmented frame, never blocking."""
+
+    def publish(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _paste(frame: np.ndarray, region: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    if roi is None:
+        return region
+    x, y, w, h = roi
+    out = frame.copy()
+    out[y:y + h, x:x + w] = region
+    cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1)
+    return out
+
+
+class OverlayStage:
+    """Draws redaction (if any classes are chosen) and the class overlay into ``result.overlay``."""
+
+    name = "overlay"
+
+    def __init__(self, overlay: Overlay | None, redactor: Redactor | None = None):
+        self.overlay = overlay
+        self.redactor = redactor
+
+    def __call__(self, result: FrameResult) -> None:
+        image = result.frame.image
+        if result.roi is not None:
+            x, y, w, h = result.roi
+            image = image[y:y + h, x:x + w]
+        drawn = image
+        if self.redactor is not None:
+            drawn = self.redactor.annotate(drawn, result.segmentation)
+        if self.overlay is not None:
+            drawn = self.overlay.annotate(drawn, result.segmentation)
+        result.overlay = _paste(result.frame.image, drawn, result.roi)
+
+
+class VideoSink:
+    """Writes the overlay (or the frame) of every result to a video file."""
+
+    name = "video"
+
+    def __init__(self, path: Path, fps: float = 15.0):
+        self.path = Path(path)
+        self.fps = fps
+        self._writer: cv2.VideoWriter | None = None
+        self.frames = 0
+
+    def __call__(self, result: FrameResult) -> None:
+        image = result.overlay if result.overlay is not None else result.frame.image
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (image.shape[1], image.shape[0]))
+            if not self._writer.isOpened():
+                raise InputError(f"cannot write a video to {self.path}")
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class JsonlSink:
+    """Appends one JSON summary per frame (seq, capture ts, areas, confidence, timings)."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def __call__(self, result: FrameResult) -> None:
+        record = {"seq": result.frame.seq, "ts": result.frame.ts, **result.segmentation.summary()}
+        record["timings_ms"] = {k: round(v, 3) for k, v in result.timings.items()}
+        crops = result.extras.get("crops")
+        if crops:
+            record["crops"] = [{"bbox": list(c.bbox), "score": round(c.score, 4)} for c in crops]
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class PreviewSink:
+    """Hands the overlay and the loop's stats to the preview server (which encodes lazily)."""
+
+    name = "preview"
+
+    def __init__(self, server, stats_fn):
+        self.server = server
+        self.stats_fn = stats_fn
+
+    def __call__(self, result: FrameResult) -> None:
+        image = result.overlay if result.overlay is not None else result.frame.image
+        self.server.update(image, self.stats_fn())
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class CropStage:
+    """Extracts uncertain crops (within their budget) into ``result.extras['crops']``."""
+
+    name = "crops"
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, result: FrameResult) -> None:
+        image = result.frame.image
+        if result.roi is not None:
+            x, y, w, h = result.roi
+            image = image[y:y + h, x:x + w]
+        result.extras["crops"] = self.extractor.extract(image, result.segmentation, result.frame.ts,
+                                                        seq=result.frame.seq)
+
+
+class MetricsStage:
+    """Feeds the Prometheus metrics: stage latencies, counters, class areas, uncertainty, drift."""
+
+    name = "metrics"
+
+    def __init__(self, metrics, stats):
+        self.metrics = metrics
+        self.stats = stats
+        self._dropped = self._skipped = self._reconnects = 0
+
+    def __call__(self, result: FrameResult) -> None:
+        m, stats = self.metrics, self.stats
+        m.observe_stages(result.timings)
+        m.frame_processed()
+        # the loop's counters only grow: pass on what changed since the last frame
+        m.frames_dropped(stats.dropped - self._dropped)
+        for _ in range(stats.skipped - self._skipped):
+            m.frame_skipped()
+        for _ in range(stats.reconnects - self._reconnects):
+            m.source_reconnect()
+        self._dropped, self._skipped, self._reconnects = stats.dropped, stats.skipped, stats.reconnects
+        m.set_fps(self.stats.fps)
+        seg = result.segmentation
+        m.observe_segmentation(seg.area_fractions, 1.0 - seg.mean_confidence)
