@@ -125,7 +125,7 @@ class Pipeline:
             if self.tiler is not None:
                 segmentation = self.tiler.decode(raw, transform, timings)
             else:
-                segmentation = self.segmenter.decode(raw, transform, timings)
+                segmentation = self.segmenter.decode(raw, transform, timings, frame=frame.image)
             timings["postprocess"] = (time.perf_counter() - t0) * 1e3
             result = FrameResult(frame, segmentation, self.roi, timings)
             for stage in self.stages:

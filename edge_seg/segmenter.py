@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.backends.base import BackendOptions
-from edge_seg.manifest import output_tensor
+from edge_seg.manifest import OutputSpec, output_tensor
 from edge_seg.model import LoadedModel, load_model
-from edge_seg.postprocess.semantic import SemanticDecoder
+from edge_seg.postprocess.semantic import Decoded, SemanticDecoder, float_spec, probabilities
 from edge_seg.preprocess import Preprocessor, Transform
 from edge_seg.segmentation import ModelIdentity, Segmentation
 
@@ -33,12 +33,41 @@ class SegmenterOptions:
     entropy: bool = False  # also compute per-pixel normalised entropy
     mean: list[float] | None = None  # override the input normalisation
     std: list[float] | None = None
+    smoothing: object | None = None  # a config.SmoothingConfig to smooth over time (video); None: off
+
+
+class TemporalSmoother:
+    """Decodes raw outputs through temporal smoothing: EMA of probabilities, hysteresis for binary masks."""
+
+    def __init__(self, manifest, tensor, config, entropy: bool = False):
+        from edge_seg.postprocess.smoothing import BinaryHysteresis, ProbabilityEMA
+
+        self.kind, self.tensor, self.num_classes = manifest.output.kind, tensor, manifest.num_classes
+        self.ema = ProbabilityEMA(alpha=config.alpha, scene_cut=config.scene_cut)
+        self.binary = manifest.task == "binary"
+        self.hysteresis = BinaryHysteresis(config.hysteresis_high, config.hysteresis_low) if self.binary else None
+        kind = "sigmoid" if self.binary else "probabilities"
+        self.decoder = SemanticDecoder(OutputSpec(kind=kind, threshold=manifest.output.threshold), float_spec(),
+                                       manifest.num_classes, entropy=entropy)
+
+    def __call__(self, raw: np.ndarray, frame: np.ndarray | None) -> Decoded:
+        from edge_seg.postprocess.smoothing import scene_thumbnail
+
+        probs = probabilities(raw, self.kind, self.tensor, self.num_classes)
+        thumbnail = scene_thumbnail(frame) if frame is not None else None
+        smoothed = self.ema.update(probs, thumbnail)
+        decoded = self.decoder(smoothed[None])
+        if self.hysteresis is None:
+            return decoded
+        labels = self.hysteresis.update(smoothed[..., 0])
+        prob = smoothed[..., 0]
+        return Decoded(labels, np.where(labels == 1, prob, 1.0 - prob).astype(np.float32), decoded.entropy)
 
 
 class Segmenter:
     """Segments BGR frames with one loaded model."""
 
-    def __init__(self, loaded: LoadedModel, entropy: bool = False):
+    def __init__(self, loaded: LoadedModel, entropy: bool = False, smoothing=None):
         self.loaded = loaded
         manifest = loaded.manifest
         backend = loaded.backend
@@ -47,6 +76,7 @@ class Segmenter:
         self.output_tensor = out
         self._out_index = backend.output_specs.index(out)
         self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
+        self._smoother = TemporalSmoother(manifest, out, smoothing, entropy) if smoothing is not None else None
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
         self._classes = tuple(manifest.classes)
         self._palette = tuple(tuple(c) for c in manifest.palette)
@@ -56,7 +86,7 @@ class Segmenter:
         loaded = load_model(options.model, backend=options.backend,
                             options=BackendOptions(num_threads=options.num_threads),
                             mean=options.mean, std=options.std)
-        return cls(loaded, entropy=options.entropy)
+        return cls(loaded, entropy=options.entropy, smoothing=options.smoothing)
 
     @classmethod
     def create(cls, **kwargs) -> "Segmenter":
@@ -76,12 +106,16 @@ class Segmenter:
         return self.loaded.backend.infer(batch)[self._out_index]
 
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-               decoder: SemanticDecoder | None = None) -> Segmentation:
+               decoder: SemanticDecoder | None = None, frame: np.ndarray | None = None) -> Segmentation:
         """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame).
 
         ``decoder`` replaces the model's own (the tiler decodes stitched float probabilities).
+        With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts.
         """
-        decoded = (decoder or self._decode)(raw)
+        if self._smoother is not None and decoder is None:
+            decoded = self._smoother(raw, frame)
+        else:
+            decoded = (decoder or self._decode)(raw)
         entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
         return Segmentation(
             label_map=transform.crop(decoded.label_map), confidence_map=transform.crop(decoded.confidence),
@@ -96,7 +130,7 @@ class Segmenter:
         raw = self.invoke(batch)
         t2 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3}
-        result = self.decode(raw, transform, timings)
+        result = self.decode(raw, transform, timings, frame=frame)
         timings["postprocess"] = (time.perf_counter() - t2) * 1e3
         return result
 

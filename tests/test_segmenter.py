@@ -74,3 +74,41 @@ def test_segment_rejects_a_non_image(tiny_models):
     with Segmenter.create(model=tiny_models["colour_probs_uint8"]) as seg:
         with pytest.raises(InputError):
             seg.segment(np.zeros((10, 10), np.uint8))
+
+
+def test_temporal_smoothing_holds_a_one_frame_flicker(tiny_models):
+    from edge_seg.config import SmoothingConfig
+
+    stable, _ = tflite_builders.colour_frame(64, 48)
+    flicker = stable.copy()
+    flicker[:, :16] = tflite_builders.BGR["green"]  # the red band turns green for one frame
+    plain = Segmenter.create(model=tiny_models["colour_logits_float"])
+    smooth = Segmenter.create(model=tiny_models["colour_logits_float"], smoothing=SmoothingConfig(alpha=0.3))
+    for _ in range(5):
+        smooth.segment(stable)
+    assert (plain.segment(flicker).class_map[:, 2:14] == 1).all()  # unsmoothed: green
+    held = smooth.segment(flicker).class_map[:, 2:14]
+    assert (held == 0).all()  # smoothed: still red
+    cut = np.full_like(stable, 255)
+    cut[:] = tflite_builders.BGR["blue"]  # a scene cut resets: the new scene shows at once
+    assert (smooth.segment(cut).class_map == 2).mean() > 0.95
+    plain.close()
+    smooth.close()
+
+
+def test_binary_smoothing_uses_hysteresis(tiny_models):
+    from edge_seg.config import SmoothingConfig
+
+    def frame(red):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[:, :, 2] = red
+        return image
+
+    seg = Segmenter.create(model=tiny_models["binary_sigmoid_float"],
+                           smoothing=SmoothingConfig(alpha=1.0, hysteresis_high=0.7, hysteresis_low=0.3))
+    # sigmoid(8 * (r - 0.5)): r=230 -> 0.96 (on), r=128 -> 0.5 (between: keeps state), r=40 -> 0.03 (off)
+    assert seg.segment(frame(230)).class_map.min() == 1
+    assert seg.segment(frame(128)).class_map.min() == 1
+    assert seg.segment(frame(40)).class_map.max() == 0
+    assert seg.segment(frame(128)).class_map.max() == 0
+    seg.close()
