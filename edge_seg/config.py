@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_seg.errors import EdgeSegError
+from edge_seg.postprocess.uncertainty import CropConfig
 
 
 class ConfigError(EdgeSegError):
@@ -73,6 +74,11 @@ class SmoothingConfig(_Section):
         return self
 
 
+class UncertaintyConfig(_Section):
+    enabled: bool = Field(default=False, description="extract crops of uncertain regions for labelling")
+    crops: CropConfig = CropConfig()
+
+
 class OverlayConfig(_Section):
     enabled: bool = True
     alpha: float = Field(default=0.5, ge=0, le=1)
@@ -102,6 +108,7 @@ class Config(_Section):
     source: SourceConfig = SourceConfig()
     pipeline: PipelineConfig = PipelineConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
     overlay: OverlayConfig = OverlayConfig()
     preview: PreviewConfig = PreviewConfig()
     output: OutputConfig = OutputConfig()
