@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_seg.pipeline_stats import LoopStats
+from edge_seg.pipeline_stats import LoopStats, StageClock
 from edge_seg.segmentation import Segmentation
 from edge_seg.segmenter import Segmenter
 from edge_seg.sources.base import Frame, Source, SourceEnded
@@ -101,9 +101,11 @@ class Pipeline:
     def _capture(self) -> None:
         try:
             while not self._stop.is_set():
+                w0, c0 = time.perf_counter(), time.thread_time()
                 frame = self.source.read(0.2)
                 if frame is None:
                     continue
+                self.stats.sample("capture", (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3)
                 self.stats.captured += 1
                 if self._slot.put(frame):
                     self.stats.dropped += 1
@@ -120,23 +122,22 @@ class Pipeline:
             item = self._queue.get()
             if item is None:
                 return
-            frame, raw, transform, timings = item
-            t0 = time.perf_counter()
-            if self.tiler is not None:
-                segmentation = self.tiler.decode(raw, transform, timings)
-            else:
-                segmentation = self.segmenter.decode(raw, transform, timings, frame=frame.image)
-            timings["postprocess"] = (time.perf_counter() - t0) * 1e3
-            result = FrameResult(frame, segmentation, self.roi, timings)
+            frame, raw, transform, clock = item
+            with clock.stage("postprocess"):
+                if self.tiler is not None:
+                    segmentation = self.tiler.decode(raw, transform, clock.wall)
+                else:
+                    segmentation = self.segmenter.decode(raw, transform, clock.wall, frame=frame.image)
+            result = FrameResult(frame, segmentation, self.roi, clock.wall)
             for stage in self.stages:
-                t0 = time.perf_counter()
-                try:
-                    stage(result)
-                except Exception as err:  # noqa: BLE001 - a broken sink must not stop the loop
-                    self.stats.sink_errors += 1
-                    log.error("sink %s failed: %s", getattr(stage, "name", type(stage).__name__), err)
-                timings[getattr(stage, "name", type(stage).__name__)] = (time.perf_counter() - t0) * 1e3
-            self.stats.record(timings, frame.ts)
+                name = getattr(stage, "name", type(stage).__name__)
+                with clock.stage(name):
+                    try:
+                        stage(result)
+                    except Exception as err:  # noqa: BLE001 - a broken sink must not stop the loop
+                        self.stats.sink_errors += 1
+                        log.error("sink %s failed: %s", name, err)
+            self.stats.record(clock.wall, frame.ts, clock.cpu)
 
     def _handoff(self, item) -> None:
         try:
@@ -154,19 +155,17 @@ class Pipeline:
         if self.roi is not None:
             x, y, w, h = self.roi
             image = image[y:y + h, x:x + w]
-        t0 = time.perf_counter()
+        clock = StageClock({"capture_age": (time.time() - frame.ts) * 1e3})
         if self.tiler is not None:
-            raw, transform, invoke_ms = self.tiler.run(image)
-            t1 = time.perf_counter() - invoke_ms / 1e3
-            t2 = time.perf_counter()
+            with clock.stage("tiles"):
+                raw, transform, invoke_ms = self.tiler.run(image)
+            clock.wall["infer"] = invoke_ms
         else:
-            batch, transform = self.segmenter.prepare(image)
-            t1 = time.perf_counter()
-            raw = self.segmenter.invoke(batch)
-            t2 = time.perf_counter()
-        timings = {"capture_age": (time.time() - frame.ts) * 1e3, "preprocess": (t1 - t0) * 1e3,
-                   "infer": (t2 - t1) * 1e3}
-        self._handoff((frame, raw, transform, timings))
+            with clock.stage("preprocess"):
+                batch, transform = self.segmenter.prepare(image)
+            with clock.stage("infer"):
+                raw = self.segmenter.invoke(batch)
+        self._handoff((frame, raw, transform, clock))
 
     # --- control -----------------------------------------------------------------------
     def run(self) -> LoopStats:

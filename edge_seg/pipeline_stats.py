@@ -5,8 +5,27 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+
+
+class StageClock:
+    """Per-stage wall and CPU milliseconds of one frame (CPU = this thread's CPU time)."""
+
+    def __init__(self, wall: dict[str, float] | None = None):
+        self.wall: dict[str, float] = wall if wall is not None else {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = (time.perf_counter() - w0) * 1e3
+            self.cpu[name] = (time.thread_time() - c0) * 1e3
 
 
 class LoopStats:
@@ -25,6 +44,7 @@ class LoopStats:
         self.finished = 0.0
         self._lock = threading.Lock()
         self._stages: dict[str, deque] = {}
+        self._cpu: dict[str, deque] = {}
         self._done_at: deque = deque(maxlen=64)
         self._window = window
 
@@ -34,12 +54,14 @@ class LoopStats:
     def finish(self) -> None:
         self.finished = time.monotonic()
 
-    def record(self, timings: dict[str, float], capture_ts: float) -> None:
-        """One completed frame's per-stage ms (called from the sink thread)."""
+    def record(self, timings: dict[str, float], capture_ts: float, cpu: dict[str, float] | None = None) -> None:
+        """One completed frame's per-stage wall ms (and CPU ms), called from the sink thread."""
         with self._lock:
             self.completed += 1
             for stage, ms in timings.items():
                 self._stages.setdefault(stage, deque(maxlen=self._window)).append(ms)
+            for stage, ms in (cpu or {}).items():
+                self._cpu.setdefault(stage, deque(maxlen=self._window)).append(ms)
             self._stages.setdefault("end_to_end", deque(maxlen=self._window)).append((time.time() - capture_ts) * 1e3)
             self._done_at.append(time.monotonic())
 
@@ -47,9 +69,21 @@ class LoopStats:
         with self._lock:
             return {k: float(np.percentile(v, q)) for k, v in self._stages.items() if v}
 
-    def samples(self, stage: str) -> np.ndarray:
+    def sample(self, stage: str, wall_ms: float, cpu_ms: float | None = None) -> None:
+        """One measurement of a stage that is not part of a frame's record (e.g. capture decode)."""
         with self._lock:
-            return np.array(self._stages.get(stage, ()), dtype=np.float64)
+            self._stages.setdefault(stage, deque(maxlen=self._window)).append(wall_ms)
+            if cpu_ms is not None:
+                self._cpu.setdefault(stage, deque(maxlen=self._window)).append(cpu_ms)
+
+    def samples(self, stage: str, cpu: bool = False) -> np.ndarray:
+        with self._lock:
+            return np.array((self._cpu if cpu else self._stages).get(stage, ()), dtype=np.float64)
+
+    def cpu_means(self) -> dict[str, float]:
+        """Mean CPU ms per frame of every stage measured."""
+        with self._lock:
+            return {k: float(np.mean(v)) for k, v in self._cpu.items() if v}
 
     @property
     def fps(self) -> float:
