@@ -7,6 +7,7 @@ uncertain crops, and the publish sink that the MQTT publisher implements (``Publ
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -109,17 +110,26 @@ class JsonlSink:
 
 
 class PreviewSink:
-    """Hands the overlay and the loop's stats to the preview server (which encodes lazily)."""
+    """Hands the overlay and the loop's stats to the preview server (which encodes lazily).
+
+    The stats dict (percentiles over a window) is rebuilt at most every ``stats_every`` seconds.
+    """
 
     name = "preview"
 
-    def __init__(self, server, stats_fn):
+    def __init__(self, server, stats_fn, stats_every: float = 0.5):
         self.server = server
         self.stats_fn = stats_fn
+        self.stats_every = stats_every
+        self._stats: dict = {}
+        self._built = 0.0
 
     def __call__(self, result: FrameResult) -> None:
+        now = time.monotonic()
+        if now - self._built >= self.stats_every:
+            self._stats, self._built = self.stats_fn(), now
         image = result.overlay if result.overlay is not None else result.frame.image
-        self.server.update(image, self.stats_fn())
+        self.server.update(image, self._stats)
 
     def close(self) -> None:
         self.server.stop()
