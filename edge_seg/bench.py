@@ -1,61 +1,74 @@
-"""``edge-seg bench``: time each stage of one frame's path and print ratios measured in one run.
+"""``edge-seg bench``: what a frame costs, stage by stage, measured in one run.
 
-Stages: preprocess (resize, colour, normalise/quantise), invoke (the backend alone),
-postprocess (decode + crop at model resolution), to_frame (class map + confidence resized to
-the frame), overlay. "outside invoke" is everything but invoke; the target for a 1280x720
-frame and the bundled model is <= 3 ms.
+Three measurements on the same model and backend, so their ratios mean something:
+
+1. **frame path**: one 1280x720 frame through preprocess → invoke → postprocess → to_frame
+   (class map and confidence at frame size) → overlay, every stage timed; "outside invoke" is
+   everything but invoke (target for the bundled model: <= 3 ms).
+2. **bare invoke**: the backend alone on a prepared input, after warm-up: p50/p95/p99 and FPS.
+3. **loop**: the real pipeline (capture thread, inference, sink thread with overlay and crop
+   extraction) on a file or synthetic source: per-stage p50/p95/p99 wall time and CPU time per
+   frame, end-to-end FPS, drops, peak RSS, CPU %, and loop FPS / bare-invoke FPS.
+
+Plus thermal zones and throttling where the board exposes them ("n/a" elsewhere).
 """
 
 from __future__ import annotations
 
+import os
+import resource
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from edge_seg import scenes
+from edge_seg.bench_system import peak_rss_mb, thermals
 from edge_seg.overlay import Overlay
 from edge_seg.segmenter import Segmenter
 
-STAGES = ("preprocess", "invoke", "postprocess", "to_frame", "overlay")
+FRAME_STAGES = ("preprocess", "invoke", "postprocess", "to_frame", "overlay")
+
+
+def _pcts(values) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
 @dataclass
-class BenchResult:
-    frames: int
-    frame_size: tuple[int, int]
-    ms: dict[str, np.ndarray]  # per stage, one value per frame
+class BenchReport:
+    """All three measurements of one model/backend, JSON-ready via ``as_dict``."""
 
-    def percentile(self, stage: str, q: float) -> float:
-        return float(np.percentile(self.ms[stage], q))
+    label: str
+    frame_size: tuple[int, int]
+    frame_path: dict[str, dict[str, float]] = field(default_factory=dict)
+    outside_invoke_ms: float = float("nan")
+    invoke: dict[str, float] = field(default_factory=dict)
+    loop: dict = field(default_factory=dict)
+    system: dict = field(default_factory=dict)
 
     @property
-    def outside_invoke_ms(self) -> np.ndarray:
-        return sum(self.ms[s] for s in STAGES if s != "invoke")
+    def bare_fps(self) -> float:
+        return 1e3 / self.invoke["p50"] if self.invoke.get("p50") else float("nan")
 
-    def lines(self, target_ms: float = 3.0) -> list[str]:
-        w, h = self.frame_size
-        out = [f"{self.frames} frames at {w}x{h}", f"{'stage':<14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"]
-        for stage in STAGES:
-            out.append(f"{stage:<14}{self.percentile(stage, 50):9.3f}{self.percentile(stage, 90):9.3f}"
-                       f"{self.percentile(stage, 99):9.3f}")
-        outside = float(np.median(self.outside_invoke_ms))
-        invoke = self.percentile("invoke", 50)
-        total = float(np.median(self.outside_invoke_ms + self.ms["invoke"]))
-        verdict = "OK" if outside <= target_ms else "OVER"
-        out += [f"outside invoke: {outside:.3f} ms (target <= {target_ms:g} ms: {verdict}); "
-                f"ratio outside/invoke = {outside / invoke:.2f}",
-                f"throughput: loop {1e3 / total:.1f} FPS vs bare invoke {1e3 / invoke:.1f} FPS "
-                f"(ratio {invoke / total:.2f})"]
-        return out
+    def as_dict(self) -> dict:
+        return {"label": self.label, "frame_size": list(self.frame_size), "frame_path_ms": self.frame_path,
+                "outside_invoke_ms": self.outside_invoke_ms, "bare_invoke_ms": self.invoke,
+                "bare_invoke_fps": self.bare_fps, "loop": self.loop, "system": self.system}
 
 
-def run_bench(segmenter: Segmenter, frames: int = 200, frame_size: tuple[int, int] = (1280, 720),
-              warmup: int = 10) -> BenchResult:
-    """Segment and overlay ``frames`` synthetic frames; every stage timed for every frame."""
-    images = [scenes.render_scene(seed, frame_size).image for seed in range(8)]
+def bench_frame_path(segmenter: Segmenter, frames: int, frame_size: tuple[int, int],
+                     warmup: int = 10) -> tuple[dict[str, dict[str, float]], float]:
+    """Every stage of one frame's path at ``frame_size``; returns (percentiles per stage, median outside-invoke)."""
+    images = [scenes.render_scene(seed, frame_size).image for seed in range(4)]
     overlay = Overlay(alpha=0.5)
-    ms = {stage: np.zeros(frames) for stage in STAGES}
+    ms = {stage: [] for stage in FRAME_STAGES}
     for i in range(-warmup, frames):
         frame = images[i % len(images)]
         t0 = time.perf_counter()
@@ -68,10 +81,86 @@ def run_bench(segmenter: Segmenter, frames: int = 200, frame_size: tuple[int, in
         if i < 0:
             continue
         timings = result.timings
-        ms["preprocess"][i] = timings["preprocess"]
-        ms["invoke"][i] = timings["infer"]
-        # segment()'s own bookkeeping (building the value) counts as postprocess
-        ms["postprocess"][i] = (t1 - t0) * 1e3 - timings["preprocess"] - timings["infer"]
-        ms["to_frame"][i] = (t2 - t1) * 1e3
-        ms["overlay"][i] = (t3 - t2) * 1e3
-    return BenchResult(frames=frames, frame_size=frame_size, ms=ms)
+        ms["preprocess"].append(timings["preprocess"])
+        ms["invoke"].append(timings["infer"])
+        ms["postprocess"].append((t1 - t0) * 1e3 - timings["preprocess"] - timings["infer"])
+        ms["to_frame"].append((t2 - t1) * 1e3)
+        ms["overlay"].append((t3 - t2) * 1e3)
+    outside = np.sum([ms[s] for s in FRAME_STAGES if s != "invoke"], axis=0)
+    return {s: _pcts(v) for s, v in ms.items()}, float(np.median(outside))
+
+
+def bench_invoke(segmenter: Segmenter, frames: int, warmup: int = 20) -> dict[str, float]:
+    """The backend alone on one prepared input."""
+    batch, _ = segmenter.prepare(scenes.render_scene(0, (640, 360)).image)
+    times = []
+    for i in range(-warmup, frames):
+        t0 = time.perf_counter()
+        segmenter.invoke(batch)
+        if i >= 0:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return _pcts(times)
+
+
+def write_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 30.0) -> Path:
+    """A synthetic clip on disk, so the loop measures real decoding."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for scene in scenes.render_clip(11, frames, size):
+        writer.write(scene.image)
+    writer.release()
+    return path
+
+
+class _Progress:
+    name = "progress"
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+
+    def __call__(self, result) -> None:
+        self.bar.update(1)
+
+
+def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | None,
+               progress: bool = True) -> dict:
+    """The real pipeline with overlay and crop extraction on; stats of ``frames`` segmented frames."""
+    from edge_seg.pipeline import Pipeline
+    from edge_seg.postprocess.uncertainty import CropConfig, CropExtractor
+    from edge_seg.sinks import CropStage, OverlayStage
+    from edge_seg.sources import open_source
+
+    source = open_source(source_uri, loop=True, fps=fps)
+    bar = tqdm(total=frames, desc="loop", unit="frame", disable=not progress, leave=False)
+    stages = [OverlayStage(Overlay(alpha=0.5)), CropStage(CropExtractor(CropConfig())), _Progress(bar)]
+    pipeline = Pipeline(source, segmenter, stages=stages, max_frames=frames)
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    stats = pipeline.run()
+    cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - wall0
+    bar.close()
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    stage_names = [s for s in ("capture", "preprocess", "infer", "postprocess", "overlay", "crops", "end_to_end")
+                   if stats.samples(s).size]
+    return {"source": source_uri, "frames": stats.completed, "captured": stats.captured, "dropped": stats.dropped,
+            "sink_dropped": stats.sink_dropped, "fps": stats.completed / wall if wall > 0 else 0.0,
+            "wall_ms": {s: _pcts(stats.samples(s)) for s in stage_names},
+            "cpu_ms_per_frame": {k: v for k, v in stats.cpu_means().items() if k != "progress"},
+            "cpu_percent": 100.0 * cpu_s / wall if wall > 0 else 0.0, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, int] = (1280, 720),
+              source: str | None = None, loop_frames: int | None = None, progress: bool = True,
+              label: str = "") -> BenchReport:
+    """All three measurements; the loop runs on ``source`` or on a generated clip of ``frame_size``."""
+    report = BenchReport(label=label or segmenter.manifest.name, frame_size=frame_size)
+    report.frame_path, report.outside_invoke_ms = bench_frame_path(segmenter, frames, frame_size)
+    report.invoke = bench_invoke(segmenter, frames)
+    n_loop = loop_frames or frames
+    with tempfile.TemporaryDirectory(prefix="edge-seg-bench-") as tmp:
+        uri = source
+        if uri is None:
+            clip = write_clip(Path(tmp) / "clip.mp4", 120, frame_size)
+            uri = f"file://{clip}"
+        report.loop = bench_loop(segmenter, uri, n_loop, fps=None, progress=progress)
+    report.loop["fps_ratio_to_bare_invoke"] = report.loop["fps"] / report.bare_fps
+    report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
+    return report

@@ -88,12 +88,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_seg.bench import run_bench
+    from edge_seg.bench_report import plot_compare, table, write_csv
 
-    with _segmenter(args) as seg:
-        result = run_bench(seg, frames=args.frames, frame_size=(args.width, args.height))
-        print(f"model {seg.manifest.name} {seg.manifest.version} ({seg.loaded.path.name}), "
-              f"backend {seg.loaded.backend.name}")
-    print("\n".join(result.lines()))
+    specs = [(args.model, args.backend)]
+    if args.compare:
+        other_model, _, other_backend = args.compare.partition("@")
+        specs.append((Path(other_model) if other_model else args.model, other_backend or args.backend))
+    reports = []
+    for model, backend in specs:
+        from edge_seg.segmenter import Segmenter
+
+        with Segmenter.create(model=model, backend=backend, num_threads=args.threads) as seg:
+            label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
+            reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
+                                     source=args.source, loop_frames=args.loop_frames, progress=not args.json,
+                                     label=label))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports] if len(reports) > 1 else reports[0].as_dict(), indent=2))
+    else:
+        for report in reports:
+            print("\n".join(table(report)))
+    if args.csv:
+        write_csv(reports, args.csv)
+    if len(reports) > 1:
+        path = plot_compare(reports, args.plot)
+        if not args.json:
+            print(f"comparison plot: {path}")
     return 0
 
 
@@ -196,11 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="per-stage latency percentiles and ratios for one frame size")
+    p = sub.add_parser("bench", help="per-stage latency percentiles, bare invoke vs loop FPS, memory, thermals")
     _model_args(p)
-    p.add_argument("--frames", type=int, default=300, help="frames to time (default 300)")
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--frames", type=int, default=300, help="frames per measurement (default 300)")
+    p.add_argument("--loop-frames", type=int, default=None, help="frames for the loop (default: --frames)")
+    p.add_argument("--width", type=int, default=1280, help="frame width (default 1280)")
+    p.add_argument("--height", type=int, default=720, help="frame height (default 720)")
+    p.add_argument("--source", default=None, help="loop source URI (default: a generated WxH file:// clip)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
+    p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",
+                   help="bench a second model and/or backend side by side, e.g. other_model/ or @litert")
+    p.add_argument("--plot", type=Path, default=Path("out/bench_compare.png"), help="comparison plot path")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("manifest", help="model manifest tools")
