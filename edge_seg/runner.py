@@ -30,7 +30,7 @@ class Built:
     events: list = field(default_factory=list)
 
 
-def _source(config: Config, stats: LoopStats, events: list):
+def _source(config: Config, stats: LoopStats, events: list, listeners: list):
     from edge_seg.sources import open_source
     from edge_seg.sources.reconnect import ResilientSource
 
@@ -43,6 +43,8 @@ def _source(config: Config, stats: LoopStats, events: list):
         events.append(event)
         if event.kind == "reopened":
             stats.reconnects += 1
+        for listener in listeners:
+            listener(event)
         log.warning("source %s: %s", event.kind, event.detail)
 
     factory().close()  # fail fast on a bad URI, before any thread starts
@@ -80,7 +82,6 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
         info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
         stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,
                                                            "source_state": built.pipeline.source.state}))
-        log.info("preview on %s", built.preview.url)
     if config.output.video:
         stages.append(VideoSink(config.output.video, fps=config.source.fps or 15.0))
     if config.output.jsonl:
@@ -97,7 +98,8 @@ def build(config: Config) -> Built:
     stats = LoopStats()
     events: list = []
     try:
-        source = _source(config, stats, events)
+        listeners: list = []
+        source = _source(config, stats, events, listeners)
     except Exception:
         segmenter.close()
         raise
@@ -113,6 +115,9 @@ def build(config: Config) -> Built:
                               tiler=tiler, stats=stats)
     try:
         built.pipeline.stages = _stages(config, segmenter, stats, built)
+        metrics = built.metrics
+        metrics.set_source_up(True)
+        listeners.append(lambda event: metrics.set_source_up(event.kind == "reopened"))
     except Exception:
         built.pipeline.source.close()
         segmenter.close()

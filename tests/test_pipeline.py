@@ -147,3 +147,39 @@ def test_sigterm_drains_and_prints_the_stats_line(tiny_models, tmp_path):
     assert "received SIGTERM" in err
     records = jsonl.read_text().splitlines()
     assert all(json.loads(line) for line in records)  # every line complete: nothing cut mid-write
+
+
+def test_loop_serves_preview_and_metrics_while_running(colour_config):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = colour_config(source={"uri": "synthetic://?width=160&height=96&fps=30"},
+                           preview={"enabled": True, "port": 0})
+    built = build(config)
+    thread = threading.Thread(target=built.pipeline.run, name="test-loop")
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and built.pipeline.stats.completed < 10:
+            time.sleep(0.05)
+        while time.time() < deadline:  # the page's stats refresh twice a second
+            with urllib.request.urlopen(built.preview.url + "stats.json", timeout=5) as resp:
+                stats = json.loads(resp.read())
+            if stats["pipeline"].get("completed"):
+                break
+            time.sleep(0.1)
+        with urllib.request.urlopen(built.preview.url + "metrics", timeout=5) as resp:
+            families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+        with urllib.request.urlopen(built.preview.url + "snapshot.jpg", timeout=5) as resp:
+            jpeg = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
+    finally:
+        built.pipeline.stop()
+        thread.join(timeout=20)
+        built.segmenter.close()
+    assert jpeg.shape == (96, 160, 3)
+    assert stats["pipeline"]["completed"] >= 1 and stats["pipeline"]["source_state"] == "live"
+    processed = families["edge_seg_frames_processed"].samples[0].value
+    assert processed >= 10
+    assert families["edge_seg_source_up"].samples[0].value == 1
+    assert not _loop_threads() and not thread.is_alive()
