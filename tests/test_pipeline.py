@@ -86,7 +86,8 @@ def test_loop_on_an_image_directory_with_every_n_and_roi(colour_config, tmp_path
     for i, scene in enumerate(render_clip(1, 6, (120, 80))):
         cv2.imwrite(str(images / f"{i:03d}.png"), scene.image)
     config = colour_config(source={"uri": f"images://{images}", "loop": False, "fps": 30},
-                           pipeline={"every_n": 2, "roi": [10, 10, 64, 48]}, output={"jsonl": str(tmp_path / "f.jsonl")})
+                           pipeline={"every_n": 2, "roi": [10, 10, 64, 48]},
+                           output={"jsonl": str(tmp_path / "f.jsonl")})
     built = build(config)
     stats = built.pipeline.run()
     built.segmenter.close()
