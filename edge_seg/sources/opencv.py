@@ -1,0 +1,149 @@
+"""``file://PATH`` (or a bare path), ``rtsp://…`` and ``v4l2:///dev/videoN`` through ``cv2.VideoCapture``.
+
+Thread model: ``VideoCapture.read`` can block forever when a stream or USB camera vanishes
+(opencv #4468, #22677), so it runs on a capture thread (``CaptureThread``) and ``read(timeout)``
+only waits on the hand-over slot. FFmpeg also gets open/read timeouts of its own, so a dead RTSP
+stream ends the thread with a ``SourceError`` instead of hanging it.
+
+- Live streams (rtsp, v4l2): the slot keeps only the newest frame; a lost stream raises
+  ``SourceError`` from ``read`` (wrap in ``ResilientSource`` to reopen it).
+- Files, unpaced (default): every frame is delivered, decoded as fast as the consumer takes them;
+  the pipeline's own latest-frame slot drops what inference cannot keep up with.
+- Files, paced (``fps=`` or ``realtime=True`` for the file's own rate): frames are decoded on
+  that schedule and behave like a live camera (newest frame wins).
+- End of file: ``SourceEnded``, or start again when ``loop=True``.
+
+RTSP over TCP: set ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` in the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_seg.sources._common import CaptureThread, Pacer, query_options, redact
+from edge_seg.sources.base import Frame, SourceEnded, SourceError
+
+log = logging.getLogger(__name__)
+
+
+class OpenCVSource:
+    """A ``cv2.VideoCapture`` read on a capture thread; see the module docstring for the policies."""
+
+    def __init__(self, uri: str, target: str, api: int, *, live: bool, loop: bool = False,
+                 fps: float | None = None, size: tuple[int, int] | None = None,
+                 open_timeout: float = 10.0, read_timeout: float = 5.0) -> None:
+        self.uri = uri
+        self._target, self._api, self._live, self._loop = target, api, live, loop
+        self._size = size
+        self._params: list[int] = []
+        if api == cv2.CAP_FFMPEG:
+            self._params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout * 1000),
+                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout * 1000)]
+        self._cap = self._open()
+        if api == cv2.CAP_V4L2:
+            self._configure_camera(fps)
+        pacer = Pacer(fps) if fps and not live else None
+        self._seq = 0
+        self._thread = CaptureThread(f"capture {redact(uri)}", self._grab, keep_all=not live and pacer is None,
+                                     pacer=pacer, on_exit=self._release)
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self._target, self._api, self._params)
+        if not cap.isOpened():
+            cap.release()
+            what = "video file (not a format FFmpeg can decode?)" if not self._live else "stream or device"
+            raise SourceError(f"cannot open {what}: {redact(self.uri)}")
+        return cap
+
+    def _configure_camera(self, fps: float | None) -> None:
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self._size is not None:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._size[0])
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._size[1])
+        if fps:
+            self._cap.set(cv2.CAP_PROP_FPS, fps)
+
+    def _grab(self) -> np.ndarray:
+        """Runs on the capture thread only."""
+        ok, image = self._cap.read()
+        if ok:
+            return image
+        if self._live:
+            raise SourceError(f"lost {redact(self.uri)}: no frame from the stream")
+        if not self._loop:
+            raise SourceEnded(f"end of {self.uri}")
+        self._cap.release()
+        self._cap = self._open()
+        ok, image = self._cap.read()
+        if not ok:
+            raise SourceError(f"no decodable frame in {self.uri}")
+        return image
+
+    def _release(self) -> None:
+        self._cap.release()
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next frame, ``None`` after ``timeout`` s; ``SourceEnded`` at end of file."""
+        got = self._thread.get(timeout)
+        if got is None:
+            return None
+        image, ts = got
+        frame = Frame(image=image, ts=ts, seq=self._seq)
+        self._seq += 1
+        return frame
+
+    def close(self) -> None:
+        """Stop the capture thread; the device is released on that thread. Safe to call twice."""
+        self._thread.stop()
+
+
+def _check(options: dict, scheme: str, valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise SourceError(f"{scheme}:// does not take option(s) {', '.join(unknown)} "
+                          f"(valid: {', '.join(valid) or 'none'})")
+
+
+def open_file(uri: str, *, loop: bool = False, fps: float | None = None, size: tuple[int, int] | None = None,
+              realtime: bool = False, **options) -> OpenCVSource:
+    """``file://PATH`` or a bare path; ``fps`` paces decoding, ``realtime=True`` paces at the file's rate.
+
+    ``size`` is ignored (frames come as stored).
+    """
+    _check(options, "file", ())
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    if not path.is_file():
+        raise SourceError(f"no such video file: {path}")
+    if realtime and not fps:
+        probe = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        fps = float(probe.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0  # 30 when the container does not say
+        probe.release()
+    return OpenCVSource(uri, str(path), cv2.CAP_FFMPEG, live=False, loop=loop, fps=fps)
+
+
+def open_rtsp(uri: str, *, loop: bool = False, fps: float | None = None, size: tuple[int, int] | None = None,
+              open_timeout: float = 10.0, read_timeout: float = 5.0, **options) -> OpenCVSource:
+    """``rtsp://[user:pass@]host[:port]/path``; frames come at the camera's rate (``fps``/``size`` ignored)."""
+    _check(options, "rtsp", ("open_timeout", "read_timeout"))
+    return OpenCVSource(uri, uri, cv2.CAP_FFMPEG, live=True, open_timeout=open_timeout, read_timeout=read_timeout)
+
+
+def open_v4l2(uri: str, *, loop: bool = False, fps: float | None = None, size: tuple[int, int] | None = None,
+              **options) -> OpenCVSource:
+    """``v4l2:///dev/videoN`` (or ``v4l2://N``), optional ``?width=&height=&fps=``; ``size``/``fps`` request a mode."""
+    _check(options, "v4l2", ())
+    query = query_options(uri, {"width": int, "height": int, "fps": float})
+    device = uri[len("v4l2://"):].split("?", 1)[0]
+    if device.isdigit():
+        device = f"/dev/video{device}"
+    if not Path(device).exists():
+        raise SourceError(f"no such camera device: {device} (list them with: ls /dev/video*)")
+    if "width" in query or "height" in query:
+        if "width" not in query or "height" not in query:
+            raise SourceError(f"{uri}: give both width and height")
+        size = (query["width"], query["height"])
+    return OpenCVSource(uri, device, cv2.CAP_V4L2, live=True, fps=query.get("fps", fps), size=size)

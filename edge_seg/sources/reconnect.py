@@ -1,0 +1,213 @@
+"""``ResilientSource``: a deadline watchdog that reopens a stalled or lost source with backoff.
+
+Wraps any ``Source`` made by ``factory()``. When no frame arrives for ``deadline`` seconds, or the
+source raises anything but ``SourceEnded``, it is closed and reopened after a delay that doubles
+from ``backoff_initial`` up to ``backoff_cap`` (reset by the next frame). Failed opens back off
+the same way. Every step is reported as a ``SourceEvent``. ``SourceEnded`` passes through (loop
+or end is the inner source's policy). Frames are renumbered so ``seq`` stays monotonic.
+
+Timeouts: ``read(timeout)`` never blocks much longer than ``timeout``: the inner read gets the
+remaining time, backoff waits are cut at the caller's deadline, ``factory()`` runs on a
+short-lived opener thread (opening an RTSP stream or a camera can take seconds) that ``read``
+waits on only for the remaining time, and a stalled source is closed on a short-lived thread
+(releasing a hung stream can block).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["stalled", "reopened", "open_failed", "ended"]
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    """What happened: ``attempt`` counts tries since the last frame; ``delay`` is the wait before the next."""
+
+    kind: EventKind
+    detail: str
+    attempt: int
+    delay: float
+
+
+class _Opener:
+    """Calls ``factory()`` on a thread; an abandoned result is closed when it arrives."""
+
+    def __init__(self, factory: Callable[[], Source]) -> None:
+        self.source: Source | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, args=(factory,), name="source-open", daemon=True)
+        self._thread.start()
+
+    def _run(self, factory: Callable[[], Source]) -> None:
+        try:
+            source = factory()
+        except Exception as exc:  # noqa: BLE001 - reported as an open_failed event
+            self.error = exc
+        else:
+            with self._lock:
+                self.source = source
+                if self._abandoned:
+                    _close_quietly(source)
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once ``factory()`` returned or raised (the thread is then joined)."""
+        if not self._done.wait(max(0.0, timeout)):
+            return False
+        self._thread.join()
+        return True
+
+    def abandon(self, join_timeout: float) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self.source is not None:
+                _close_quietly(self.source)
+        self._thread.join(join_timeout)
+
+
+def _close_quietly(source: Source) -> None:
+    try:
+        source.close()
+    except Exception as exc:  # noqa: BLE001 - a broken source may fail to close; we are replacing it anyway
+        log.warning("closing %s failed: %s", getattr(source, "uri", "source"), exc)
+
+
+class ResilientSource:
+    """A ``Source`` that keeps ``factory()``'s source alive.
+
+    ``state``: "reconnecting" while no source is open (backoff, opening, also before the first
+    open), "live" while one is open, "ended" after ``SourceEnded`` or ``close()``. ``reconnects``
+    counts successful reopens. ``uri`` is the inner source's unless given.
+    """
+
+    def __init__(self, factory: Callable[[], Source], deadline: float = 2.0, backoff_initial: float = 0.5,
+                 backoff_cap: float = 30.0, on_event: Callable[[SourceEvent], None] | None = None, *,
+                 uri: str = "", clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if deadline <= 0 or backoff_initial <= 0 or backoff_cap < backoff_initial:
+            raise SourceError("ResilientSource needs deadline > 0 and 0 < backoff_initial <= backoff_cap")
+        self.uri = uri
+        self.state: Literal["live", "reconnecting", "ended"] = "reconnecting"
+        self.reconnects = 0
+        self._factory, self._deadline, self._on_event = factory, deadline, on_event
+        self._initial, self._cap = backoff_initial, backoff_cap
+        self._clock, self._sleep = clock, sleep
+        self._inner: Source | None = None
+        self._opener: _Opener | None = None
+        self._backoff = backoff_initial
+        self._attempt = 0
+        self._next_open = clock()
+        self._last_frame = clock()
+        self._seq = 0
+        self._closed = False
+        self._closers: list[threading.Thread] = []
+
+    def _emit(self, kind: EventKind, detail: str, delay: float = 0.0) -> None:
+        event = SourceEvent(kind, detail, self._attempt, delay)
+        if self._on_event is not None:
+            self._on_event(event)
+        else:
+            log.warning("source %s: %s", kind, detail)
+
+    def _fail(self, kind: EventKind, detail: str) -> None:
+        """Drop the inner source and schedule the next open after the current backoff."""
+        if self._inner is not None:
+            self._retire(self._inner)
+            self._inner = None
+        self._attempt += 1
+        delay, self._backoff = self._backoff, min(self._backoff * 2, self._cap)
+        self._next_open = self._clock() + delay
+        self.state = "reconnecting"
+        self._emit(kind, detail, delay)
+
+    def _retire(self, source: Source) -> None:
+        """Close a failed source on a thread: a stream stuck in its driver can take seconds to let go."""
+        self._closers = [t for t in self._closers if t.is_alive()]
+        closer = threading.Thread(target=_close_quietly, args=(source,), name="source-close", daemon=True)
+        closer.start()
+        self._closers.append(closer)
+
+    def _open_step(self, end: float) -> None:
+        """Wait out the backoff, start or finish an open; returns early at ``end``."""
+        if self._opener is None:
+            now = self._clock()
+            if now < self._next_open:
+                self._sleep(max(0.0, min(self._next_open, end) - now))
+                if self._clock() < self._next_open:
+                    return
+            self._opener = _Opener(self._factory)
+        if not self._opener.wait(end - self._clock()):
+            return
+        opener, self._opener = self._opener, None
+        if opener.source is None:
+            self._fail("open_failed", f"{self.uri or 'source'}: {opener.error}")
+            return
+        self._inner, self.state = opener.source, "live"
+        self.uri = self.uri or getattr(self._inner, "uri", "")
+        self._last_frame = self._clock()  # the deadline runs from the open
+        if self._attempt:
+            self.reconnects += 1
+            self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next frame, ``None`` after ``timeout`` s (also while reconnecting); ``SourceEnded`` at the end."""
+        end = self._clock() + max(0.0, timeout)
+        while True:
+            if self._closed or self.state == "ended":
+                raise SourceEnded(f"{self.uri}: ended")
+            if self._inner is None:
+                self._open_step(end)
+                if self._inner is None:
+                    if self._clock() >= end:
+                        return None
+                    continue
+            now = self._clock()
+            try:
+                frame = self._inner.read(max(0.0, min(end, self._last_frame + self._deadline) - now))
+            except SourceEnded as exc:
+                _close_quietly(self._inner)
+                self._inner, self.state = None, "ended"
+                self._emit("ended", str(exc) or f"{self.uri}: end of stream")
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the inner source means reopen
+                self._fail("stalled", f"{self.uri}: {exc}")
+                continue
+            now = self._clock()
+            if frame is not None:
+                self._last_frame, self._backoff, self._attempt, self.state = now, self._initial, 0, "live"
+                frame = replace(frame, seq=self._seq)
+                self._seq += 1
+                return frame
+            if now - self._last_frame >= self._deadline:
+                self._fail("stalled", f"{self.uri}: no frame for {self._deadline:g} s")
+            elif now >= end:
+                return None
+
+    def close(self, join_timeout: float = 1.0) -> None:
+        """Close the inner source, abandon an open in progress, wait for retired sources to close.
+
+        Each wait is at most ``join_timeout`` s; a source stuck in its driver is left to a daemon thread.
+        """
+        self._closed, self.state = True, "ended"
+        if self._opener is not None:
+            self._opener.abandon(join_timeout)
+            self._opener = None
+        if self._inner is not None:
+            _close_quietly(self._inner)
+            self._inner = None
+        for closer in self._closers:
+            closer.join(join_timeout)
