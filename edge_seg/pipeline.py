@@ -106,6 +106,8 @@ class Pipeline:
                 if frame is None:
                     continue
                 self.stats.sample("capture", (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3)
+                if frame.decode_ms is not None:
+                    self.stats.sample("decode", frame.decode_ms, frame.decode_ms)
                 self.stats.captured += 1
                 if self._slot.put(frame):
                     self.stats.dropped += 1

@@ -80,13 +80,13 @@ class CaptureThread:
         self._pacer = pacer
         self._on_exit = on_exit
         self._cond = threading.Condition()
-        self._item: tuple[Any, float] | None = None
+        self._item: tuple[Any, float, float] | None = None
         self._final: BaseException | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _put(self, item: tuple[Any, float]) -> bool:
+    def _put(self, item: tuple[Any, float, float]) -> bool:
         with self._cond:
             if self._keep_all:
                 self._cond.wait_for(lambda: self._item is None or self._stopping)
@@ -103,11 +103,13 @@ class CaptureThread:
                     with self._cond:
                         if self._cond.wait_for(lambda: self._stopping, self._pacer.delay()):
                             break
+                cpu0 = time.thread_time()
                 payload = self._grab()
                 ts = time.time()
+                grab_cpu_ms = (time.thread_time() - cpu0) * 1e3
                 if self._pacer is not None:
                     self._pacer.tick()
-                if not self._put((payload, ts)):
+                if not self._put((payload, ts, grab_cpu_ms)):
                     break
         except (SourceEnded, SourceError) as exc:
             self._finish(exc)
@@ -125,8 +127,11 @@ class CaptureThread:
             self._final = exc
             self._cond.notify_all()
 
-    def get(self, timeout: float) -> tuple[Any, float] | None:
-        """The next ``(payload, capture time)``, ``None`` after ``timeout`` s; raises the thread's end."""
+    def get(self, timeout: float) -> tuple[Any, float, float] | None:
+        """The next ``(payload, capture time, CPU ms of the grab)``, ``None`` after ``timeout`` s.
+
+        Raises the thread's end (``SourceEnded``/``SourceError``) once every earlier frame was taken.
+        """
         with self._cond:
             ready = self._cond.wait_for(
                 lambda: self._item is not None or self._final is not None or self._stopping, max(0.0, timeout))

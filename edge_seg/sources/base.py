@@ -31,6 +31,7 @@ class Frame:
     ts: float  # time.time() at capture
     seq: int  # 0, 1, 2, ... per source, across reopens
     lores: np.ndarray | None = None  # a second, model-size stream where the camera gives one (picamera2)
+    decode_ms: float | None = None  # CPU ms the capture thread spent grabbing/decoding it, where measured
 
 
 @runtime_checkable

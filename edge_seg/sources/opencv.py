@@ -91,8 +91,8 @@ class OpenCVSource:
         got = self._thread.get(timeout)
         if got is None:
             return None
-        image, ts = got
-        frame = Frame(image=image, ts=ts, seq=self._seq)
+        image, ts, decode_ms = got
+        frame = Frame(image=image, ts=ts, seq=self._seq, decode_ms=decode_ms)
         self._seq += 1
         return frame
 

@@ -90,8 +90,8 @@ class PicameraSource:
         got = self._thread.get(timeout)
         if got is None:
             return None
-        (image, lores), ts = got
-        frame = Frame(image=image, ts=ts, seq=self._seq, lores=lores)
+        (image, lores), ts, decode_ms = got
+        frame = Frame(image=image, ts=ts, seq=self._seq, lores=lores, decode_ms=decode_ms)
         self._seq += 1
         return frame
 
