@@ -138,8 +138,8 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
     cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - wall0
     bar.close()
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    stage_names = [s for s in ("capture", "decode", "preprocess", "infer", "postprocess", "overlay", "crops", "end_to_end")
-                   if stats.samples(s).size]
+    order = ("capture", "decode", "preprocess", "infer", "postprocess", "overlay", "crops", "end_to_end")
+    stage_names = [s for s in order if stats.samples(s).size]
     return {"source": source_uri, "frames": stats.completed, "captured": stats.captured, "dropped": stats.dropped,
             "sink_dropped": stats.sink_dropped, "fps": stats.completed / wall if wall > 0 else 0.0,
             "wall_ms": {s: _pcts(stats.samples(s)) for s in stage_names},
