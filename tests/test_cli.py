@@ -85,3 +85,31 @@ def test_console_script_runs_help_and_version():
         assert command in out.stdout
     out = subprocess.run([sys.executable, "-m", "edge_seg.cli", "version"], capture_output=True, text=True)
     assert json.loads(out.stdout)["edge_seg"]
+
+
+def test_eval_on_a_generated_set_matches_numpy(tiny_models, tmp_path, capsys):
+    from edge_seg import Segmenter
+    from edge_seg.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "set", 6, seed=42, size=(96, 64))
+    model = tiny_models["colour_probs_uint8"]
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(data), "--model", str(model), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert (out / "confusion.png").is_file() and cv2.imread(str(out / "confusion.png")) is not None
+    # the same numbers, computed directly: segment each image, count per class
+    inter, union = np.zeros(4), np.zeros(4)
+    with Segmenter.create(model=model) as seg:
+        for image_path in sorted((data / "images").iterdir()):
+            pred = seg.segment(cv2.imread(str(image_path))).class_map
+            truth = cv2.imread(str(data / "masks" / f"{image_path.stem}.png"), cv2.IMREAD_UNCHANGED)
+            for c in range(4):
+                inter[c] += np.logical_and(pred == c, truth == c).sum()
+                union[c] += np.logical_or(pred == c, truth == c).sum()
+    for c, name in enumerate(report["per_class"]):
+        expected = inter[c] / union[c] if union[c] else None
+        got = report["per_class"][name]["iou"]
+        assert (got is None and expected is None) or abs(got - expected) < 1e-9
+    present = union > 0
+    assert abs(report["mean_iou"] - (inter[present] / union[present]).mean()) < 1e-9
+    assert "mIoU" in capsys.readouterr().out
