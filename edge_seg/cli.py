@@ -70,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_report(result, args.out)
     miou = result["mean_iou"]
     print(f"mIoU {miou:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
-          f"({result.get('images', '?')} images)  report: {args.out}/metrics.json, {args.out}/confusion.png")
+          f"({result['num_images']} images)  report: {args.out}/metrics.json, {args.out}/confusion.png")
     for name, m in result["per_class"].items():
         iou = "n/a" if m["iou"] is None else f"{m['iou']:.4f}"
         print(f"  {name:<16} IoU {iou}")
