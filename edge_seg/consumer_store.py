@@ -1,0 +1,241 @@
+"""Where the consumer puts what it receives: one output directory, SQLite as the source of truth.
+
+Layout of ``out_dir``::
+
+    consumer.sqlite                 msg_id of every stored message (dedupe), COCO rows, categories
+    messages.jsonl                  one JSON line per stored message (pixel data left out)
+    masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
+    labelling/images/{device}_{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue
+    labelling/annotations.json      COCO: the crops + their local class maps as RLE pre-annotations
+    devices.json                    per device: last status, counts, last seen
+
+A message is stored in this order: files (each written to a temporary name and renamed) → one
+SQLite transaction (``INSERT`` of the msg_id, plus the crop's COCO rows) → the JSON line. A
+msg_id already in SQLite is a duplicate and is skipped. A crash after the files but before the
+commit leaves files that the redelivered message overwrites; a crash between the commit and the
+JSON line loses that line only (SQLite stays authoritative: ``iter_masks`` reads it).
+``annotations.json`` and ``devices.json`` are regenerated from state (at most once a second and
+on close), written to a temporary file and ``os.replace``-d, so readers never see half a file.
+One output directory belongs to one consumer process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from edge_seg.errors import InputError
+from edge_seg.maskio import palette_png, read_palette_png
+from edge_seg.publish.messages import (
+    CommandResultMessage,
+    CropMessage,
+    MaskMessage,
+    Message,
+    MetricsMessage,
+    StatusMessage,
+    class_map_from_mask,
+)
+
+FLUSH_INTERVAL_S = 1.0
+_GREY = [(i, i, i) for i in range(256)]
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS messages (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL,
+    seq INTEGER NOT NULL, ts REAL NOT NULL, received REAL NOT NULL, path TEXT);
+CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL, annotations TEXT NOT NULL);
+"""
+
+
+def kind_of(msg: Message) -> str:
+    """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
+    return {MaskMessage: "mask", CropMessage: "crop", StatusMessage: "status", MetricsMessage: "metrics",
+            CommandResultMessage: "cmd/result"}[type(msg)]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class StoredMask:
+    """One stored mask message; ``class_map()`` reads its PNG."""
+
+    device: str
+    seq: int
+    msg_id: str
+    ts: float
+    path: Path
+
+    def class_map(self) -> np.ndarray:
+        return read_palette_png(self.path)
+
+
+class Store:
+    """The output directory of one consumer (see the module docstring)."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.out / "consumer.sqlite", timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA_SQL)
+        self._jsonl = open(self.out / "messages.jsonl", "a", encoding="utf-8")
+        self.devices: dict[str, dict] = self._load_devices()
+        self._dirty_coco = not (self.out / "labelling" / "annotations.json").exists()
+        self._dirty_devices = False
+        self._last_flush = 0.0
+        self._closed = False
+
+    def _load_devices(self) -> dict[str, dict]:
+        try:
+            data = json.loads((self.out / "devices.json").read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def seen(self, msg_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+
+    def store(self, msg: Message) -> bool:
+        """Store one decoded message; False if its msg_id was already stored (a duplicate)."""
+        if self.seen(msg.msg_id):
+            return False
+        kind = kind_of(msg)
+        now = time.time()
+        path: Path | None = None
+        coco: tuple[dict, list[dict]] | None = None
+        if isinstance(msg, MaskMessage):
+            path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}.png"
+            _write_atomic(path, palette_png(class_map_from_mask(msg), [tuple(c) for c in msg.palette] or _GREY))
+        elif isinstance(msg, CropMessage):
+            path = self.out / "labelling" / "images" / f"{msg.device}_{msg.seq:09d}_{msg.msg_id}.jpg"
+            _write_atomic(path, msg.jpeg)
+            coco = self._coco_rows(msg, path)
+        rel = None if path is None else path.relative_to(self.out).as_posix()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.db.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  (msg.msg_id, kind, msg.device, msg.seq, msg.ts, now, rel))
+            if cur.rowcount == 0:
+                self.db.execute("ROLLBACK")
+                return False
+            if coco is not None:
+                image, anns = coco
+                names = [ann.pop("category_name") for ann in anns]
+                for name in names:
+                    self.db.execute("INSERT OR IGNORE INTO categories (name) VALUES (?)", (name,))
+                ids = dict(self.db.execute(f"SELECT name, id FROM categories WHERE name IN "
+                                           f"({','.join('?' * len(names))})", names).fetchall())
+                for ann, name in zip(anns, names):
+                    ann["category_id"] = ids[name]
+                self.db.execute("INSERT INTO coco_images (msg_id, image, annotations) VALUES (?, ?, ?)",
+                                (msg.msg_id, json.dumps(image), json.dumps(anns)))
+                self._dirty_coco = True
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        record = {"kind": kind, "received": round(now, 6), "path": rel,
+                  **msg.model_dump(mode="json", by_alias=True, exclude={"rle", "png", "jpeg"})}
+        self._jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._jsonl.flush()
+        self._track(msg, kind, now)
+        return True
+
+    def _coco_rows(self, msg: CropMessage, path: Path) -> tuple[dict, list[dict]]:
+        width, height = msg.mask_resolution
+        image = {"file_name": path.relative_to(self.out / "labelling").as_posix(), "width": width,
+                 "height": height, "device": msg.device, "msg_id": msg.msg_id, "seq": msg.seq,
+                 "frame_seq": msg.frame_seq, "frame_bbox": list(msg.bbox), "frame_size": list(msg.frame_size),
+                 "score": msg.score, "ts": msg.ts, "model": msg.model.model_dump()}
+        rles = [{"size": [height, width], "counts": item.counts.encode("ascii")} for item in msg.rle]
+        areas = coco_mask.area(rles)
+        boxes = coco_mask.toBbox(rles)
+        anns = []
+        for item, area, box in zip(msg.rle, areas, boxes):
+            name = item.name or (msg.classes[item.id] if msg.classes and item.id < len(msg.classes)
+                                 else f"class_{item.id}")
+            anns.append({"category_name": name, "segmentation": {"size": [height, width], "counts": item.counts},
+                         "area": int(area), "bbox": [float(v) for v in box], "iscrowd": 0,
+                         "attributes": {"pre_annotation": True, "class_id": item.id}})
+        return image, anns
+
+    def _track(self, msg: Message, kind: str, now: float) -> None:
+        entry = self.devices.setdefault(msg.device, {"counts": {}})
+        entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
+        entry["last_seen"] = round(now, 3)
+        if isinstance(msg, StatusMessage):
+            entry["status"] = msg.model_dump(mode="json", by_alias=True)
+            entry["status_received"] = round(now, 3)
+        self._dirty_devices = True
+
+    def coco(self) -> dict:
+        """The COCO dataset of the labelling queue (ids: images and categories from SQLite)."""
+        categories = [{"id": i, "name": name, "supercategory": ""}
+                      for i, name in self.db.execute("SELECT id, name FROM categories ORDER BY id")]
+        images, annotations = [], []
+        for image_id, image, anns in self.db.execute("SELECT id, image, annotations FROM coco_images ORDER BY id"):
+            images.append({"id": image_id, **json.loads(image)})
+            for ann in json.loads(anns):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+        return {"info": {"description": "edge_seg uncertain crops with model pre-annotations",
+                         "version": "1.0"},
+                "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+
+    def flush(self, force: bool = False) -> None:
+        """Rewrite annotations.json / devices.json if they changed (at most once a second unless forced)."""
+        now = time.monotonic()
+        if self._closed or not force and now - self._last_flush < FLUSH_INTERVAL_S:
+            return
+        self._last_flush = now
+        if self._dirty_coco:
+            self._dirty_coco = False
+            _write_atomic(self.out / "labelling" / "annotations.json", json.dumps(self.coco()).encode())
+        if self._dirty_devices:
+            self._dirty_devices = False
+            _write_atomic(self.out / "devices.json", json.dumps(self.devices, indent=1, sort_keys=True).encode())
+
+    def close(self) -> None:
+        """Write the state files and close (idempotent)."""
+        if self._closed:
+            return
+        self.flush(force=True)
+        self._closed = True
+        self._jsonl.close()
+        self.db.close()
+
+
+def iter_masks(out_dir: str | os.PathLike, device: str | None = None) -> Iterator[StoredMask]:
+    """The stored mask messages of a consumer's ``out_dir`` (each once), by device and seq."""
+    out = Path(out_dir)
+    if not (out / "consumer.sqlite").is_file():
+        raise InputError(f"{out} holds no consumer.sqlite: not a consumer's output directory")
+    db = sqlite3.connect(f"file:{out / 'consumer.sqlite'}?mode=ro", uri=True)
+    try:
+        sql = "SELECT device, seq, msg_id, ts, path FROM messages WHERE kind = 'mask'"
+        args: tuple = ()
+        if device is not None:
+            sql, args = sql + " AND device = ?", (device,)
+        rows = db.execute(sql + " ORDER BY device, seq, msg_id", args).fetchall()
+    finally:
+        db.close()
+    for dev, seq, msg_id, ts, path in rows:
+        yield StoredMask(dev, seq, msg_id, ts, out / path)
+
+
+__all__ = ["Store", "StoredMask", "iter_masks", "kind_of"]

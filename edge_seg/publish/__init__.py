@@ -1,0 +1,1 @@
+"""Getting results off the device: versioned messages, the on-disk outbox, the MQTT publisher, commands."""

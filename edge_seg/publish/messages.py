@@ -1,0 +1,370 @@
+"""Versioned MQTT messages, shared by the device (encode) and the cloud consumer (decode).
+
+Topics are ``{prefix}/{device}/{Encoded.topic}``. Every message carries ``schema`` (a versioned id:
+a breaking change makes a new ``/v2``), ``device``, a unique ``msg_id`` (the idempotency key,
+time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time otherwise).
+
+* **mask** (``application/json``, UTF-8): model identity, ``frame_size`` ``[w, h]``, ``classes``,
+  ``palette``, ``area_fractions``, ``mean_confidence``, ``mean_uncertainty``, ``timings_ms``, and the
+  class map. The class map travels at **model resolution** (``mask_resolution`` ``[w, h]``, the
+  Segmentation's ``label_map``): the device's frame-size class map *is* a nearest-neighbour
+  resize of it, so ``class_map_from_mask`` reproduces it exactly (same ``cv2.resize``), at a
+  fraction of the bytes. ``mask_format`` ``rle``: ``rle`` lists ``{"id", "name", "counts"}`` for
+  every class present, ``counts`` being pycocotools' compressed RLE string of the binary mask
+  (``pycocotools.mask.decode({"size": [h, w], "counts": counts})``). ``png``: ``png`` is a base64
+  palette PNG whose pixels are class ids.
+* **Payload cap** (``max_bytes``, default 128 KB, AWS IoT's limit): RLE → PNG → PNG downscaled
+  (nearest) by 2, 4, 8 … until it fits; ``scale`` records ``mask_resolution`` / model resolution
+  (1.0 = exact). Nothing fits → ``MessageError``.
+* **crop** (``application/vnd.edge-seg.crop``): one line of UTF-8 JSON (the header: bbox in frame
+  pixels, score, ``frame_seq``, RLE of the local class map at bbox size, ``jpeg_bytes``), a
+  ``\\n``, then the raw JPEG. Binary framing saves base64's 33 %; ``mosquitto_sub`` still shows the
+  header. Without a content type (MQTT 3.1.1) ``decode`` recognises the header line.
+* **status**, **metrics**, **cmd/result**, and **cmd** (device-bound): UTF-8 JSON.
+
+Decoding is strict about types (no "5" for 5, no NaN/Infinity) and ignores unknown fields of
+data messages (``extra="ignore"``: a newer device may add fields within a schema version; a
+removed or retyped field needs a new version). Commands forbid unknown fields: a command that
+says more than the device understands is refused, not half-executed. Every malformed payload
+raises ``MessageError`` with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from edge_seg.errors import EdgeSegError
+from edge_seg.publish import rle
+from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is the public API
+    BY_SCHEMA,
+    COMMAND_SCHEMA,
+    COMMANDS,
+    CROP_CONTENT_TYPE,
+    CROP_SCHEMA,
+    DEVICE_PATTERN,
+    JPEG_MAGIC,
+    JSON_CONTENT_TYPE,
+    MASK_SCHEMA,
+    MAX_COMMAND_PAYLOAD,
+    MAX_DEPTH,
+    MAX_PAYLOAD,
+    METRICS_SCHEMA,
+    MSG_ID_PATTERN,
+    RESULT_SCHEMA,
+    STATUS_SCHEMA,
+    CommandMessage,
+    CommandResultMessage,
+    CropMessage,
+    MaskMessage,
+    Message,
+    MetricsMessage,
+    ModelInfo,
+    StatusMessage,
+    b64decode,
+)
+from edge_seg.segmentation import ModelIdentity, resize_to_frame
+
+_DEVICE_RE = re.compile(DEVICE_PATTERN)
+
+
+class MessageError(EdgeSegError):
+    """A payload that is not a valid message; ``command_id`` is the command's id when it could be read."""
+
+    def __init__(self, message: str, command_id: str | None = None):
+        super().__init__(message)
+        self.command_id = command_id
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A payload ready to publish on ``{prefix}/{device}/{topic}``."""
+
+    topic: str  # "mask" | "crop" | "status" | "metrics" | "cmd/result"
+    payload: bytes
+    content_type: str
+    msg_id: str
+    seq: int
+
+
+_last_ms = 0
+
+
+def new_msg_id() -> str:
+    """32 hex characters: 12 of milliseconds since the epoch (sortable by time) + 80 random bits."""
+    global _last_ms
+    ms = max(int(time.time() * 1000), _last_ms)
+    _last_ms = ms
+    return f"{ms:012x}{os.urandom(10).hex()}"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _depth_ok(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+def _load_json(payload: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise MessageError(f"bad {what}: not UTF-8") from None
+    except RecursionError:
+        raise MessageError(f"bad {what}: JSON nested too deeply") from None
+    except ValueError as err:
+        raise MessageError(f"bad {what}: not valid JSON ({str(err)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"bad {what}: a JSON object is expected, got {type(obj).__name__}")
+    if not _depth_ok(obj, MAX_DEPTH):
+        raise MessageError(f"bad {what}: JSON nested deeper than {MAX_DEPTH}")
+    return obj
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "message"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}"[:300] + more
+
+
+def _validate(cls: type[BaseModel], obj: dict, what: str, command_id: str | None = None):
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as err:
+        raise MessageError(f"bad {what}: {_one_line(err)}", command_id) from None
+    except (ValueError, TypeError, RecursionError) as err:  # validators' own errors outside pydantic's wrapping
+        raise MessageError(f"bad {what}: {str(err)[:200]}", command_id) from None
+
+
+def _json(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _envelope(schema: str, device: str, seq: int, ts: float | None = None) -> dict:
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise MessageError(f"device id {device!r} is not valid: 1-64 of A-Z a-z 0-9 _ . - starting with a letter "
+                           "or digit")
+    if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
+        raise MessageError(f"seq must be a non-negative integer, got {seq!r}")
+    return {"schema": schema, "device": device, "msg_id": new_msg_id(), "seq": int(seq),
+            "ts": round(float(time.time() if ts is None else ts), 6)}
+
+
+def _model_dict(model: Any) -> dict | None:
+    info = ModelInfo.of(model)
+    return None if info is None else info.model_dump()
+
+
+def _finite(value: float | None, digits: int) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _encoded(topic: str, head: dict, payload: bytes, content_type: str = JSON_CONTENT_TYPE) -> Encoded:
+    return Encoded(topic, payload, content_type, head["msg_id"], head["seq"])
+
+
+# --------------------------------------------------------------------------------------------- encoding
+def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "rle", max_bytes: int = 128_000,
+                timings: dict[str, float] | None = None, mean_uncertainty: float | None = None,
+                frame_seq: int | None = None) -> Encoded:
+    """A mask message for one ``Segmentation`` (see the module docstring for the fallback chain)."""
+    if fmt not in ("rle", "png"):
+        raise MessageError(f"mask format must be 'rle' or 'png', got {fmt!r}")
+    labels = np.asarray(segmentation.label_map, dtype=np.uint8)
+    height, width = labels.shape
+    head = _envelope(MASK_SCHEMA, device, seq, ts)
+    classes = list(segmentation.classes)
+    if mean_uncertainty is None:
+        mean_uncertainty = 1.0 - segmentation.mean_confidence
+    head.update(model=_model_dict(segmentation.model), frame_size=[int(v) for v in segmentation.frame_size],
+                classes=classes, palette=[[int(c) for c in colour] for colour in segmentation.palette])
+    if frame_seq is not None:
+        head["frame_seq"] = int(frame_seq)
+    tail = {"area_fractions": {k: round(v, 6) for k, v in segmentation.area_fractions.items()},
+            "mean_confidence": _finite(segmentation.mean_confidence, 6),
+            "mean_uncertainty": _finite(mean_uncertainty, 6),
+            "timings_ms": {str(k): round(float(v), 3) for k, v in (timings or segmentation.timings or {}).items()
+                           if np.isfinite(v)}}
+    if fmt == "rle":
+        rles = [{"id": item["id"], "name": classes[item["id"]] if item["id"] < len(classes) else None,
+                 "counts": item["counts"]} for item in rle.encode_classes(labels)]
+        payload = _json({**head, "mask_format": "rle", "mask_resolution": [width, height], "scale": 1.0,
+                         "rle": rles, **tail})
+        if len(payload) <= max_bytes:
+            return _encoded("mask", head, payload)
+    factor = 1
+    while True:
+        w, h = max(1, width // factor), max(1, height // factor)
+        small = labels if factor == 1 else cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        png = base64.b64encode(rle.encode_png(small, segmentation.palette)).decode("ascii")
+        payload = _json({**head, "mask_format": "png", "mask_resolution": [w, h], "scale": round(w / width, 6),
+                         "png": png, **tail})
+        if len(payload) <= max_bytes:
+            return _encoded("mask", head, payload)
+        if w == 1 and h == 1:
+            raise MessageError(f"a mask message cannot fit in {max_bytes} bytes even with a 1x1 mask; "
+                               "raise max_bytes")
+        factor *= 2
+
+
+def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
+                classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
+    """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``)."""
+    head = _envelope(CROP_SCHEMA, device, seq, crop.ts)
+    local = np.asarray(crop.class_map, dtype=np.uint8)
+    x, y, w, h = (int(v) for v in crop.bbox)
+    if local.shape != (h, w):
+        raise MessageError(f"crop class map is {local.shape[1]}x{local.shape[0]}, its bbox is {w}x{h}")
+    names = list(classes) if classes is not None else None
+    rles = [{"id": item["id"], "name": names[item["id"]] if names and item["id"] < len(names) else None,
+             "counts": item["counts"]} for item in rle.encode_classes(local)]
+    head.update(model=_model_dict(model), frame_size=[int(v) for v in frame_size], bbox=[x, y, w, h],
+                score=_finite(crop.score, 6) or 0.0, mask_resolution=[w, h], rle=rles, jpeg_bytes=len(crop.jpeg))
+    if crop.seq is not None:
+        head["frame_seq"] = int(crop.seq)
+    if names is not None:
+        head["classes"] = names
+    return _encoded("crop", head, _json(head) + b"\n" + bytes(crop.jpeg), CROP_CONTENT_TYPE)
+
+
+def encode_status(*, device: str, seq: int, online: bool, model=None, fps: float | None = None,
+                  uptime_s: float | None = None, source_state: str | None = None, outbox_depth: int | None = None,
+                  extra: dict | None = None) -> Encoded:
+    """A status message (published retained; the ``online: false`` one is also the LWT)."""
+    head = _envelope(STATUS_SCHEMA, device, seq)
+    head.update(online=bool(online), model=_model_dict(model), fps=_finite(fps, 3), uptime_s=_finite(uptime_s, 3),
+                source_state=source_state, outbox_depth=None if outbox_depth is None else int(outbox_depth),
+                extra=dict(extra or {}))
+    return _encoded("status", head, _json(head))
+
+
+def encode_metrics(*, device: str, seq: int, summary: dict) -> Encoded:
+    """A metrics summary message (any JSON-ready dict)."""
+    head = _envelope(METRICS_SCHEMA, device, seq)
+    head["summary"] = summary
+    try:
+        return _encoded("metrics", head, _json(head))
+    except (TypeError, ValueError) as err:
+        raise MessageError(f"metrics summary is not JSON-ready: {err}") from None
+
+
+def encode_command_result(*, device: str, seq: int, command_id: str | None, ok: bool, result: dict | None = None,
+                          error: str | None = None) -> Encoded:
+    """The answer to a command, on ``cmd/result``; ``command_id`` is None when the command had no readable id."""
+    head = _envelope(RESULT_SCHEMA, device, seq)
+    head.update(command_id=None if command_id is None else str(command_id)[:128], ok=bool(ok), result=result,
+                error=None if error is None else str(error)[:4096])
+    try:
+        return _encoded("cmd/result", head, _json(head))
+    except (TypeError, ValueError) as err:
+        raise MessageError(f"command result is not JSON-ready: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def _is_crop_frame(payload: bytes) -> bool:
+    newline = payload.find(b"\n", 0, 65536)
+    return newline > 0 and CROP_SCHEMA.encode() in payload[:newline]
+
+
+def _decode_crop(payload: bytes) -> CropMessage:
+    newline = payload.find(b"\n", 0, 65536)
+    if newline <= 0:
+        raise MessageError("bad crop message: no header line before the JPEG")
+    head = _load_json(payload[:newline], "crop message")
+    if "jpeg" in head:
+        raise MessageError("bad crop message: the header must not carry 'jpeg'")
+    return _validate(CropMessage, {**head, "jpeg": payload[newline + 1:]}, "crop message")
+
+
+def decode(payload: bytes, content_type: str | None = None) -> Message:
+    """Validate and decode a data message (mask, crop, status, metrics, cmd/result); ``MessageError`` if bad."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MessageError(f"bad message: payload must be bytes, got {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) > MAX_PAYLOAD:
+        raise MessageError(f"bad message: {len(payload)} bytes is more than the {MAX_PAYLOAD} accepted")
+    if content_type == CROP_CONTENT_TYPE or (not content_type and _is_crop_frame(payload)):
+        return _decode_crop(payload)
+    obj = _load_json(payload, "message")
+    schema = obj.get("schema")
+    if schema == CROP_SCHEMA:
+        raise MessageError(f"bad message: crop messages are framed as {CROP_CONTENT_TYPE} (header line + JPEG)")
+    cls = BY_SCHEMA.get(schema) if isinstance(schema, str) else None
+    if cls is None:
+        shown = repr(schema)[:80] if schema is not None else "missing"
+        raise MessageError(f"bad message: schema {shown} is not one of {', '.join([*BY_SCHEMA, CROP_SCHEMA])}")
+    return _validate(cls, obj, schema.split(".", 1)[1].split("/")[0] + " message")
+
+
+def decode_command(payload: bytes) -> CommandMessage:
+    """Validate a command payload; ``MessageError`` (with ``command_id`` when readable) for anything else."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MessageError(f"bad command: payload must be bytes, got {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) > MAX_COMMAND_PAYLOAD:
+        raise MessageError(f"bad command: {len(payload)} bytes is more than the {MAX_COMMAND_PAYLOAD} accepted")
+    obj = _load_json(payload, "command")
+    raw_id = obj.get("id")
+    command_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+    cmd = obj.get("cmd")
+    if isinstance(cmd, str) and cmd not in COMMANDS:
+        raise MessageError(f"unknown command {cmd[:64]!r} (valid: {', '.join(COMMANDS)})", command_id)
+    return _validate(CommandMessage, obj, "command", command_id)
+
+
+def label_map_from_mask(msg: MaskMessage) -> np.ndarray:
+    """The uint8 (h, w) class map at ``mask_resolution`` (model resolution when ``scale`` is 1)."""
+    width, height = msg.mask_resolution
+    try:
+        if msg.mask_format == "rle":
+            return rle.decode_classes([item.model_dump() for item in msg.rle or []], height, width)
+        return rle.decode_png(b64decode(msg.png or ""), width, height)
+    except (rle.RLEError, ValueError) as err:
+        raise MessageError(f"bad mask message: {err}") from None
+
+
+def class_map_from_mask(msg: MaskMessage) -> np.ndarray:
+    """The uint8 frame-size class map: exactly the device's ``Segmentation.class_map`` when ``scale`` is 1."""
+    return resize_to_frame(label_map_from_mask(msg), tuple(msg.frame_size), cv2.INTER_NEAREST)
+
+
+def crop_class_map(msg: CropMessage) -> np.ndarray:
+    """The uint8 (h, w) class map inside the crop's bbox."""
+    width, height = msg.mask_resolution
+    try:
+        return rle.decode_classes([item.model_dump() for item in msg.rle], height, width)
+    except rle.RLEError as err:
+        raise MessageError(f"bad crop message: {err}") from None
+
+
+def model_identity(info: ModelInfo | None) -> ModelIdentity | None:
+    """The ``ModelIdentity`` a message names."""
+    return None if info is None else ModelIdentity(info.name, info.version, info.sha256)
+
+
+__all__ = ["COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "CommandMessage", "CommandResultMessage",
+           "CropMessage", "Encoded", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
+           "MessageError", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage",
+           "class_map_from_mask", "crop_class_map", "decode", "decode_command", "encode_command_result", "encode_crop",
+           "encode_mask", "encode_metrics", "encode_status", "label_map_from_mask", "model_identity", "new_msg_id"]

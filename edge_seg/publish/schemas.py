@@ -1,0 +1,197 @@
+"""The pydantic models of the MQTT messages (see ``edge_seg.publish.messages`` for the contract).
+
+Data messages are strict about types and ignore unknown fields (``extra="ignore"``: newer devices
+may add fields within a schema version); commands forbid unknown fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_seg.publish import rle
+
+MASK_SCHEMA = "edge_seg.mask/v1"
+CROP_SCHEMA = "edge_seg.crop/v1"
+STATUS_SCHEMA = "edge_seg.status/v1"
+METRICS_SCHEMA = "edge_seg.metrics/v1"
+COMMAND_SCHEMA = "edge_seg.cmd/v1"
+RESULT_SCHEMA = "edge_seg.cmd_result/v1"
+JSON_CONTENT_TYPE = "application/json"
+CROP_CONTENT_TYPE = "application/vnd.edge-seg.crop"
+JPEG_MAGIC = b"\xff\xd8"
+COMMANDS = ("ping", "snapshot", "set_policy", "reload", "update_model")
+MAX_PAYLOAD = 16 * 1024 * 1024  # data messages (the broker's own limit is usually far lower)
+MAX_COMMAND_PAYLOAD = 64 * 1024
+MAX_DEPTH = 32  # JSON nesting accepted in any message
+DEVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a safe directory name and MQTT topic level
+MSG_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("'png' is not valid base64") from None
+
+
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
+MsgId = Annotated[str, Field(pattern=MSG_ID_PATTERN)]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+Ts = Annotated[float, Field(ge=0)]
+Side = Annotated[int, Field(ge=1, le=rle.MAX_SIDE)]
+Size = Annotated[list[Side], Field(min_length=2, max_length=2)]
+Name = Annotated[str, Field(max_length=256)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class ModelInfo(_Strict):
+    name: Name
+    version: Name
+    sha256: Name
+
+    @classmethod
+    def of(cls, model: Any) -> ModelInfo | None:
+        if model is None:
+            return None
+        if isinstance(model, ModelInfo):
+            return model
+        if isinstance(model, dict):
+            return cls.model_validate(model)
+        return cls(name=str(model.name), version=str(model.version), sha256=str(model.sha256))
+
+
+class ClassRLE(_Strict):
+    id: Annotated[int, Field(ge=0, le=255)]
+    name: Name | None = None
+    counts: Annotated[str, Field(min_length=1)]
+
+
+class _Envelope(_Strict):
+    device: Device
+    msg_id: MsgId
+    seq: Seq
+    ts: Ts
+
+
+def _check_rles(rles: list[ClassRLE], size: list[int], n_classes: int | None) -> None:
+    ids = [item.id for item in rles]
+    if len(set(ids)) != len(ids):
+        raise ValueError("rle lists a class twice")
+    for item in rles:
+        if n_classes is not None and item.id >= n_classes:
+            raise ValueError(f"rle class id {item.id} is not one of the {n_classes} classes")
+        rle.check_counts(item.counts, size[1], size[0])
+
+
+class MaskMessage(_Envelope):
+    schema_: Literal["edge_seg.mask/v1"] = Field(alias="schema")
+    model: ModelInfo
+    frame_size: Size
+    classes: Annotated[list[Name], Field(min_length=1, max_length=256)]
+    palette: Annotated[list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]],
+                       Field(max_length=256)] = []
+    frame_seq: Seq | None = None
+    mask_format: Literal["rle", "png"]
+    mask_resolution: Size
+    scale: Annotated[float, Field(gt=0, le=1)] = 1.0
+    rle: list[ClassRLE] | None = None
+    png: str | None = None
+    area_fractions: dict[Name, float] = {}
+    mean_confidence: float | None = None
+    mean_uncertainty: float | None = None
+    timings_ms: dict[Name, float] = {}
+
+    @model_validator(mode="after")
+    def _mask_present(self) -> MaskMessage:
+        if self.mask_format == "rle":
+            if self.rle is None or not self.rle:
+                raise ValueError("mask_format 'rle' needs a non-empty 'rle' list")
+            _check_rles(self.rle, self.mask_resolution, len(self.classes))
+        else:
+            if self.png is None:
+                raise ValueError("mask_format 'png' needs 'png' (base64)")
+            if rle.png_size(b64decode(self.png)) != tuple(self.mask_resolution):
+                raise ValueError("the PNG's size is not mask_resolution")
+        return self
+
+
+class CropMessage(_Envelope):
+    schema_: Literal["edge_seg.crop/v1"] = Field(alias="schema")
+    model: ModelInfo
+    frame_size: Size
+    frame_seq: Seq | None = None
+    classes: Annotated[list[Name], Field(max_length=256)] | None = None
+    bbox: Annotated[list[Annotated[int, Field(ge=0, le=rle.MAX_SIDE)]], Field(min_length=4, max_length=4)]
+    score: float
+    mask_resolution: Size
+    rle: Annotated[list[ClassRLE], Field(min_length=1)]
+    jpeg_bytes: Annotated[int, Field(ge=0)]
+    jpeg: bytes = Field(default=b"", exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CropMessage:
+        x, y, w, h = self.bbox
+        if w < 1 or h < 1 or x + w > self.frame_size[0] or y + h > self.frame_size[1]:
+            raise ValueError(f"bbox {self.bbox} is not inside the {self.frame_size[0]}x{self.frame_size[1]} frame")
+        if [w, h] != self.mask_resolution:
+            raise ValueError("mask_resolution is not the bbox size")
+        _check_rles(self.rle, self.mask_resolution, len(self.classes) if self.classes else None)
+        if len(self.jpeg) != self.jpeg_bytes:
+            raise ValueError(f"{len(self.jpeg)} bytes follow the header, it says jpeg_bytes {self.jpeg_bytes}")
+        if not self.jpeg.startswith(JPEG_MAGIC):
+            raise ValueError("the bytes after the header are not a JPEG")
+        return self
+
+
+class StatusMessage(_Envelope):
+    schema_: Literal["edge_seg.status/v1"] = Field(alias="schema")
+    online: bool
+    model: ModelInfo | None = None
+    fps: float | None = None
+    uptime_s: float | None = None
+    source_state: Name | None = None
+    outbox_depth: Annotated[int, Field(ge=0)] | None = None
+    extra: dict[str, Any] = {}
+
+
+class MetricsMessage(_Envelope):
+    schema_: Literal["edge_seg.metrics/v1"] = Field(alias="schema")
+    summary: dict[str, Any]
+
+
+class CommandResultMessage(_Envelope):
+    schema_: Literal["edge_seg.cmd_result/v1"] = Field(alias="schema")
+    command_id: Annotated[str, Field(max_length=128)] | None = None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class CommandMessage(BaseModel):
+    """A command to a device (``{prefix}/{device}/cmd``); ``sig`` when signatures are required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    schema_: Literal["edge_seg.cmd/v1"] | None = Field(default=None, alias="schema")
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    cmd: Literal["ping", "snapshot", "set_policy", "reload", "update_model"]
+    args: dict[str, Any] = {}
+    ts: Ts | None = None
+    sig: Annotated[str, Field(max_length=1024)] | None = None
+
+
+Message = Union[MaskMessage, CropMessage, StatusMessage, MetricsMessage, CommandResultMessage]  # noqa: UP007
+BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, STATUS_SCHEMA: StatusMessage,
+                                          METRICS_SCHEMA: MetricsMessage, RESULT_SCHEMA: CommandResultMessage}
+
+
+__all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "ClassRLE", "CommandMessage",
+           "CommandResultMessage", "CropMessage", "DEVICE_PATTERN", "JPEG_MAGIC", "JSON_CONTENT_TYPE", "MASK_SCHEMA",
+           "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA", "MSG_ID_PATTERN", "MaskMessage",
+           "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage", "b64decode"]
