@@ -182,6 +182,18 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    from edge_seg.consumer import run_consumer
+
+    options = {k: v for k, v in (("topic_prefix", args.prefix), ("client_id", args.client_id),
+                                 ("password_file", args.password_file), ("tls_ca", args.ca),
+                                 ("tls_cert", args.cert), ("tls_key", args.key)) if v is not None}
+    stats = run_consumer(args.broker, args.out, share=args.share, duration=args.duration,
+                         progress=not args.quiet, **options)
+    print("consumer: " + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float))))
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(json.dumps({"edge_seg": __version__, "python": sys.version.split()[0]}))
     return 0
@@ -257,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every-n", type=int, default=None, help="segment every Nth frame")
     p.add_argument("--device", default=None, help="device name")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("consume", help="cloud side: receive, dedupe and store masks, crops and status from MQTT")
+    p.add_argument("--broker", required=True, help="mqtt[s]://[user@]host:port (password: EDGE_SEG_MQTT_PASSWORD)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="where to store masks, crops and the database")
+    p.add_argument("--share", default=None, metavar="GROUP", help="MQTT 5 shared subscription group: N consumers "
+                   "with the same GROUP split the stream")
+    p.add_argument("--prefix", default=None, help="topic prefix (default edge_seg)")
+    p.add_argument("--client-id", default=None, help="stable id: a persistent session keeps messages while away")
+    p.add_argument("--password-file", type=Path, default=None)
+    p.add_argument("--ca", type=Path, default=None, help="CA certificate for mqtts://")
+    p.add_argument("--cert", type=Path, default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--key", type=Path, default=None, help="client key (mutual TLS)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--quiet", "-q", action="store_true", help="no live summary line")
+    p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("config", help="device config tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

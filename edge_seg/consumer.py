@@ -144,6 +144,7 @@ class Consumer:
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
@@ -163,6 +164,9 @@ class Consumer:
             self._stats["connects"] += 1
         log.info("connected to %s", self.address)
         client.subscribe([(t, 1) for t in self.topics()])
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._report(f"cannot reach broker {self.address} (retrying with backoff)")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.ready.clear()
