@@ -41,6 +41,14 @@ class FrameResult:
     overlay: np.ndarray | None = None  # filled by the overlay stage when one runs
     extras: dict = field(default_factory=dict)  # e.g. "crops" from the uncertainty stage
 
+    @property
+    def image(self) -> np.ndarray:
+        """The part of the frame that was segmented (the ROI, or the whole frame)."""
+        if self.roi is None:
+            return self.frame.image
+        x, y, w, h = self.roi
+        return self.frame.image[y:y + h, x:x + w]
+
 
 class LatestSlot:
     """One frame slot: ``put`` overwrites (returns True when an untaken frame was dropped)."""

@@ -47,11 +47,7 @@ class OverlayStage:
         self.redactor = redactor
 
     def __call__(self, result: FrameResult) -> None:
-        image = result.frame.image
-        if result.roi is not None:
-            x, y, w, h = result.roi
-            image = image[y:y + h, x:x + w]
-        drawn = image
+        drawn = result.image
         if self.redactor is not None:
             drawn = self.redactor.annotate(drawn, result.segmentation)
         if self.overlay is not None:
@@ -144,11 +140,7 @@ class CropStage:
         self.extractor = extractor
 
     def __call__(self, result: FrameResult) -> None:
-        image = result.frame.image
-        if result.roi is not None:
-            x, y, w, h = result.roi
-            image = image[y:y + h, x:x + w]
-        result.extras["crops"] = self.extractor.extract(image, result.segmentation, result.frame.ts,
+        result.extras["crops"] = self.extractor.extract(result.image, result.segmentation, result.frame.ts,
                                                         seq=result.frame.seq)
 
 

@@ -40,6 +40,18 @@ class Pacer:
         self._due = now + self.period if self._due is None else max(self._due + self.period, now)
 
 
+def wait_until_due(pacer: Pacer | None, timeout: float, sleep: Callable[[float], None]) -> bool:
+    """Sleep until the paced next frame is due; False (after sleeping ``timeout``) if it is due later."""
+    if pacer is None:
+        return True
+    wait = pacer.delay()
+    if wait > timeout:
+        sleep(max(0.0, timeout))
+        return False
+    sleep(wait)
+    return True
+
+
 def redact(uri: str) -> str:
     """``uri`` without a password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)."""
     parts = urlsplit(uri)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_seg.sources._common import Pacer
+from edge_seg.sources._common import Pacer, wait_until_due
 from edge_seg.sources.base import Frame, SourceEnded, SourceError
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,8 @@ class ImageDirSource:
         """The next image; ``None`` if pacing makes it due later than ``timeout`` s from now."""
         if self._closed:
             raise SourceEnded(f"{self.uri}: closed")
-        if self._pacer is not None:
-            wait = self._pacer.delay()
-            if wait > timeout:
-                self._sleep(max(0.0, timeout))
-                return None
-            self._sleep(wait)
+        if not wait_until_due(self._pacer, timeout, self._sleep):
+            return None
         image = self._next_image()
         if self._pacer is not None:
             self._pacer.tick()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from edge_seg import scenes
-from edge_seg.sources._common import Pacer, query_options
+from edge_seg.sources._common import Pacer, query_options, wait_until_due
 from edge_seg.sources.base import Frame, SourceEnded, SourceError
 
 DEFAULT_SIZE = (640, 360)
@@ -66,12 +66,8 @@ class SyntheticSource:
         """Render the next frame; ``None`` if pacing makes it due later than ``timeout`` s from now."""
         if self._closed:
             raise SourceEnded(f"{self.uri}: closed")
-        if self._pacer is not None:
-            wait = self._pacer.delay()
-            if wait > timeout:
-                self._sleep(max(0.0, timeout))
-                return None
-            self._sleep(wait)
+        if not wait_until_due(self._pacer, timeout, self._sleep):
+            return None
         scene = self._render_next()
         if self._pacer is not None:
             self._pacer.tick()
