@@ -47,7 +47,8 @@ class Recipe:
 
     size: int = 192  # model input is size x size
     alpha: float = 1.0
-    render: int = 256  # scenes are rendered at render x render and resized like on the device
+    render: int = 256  # short side of the rendered scenes; they are resized (stretched) like on the device
+    aspects: tuple[float, ...] = (1.0, 16 / 9, 4 / 3, 9 / 16)  # width / height of the scenes, used in turn
     train_images: int = 4000
     val_images: int = 200
     heldout_images: int = 200
@@ -64,16 +65,27 @@ QUICK = Recipe(size=64, alpha=0.25, render=96, train_images=48, val_images=16, h
                batch=16, epochs=1, qat_epochs=1, calibration_images=8)
 
 
+def render_sizes(recipe: Recipe) -> list[tuple[int, int]]:
+    """(width, height) of the rendered scenes: ``render`` is the short side, one size per aspect ratio.
+
+    Cameras deliver 16:9 or 4:3 frames that the device stretches to the square input, so the model
+    trains on stretched scenes of every common aspect ratio, not only square ones.
+    """
+    short = recipe.render
+    return [(round(short * a), short) if a >= 1 else (short, round(short / a)) for a in recipe.aspects]
+
+
 def render_sets(work: Path, recipe: Recipe) -> dict[str, Path]:
     """Write the three scene sets under ``work`` (train / val / heldout); returns their folders."""
-    size = (recipe.render, recipe.render)
+    size = render_sizes(recipe)
     sets = {"train": (recipe.train_images, TRAIN_SEED), "val": (recipe.val_images, VAL_SEED),
             "heldout": (recipe.heldout_images, HELDOUT_SEED)}
     out = {}
     for name, (n, seed) in sets.items():
         t = time.perf_counter()
         out[name] = write_dataset(work / name, n, seed=seed + recipe.seed, size=size)
-        log.info("rendered %d %s scenes at %dx%d in %.1f s", n, name, *size, time.perf_counter() - t)
+        log.info("rendered %d %s scenes at %s in %.1f s", n, name, " / ".join(f"{w}x{h}" for w, h in size),
+                 time.perf_counter() - t)
     return out
 
 

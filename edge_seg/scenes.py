@@ -19,7 +19,7 @@ camera. Each frame gets fresh sensor noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -349,17 +349,21 @@ def render_clip(seed: int, n_frames: int, size: tuple[int, int] = (640, 360)) ->
             motions[i] = replace(m, vx=vx, vy=vy)
 
 
-def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (256, 256)) -> Path:
+def write_dataset(out_dir: str | Path, n: int, seed: int = 0,
+                  size: tuple[int, int] | Sequence[tuple[int, int]] = (256, 256)) -> Path:
     """Write ``n`` scenes as ``out_dir/images/00000.png`` (BGR colour) and ``out_dir/masks/00000.png``.
 
     Masks are 8-bit single-channel PNGs of class ids. Scene ``i`` is ``render_scene(seed + i, size)``,
-    so use seeds far apart (e.g. 0, 10**6, 2*10**6) for train / validation / test sets.
+    so use seeds far apart (e.g. 0, 10**6, 2*10**6) for train / validation / test sets. ``size`` may
+    be a list of sizes, used in turn (scene ``i`` gets ``size[i % len(size)]``): a mix of aspect
+    ratios, as cameras deliver, for a model that stretches frames to a square input.
     """
+    sizes = [tuple(size)] if isinstance(size[0], int) else [tuple(s) for s in size]
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(int(n)):
-        scene = render_scene(seed + i, size)
+        scene = render_scene(seed + i, sizes[i % len(sizes)])
         name = f"{i:05d}.png"
         if not (cv2.imwrite(str(out / "images" / name), scene.image)
                 and cv2.imwrite(str(out / "masks" / name), scene.mask)):
