@@ -199,6 +199,33 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+PLUGIN_GROUP = "edge_seg.commands"
+
+
+def _add_plugins(sub) -> None:
+    """Subcommands other packages register under the ``edge_seg.commands`` entry-point group.
+
+    ``converters`` (the workstation side, extra ``convert``) adds ``edge-seg convert`` this way, so
+    the device runtime never imports it. A plugin's ``register(subparsers)`` must be cheap: it
+    only declares arguments; its handler imports the heavy things when it runs.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            register = ep.load()
+        except ImportError as err:
+            missing = sub.add_parser(ep.name, help=f"(unavailable: {err.name or err} is not installed)")
+            missing.set_defaults(func=lambda args, e=err, name=ep.name: _unavailable(name, e))
+            continue
+        register(sub)
+
+
+def _unavailable(name: str, err: ImportError) -> int:
+    raise EdgeSegError(f"'edge-seg {name}' needs packages that are not installed ({err}); "
+                       "pip install 'edge-seg[convert]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-seg", description="Edge segmentation runtime.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -292,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_config_check)
     q = csub.add_parser("schema", help="print the config's JSON Schema")
     q.set_defaults(func=cmd_config_schema)
+
+    _add_plugins(sub)
 
     p = sub.add_parser("version", help="print versions")
     p.set_defaults(func=cmd_version)
