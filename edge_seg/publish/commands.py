@@ -1,0 +1,290 @@
+"""Remote commands on ``{prefix}/{device}/cmd``; every command gets an answer on ``/cmd/result``.
+
+A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``)::
+
+    {"id": "c-42", "cmd": "set_policy", "args": {"every_n": 10}, "ts": 1732233600.0, "sig": "…"}
+
+* ``ping`` → ``{"pong": true, "uptime_s": …}``
+* ``snapshot`` → the next frame's mask is published at once (whatever the policy says) and the
+  result, sent with that frame, carries ``frame_seq``, ``mask_msg_id`` and a JPEG of the overlay
+  (``overlay_jpeg``, base64, downscaled to fit the payload cap).
+* ``set_policy`` → ``args`` holds some of ``every_n``, ``area_delta``, ``uncertainty``,
+  ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
+* ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
+* ``update_model`` → error "unsupported: OTA updates arrive with a later release".
+
+Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong type, bad or
+missing signature, a hook that raises) is answered with ``ok: false``, a one-line ``error`` and
+the command's ``id`` when it could be read (``command_id: null`` otherwise). ``handle`` never
+raises. A command id seen recently (the last 1024) is not executed again: its first result is
+sent again (QoS 1 may deliver a command twice; a signed command cannot be replayed).
+
+**Signatures** (``commands.require_signature`` in the config): ``sig`` is the standard base64 of
+
+* ``hmac``: HMAC-SHA256 with the shared key, or
+* ``ed25519``: an Ed25519 signature by the private key whose public key the device holds,
+
+over the *canonical JSON* of the command object without ``sig``: keys sorted at every level,
+separators ``,`` and ``:`` without spaces, UTF-8 without escaping non-ASCII, i.e. Python's
+``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. Floats are
+written as Python does (shortest repr); senders in other languages should avoid floats in
+signed commands or format them the same way. Signed commands must carry ``ts`` (Unix seconds)
+within ``MAX_SKEW_S`` of the device clock, so an old command cannot be replayed after its id
+leaves the memory of recent ids. ``sign_command`` makes a signed command (cloud tools, tests).
+The HMAC key is the UTF-8 of ``commands.key`` or the bytes of ``key_file`` (trailing newline
+dropped); the Ed25519 public key is PEM or the base64 of the raw 32 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from edge_seg.errors import EdgeSegError
+from edge_seg.publish.messages import (
+    MAX_COMMAND_PAYLOAD,
+    CommandMessage,
+    Encoded,
+    MessageError,
+    decode_command,
+    encode_command_result,
+)
+from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
+
+log = logging.getLogger(__name__)
+MAX_SKEW_S = 300.0
+REMEMBERED_IDS = 1024
+UNSUPPORTED_OTA = "unsupported: OTA updates arrive with a later release"
+_PENDING = object()
+
+
+def readable_id(payload: bytes) -> str | None:
+    """The ``id`` of a rejected command when one can be read (a JSON object of at most 64 KB, ``id`` a 1-128
+    character string), so its sender can match the error result; None otherwise."""
+    if len(payload) > MAX_COMMAND_PAYLOAD:
+        return None
+    try:
+        obj = json.loads(bytes(payload).decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    raw = obj.get("id") if isinstance(obj, dict) else None
+    return raw if isinstance(raw, str) and 0 < len(raw) <= 128 else None
+
+
+def canonical_json(command: dict) -> bytes:
+    """The bytes a signature covers: the command without ``sig``, sorted keys, no spaces, UTF-8."""
+    body = {k: v for k, v in command.items() if k != "sig"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def sign_command(command: dict, *, hmac_key: bytes | None = None, ed25519_private_key=None) -> dict:
+    """A copy of ``command`` with ``sig`` (and ``ts`` if it had none) for a device that requires signatures."""
+    signed = {k: v for k, v in command.items() if k != "sig"}
+    signed.setdefault("ts", time.time())
+    body = canonical_json(signed)
+    if hmac_key is not None:
+        raw = hmac.new(hmac_key, body, hashlib.sha256).digest()
+    elif ed25519_private_key is not None:
+        raw = ed25519_private_key.sign(body)
+    else:
+        raise ValueError("sign_command needs hmac_key or ed25519_private_key")
+    signed["sig"] = base64.b64encode(raw).decode("ascii")
+    return signed
+
+
+class Verifier:
+    """Checks ``sig`` of a raw command object (``MessageError`` when it is missing or wrong)."""
+
+    def __init__(self, kind: str, key: bytes):
+        self.kind = kind
+        if kind == "hmac":
+            if not key:
+                raise EdgeSegError("commands: the HMAC key is empty")
+            self._key = key
+        elif kind == "ed25519":
+            self._public = _ed25519_public_key(key)
+        else:
+            raise EdgeSegError(f"commands.require_signature must be hmac or ed25519, got {kind!r}")
+
+    @classmethod
+    def from_config(cls, config: CommandsConfig) -> Verifier | None:
+        if not config.require_signature:
+            return None
+        if config.key_file is not None:
+            try:
+                key = config.key_file.read_bytes().rstrip(b"\r\n")
+            except OSError as err:
+                raise EdgeSegError(f"cannot read commands.key_file {config.key_file}: {err.strerror}") from None
+        else:
+            key = (config.key or "").encode("utf-8")
+        return cls(config.require_signature, key)
+
+    def verify(self, obj: dict, command_id: str | None, now: float) -> None:
+        sig = obj.get("sig")
+        if not isinstance(sig, str) or not sig:
+            raise MessageError(f"signature required ({self.kind}): add 'sig'", command_id)
+        ts = obj.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise MessageError("signed commands need 'ts' (Unix seconds)", command_id)
+        if abs(now - float(ts)) > MAX_SKEW_S:
+            raise MessageError(f"command ts is more than {MAX_SKEW_S:.0f} s from the device clock", command_id)
+        try:
+            raw = base64.b64decode(sig, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError("bad signature: 'sig' is not base64", command_id) from None
+        try:
+            body = canonical_json(obj)
+        except (TypeError, ValueError):
+            raise MessageError("bad signature: the command cannot be put in canonical form", command_id) from None
+        if self.kind == "hmac":
+            good = hmac.compare_digest(raw, hmac.new(self._key, body, hashlib.sha256).digest())
+        else:
+            from cryptography.exceptions import InvalidSignature
+
+            try:
+                self._public.verify(raw, body)
+                good = True
+            except InvalidSignature:
+                good = False
+        if not good:
+            raise MessageError(f"bad signature ({self.kind})", command_id)
+
+
+def _ed25519_public_key(key: bytes):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        if key.lstrip().startswith(b"-----BEGIN"):
+            public = load_pem_public_key(key)
+        else:
+            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.strip(), validate=True))
+    except (ValueError, binascii.Error, TypeError):
+        raise EdgeSegError("commands key: not an Ed25519 public key (PEM, or base64 of 32 raw bytes)") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise EdgeSegError("commands key: the PEM key is not an Ed25519 public key")
+    return public
+
+
+@dataclass
+class CommandHooks:
+    """What commands act on; the publisher and the service fill these in."""
+
+    uptime: Callable[[], float] = lambda: 0.0
+    set_policy: Callable[[dict], PolicyConfig] | None = None  # validated fields → the new policy
+    snapshot: Callable[[str], None] | None = None  # arm a snapshot; the result is sent with the next frame
+    reload: Callable[[], dict | None] | None = None  # raises on failure
+
+
+class CommandHandler:
+    """Turns a raw command payload into its result message (or None when the result comes later)."""
+
+    def __init__(self, device: str, hooks: CommandHooks, next_seq: Callable[[], int],
+                 verifier: Verifier | None = None, clock=time.time):
+        self.device, self.hooks, self.next_seq, self.verifier, self._clock = device, hooks, next_seq, verifier, clock
+        self._seen: OrderedDict[str, object] = OrderedDict()
+        self.counts = {"received": 0, "ok": 0, "error": 0, "duplicate": 0}
+
+    def result(self, command_id: str | None, ok: bool, result: dict | None = None,
+               error: str | None = None) -> Encoded:
+        """A ``cmd/result`` message (counted)."""
+        self.counts["ok" if ok else "error"] += 1
+        encoded = encode_command_result(device=self.device, seq=self.next_seq(), command_id=command_id, ok=ok,
+                                        result=result, error=error)
+        if command_id is not None and self._seen.get(command_id) is _PENDING:
+            self._seen[command_id] = encoded
+        return encoded
+
+    def reject(self, payload: bytes, reason: str) -> Encoded:
+        """An error result for a command that will not be run (e.g. the queue is full)."""
+        return self.result(readable_id(payload), False, error=reason)
+
+    def handle(self, payload: bytes) -> Encoded | None:
+        """Validate, verify and run one command; its result (None: a snapshot answers with its frame)."""
+        self.counts["received"] += 1
+        command_id: str | None = None
+        try:
+            try:
+                command = decode_command(payload)
+            except MessageError as err:
+                command_id = err.command_id if err.command_id is not None else readable_id(payload)
+                raise
+            command_id = command.id
+            if self.verifier is not None:
+                self.verifier.verify(json.loads(bytes(payload)), command_id, self._clock())
+            if command_id in self._seen:
+                self.counts["duplicate"] += 1
+                previous = self._seen[command_id]
+                return None if previous is _PENDING else previous  # type: ignore[return-value]
+            self._remember(command_id)
+            return self._run(command)
+        except MessageError as err:
+            return self.result(command_id, False, error=str(err))
+        except Exception as err:  # noqa: BLE001 - a command must never take the device down
+            log.warning("command %s failed: %s", command_id, err, exc_info=log.isEnabledFor(logging.DEBUG))
+            return self.result(command_id, False, error=f"internal error: {type(err).__name__}: {str(err)[:200]}")
+
+    def _remember(self, command_id: str) -> None:
+        self._seen[command_id] = _PENDING
+        while len(self._seen) > REMEMBERED_IDS:
+            self._seen.popitem(last=False)
+
+    def _run(self, command: CommandMessage) -> Encoded | None:
+        cid, hooks, args = command.id, self.hooks, dict(command.args)
+        if command.cmd == "ping":
+            if args:
+                return self.result(cid, False, error="ping takes no args")
+            return self.result(cid, True, {"pong": True, "uptime_s": round(hooks.uptime(), 3)})
+        if command.cmd == "update_model":
+            return self.result(cid, False, error=UNSUPPORTED_OTA)
+        if command.cmd == "set_policy":
+            return self._set_policy(cid, args)
+        if command.cmd == "snapshot":
+            if args:
+                return self.result(cid, False, error="snapshot takes no args")
+            if hooks.snapshot is None:
+                return self.result(cid, False, error="snapshot is not available on this device")
+            hooks.snapshot(cid)
+            return None
+        if command.cmd == "reload":
+            if hooks.reload is None:
+                return self.result(cid, False, error="reload is not available on this device")
+            try:
+                outcome = hooks.reload()
+            except Exception as err:  # noqa: BLE001 - reported as the command's result
+                return self.result(cid, False, error=f"reload failed: {str(err)[:300]}")
+            return self.result(cid, True, outcome if isinstance(outcome, dict) else {"reloaded": True})
+        return self.result(cid, False, error=f"unknown command {command.cmd!r}")  # pragma: no cover - schema forbids
+
+    def _set_policy(self, cid: str, args: dict) -> Encoded:
+        if self.hooks.set_policy is None:
+            return self.result(cid, False, error="set_policy is not available on this device")
+        if not args:
+            fields = ", ".join(PolicyConfig.model_fields)
+            return self.result(cid, False, error=f"set_policy needs args: some of {fields}")
+        unknown = sorted(set(args) - set(PolicyConfig.model_fields))
+        if unknown:
+            return self.result(cid, False, error=f"set_policy: unknown field '{str(unknown[0])[:64]}' "
+                                                 f"(valid: {', '.join(PolicyConfig.model_fields)})")
+        try:
+            PolicyConfig.model_validate(args, strict=True)  # types as sent, no "5" for 5
+            policy = self.hooks.set_policy(args)
+        except ValidationError as err:
+            first = err.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return self.result(cid, False, error=f"set_policy: {where}: {first['msg']}"[:300])
+        return self.result(cid, True, {"policy": policy.model_dump()})
+
+
+__all__ = ["CommandHandler", "CommandHooks", "MAX_SKEW_S", "UNSUPPORTED_OTA", "Verifier", "canonical_json",
+           "sign_command"]
