@@ -15,10 +15,12 @@ Plus thermal zones and throttling where the board exposes them ("n/a" elsewhere)
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_seg import scenes
-from edge_seg.bench_system import peak_rss_mb, thermals
+from edge_seg.bench_system import current_rss_mb, peak_rss_mb, thermals
+from edge_seg.errors import InputError
 from edge_seg.overlay import Overlay
 from edge_seg.segmenter import Segmenter
 
@@ -63,10 +66,9 @@ class BenchReport:
                 "bare_invoke_fps": self.bare_fps, "loop": self.loop, "system": self.system}
 
 
-def bench_frame_path(segmenter: Segmenter, frames: int, frame_size: tuple[int, int],
+def bench_frame_path(segmenter: Segmenter, images: list[np.ndarray], frames: int,
                      warmup: int = 10) -> tuple[dict[str, dict[str, float]], float]:
-    """Every stage of one frame's path at ``frame_size``; returns (percentiles per stage, median outside-invoke)."""
-    images = [scenes.render_scene(seed, frame_size).image for seed in range(4)]
+    """Every stage of one frame's path over ``images``; returns (percentiles per stage, median outside-invoke)."""
     overlay = Overlay(alpha=0.5)
     ms = {stage: [] for stage in FRAME_STAGES}
     for i in range(-warmup, frames):
@@ -90,9 +92,9 @@ def bench_frame_path(segmenter: Segmenter, frames: int, frame_size: tuple[int, i
     return {s: _pcts(v) for s, v in ms.items()}, float(np.median(outside))
 
 
-def bench_invoke(segmenter: Segmenter, frames: int, warmup: int = 20) -> dict[str, float]:
+def bench_invoke(segmenter: Segmenter, image: np.ndarray, frames: int, warmup: int = 20) -> dict[str, float]:
     """The backend alone on one prepared input."""
-    batch, _ = segmenter.prepare(scenes.render_scene(0, (640, 360)).image)
+    batch, _ = segmenter.prepare(image)
     times = []
     for i in range(-warmup, frames):
         t0 = time.perf_counter()
@@ -111,14 +113,40 @@ def write_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 30.0
     return path
 
 
+def read_frames(uri_or_path: str, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video file or any source URI."""
+    from edge_seg.sources import open_source
+
+    source = open_source(uri_or_path, loop=True)
+    try:
+        images = []
+        while len(images) < count:
+            frame = source.read(5.0)
+            if frame is None:
+                break
+            images.append(frame.image)
+    finally:
+        source.close()
+    if not images:
+        raise InputError(f"no frames from {uri_or_path}")
+    return images
+
+
 class _Progress:
+    """Advances the progress bar and samples the resident memory every 10 frames."""
+
     name = "progress"
 
     def __init__(self, bar: tqdm):
         self.bar = bar
+        self.frames = 0
+        self.peak_rss_mb = current_rss_mb()
 
     def __call__(self, result) -> None:
         self.bar.update(1)
+        self.frames += 1
+        if self.frames % 10 == 0:
+            self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb())
 
 
 def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | None,
@@ -131,7 +159,8 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
 
     source = open_source(source_uri, loop=True, fps=fps)
     bar = tqdm(total=frames, desc="loop", unit="frame", disable=not progress, leave=False)
-    stages = [OverlayStage(Overlay(alpha=0.5)), CropStage(CropExtractor(CropConfig())), _Progress(bar)]
+    progress_stage = _Progress(bar)
+    stages = [OverlayStage(Overlay(alpha=0.5)), CropStage(CropExtractor(CropConfig())), progress_stage]
     pipeline = Pipeline(source, segmenter, stages=stages, max_frames=frames)
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     stats = pipeline.run()
@@ -144,23 +173,32 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
             "sink_dropped": stats.sink_dropped, "fps": stats.completed / wall if wall > 0 else 0.0,
             "wall_ms": {s: _pcts(stats.samples(s)) for s in stage_names},
             "cpu_ms_per_frame": {k: v for k, v in stats.cpu_means().items() if k != "progress"},
-            "cpu_percent": 100.0 * cpu_s / wall if wall > 0 else 0.0, "peak_rss_mb": peak_rss_mb()}
+            "cpu_percent": 100.0 * cpu_s / wall if wall > 0 else 0.0,
+            "peak_rss_mb": peak_rss_mb(), "sampled_rss_mb": progress_stage.peak_rss_mb}
 
 
 def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, int] = (1280, 720),
               source: str | None = None, loop_frames: int | None = None, progress: bool = True,
               label: str = "") -> BenchReport:
-    """All three measurements; the loop runs on ``source`` or on a generated clip of ``frame_size``."""
+    """All three measurements; the loop runs on ``source`` or on a generated clip of ``frame_size``.
+
+    The clip is rendered in a child process and the frame-path frames are read back from it, so this
+    process's peak RSS is the runtime's own (the scene generator's temporaries never count).
+    """
     report = BenchReport(label=label or segmenter.manifest.name, frame_size=frame_size)
-    report.frame_path, report.outside_invoke_ms = bench_frame_path(segmenter, frames, frame_size)
-    report.invoke = bench_invoke(segmenter, frames)
-    n_loop = loop_frames or frames
     with tempfile.TemporaryDirectory(prefix="edge-seg-bench-") as tmp:
         uri = source
         if uri is None:
-            clip = write_clip(Path(tmp) / "clip.mp4", 120, frame_size)
+            clip = Path(tmp) / "clip.mp4"
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                pool.submit(write_clip, clip, 120, frame_size).result()
             uri = f"file://{clip}"
-        report.loop = bench_loop(segmenter, uri, n_loop, fps=None, progress=progress)
+        images = read_frames(uri, 4)
+        report.frame_size = (images[0].shape[1], images[0].shape[0])
+        report.frame_path, report.outside_invoke_ms = bench_frame_path(segmenter, images, frames)
+        report.invoke = bench_invoke(segmenter, images[0], frames)
+        report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress)
     report.loop["fps_ratio_to_bare_invoke"] = report.loop["fps"] / report.bare_fps
     report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
     return report

@@ -36,7 +36,7 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
         lines.append(f"loop FPS {loop['fps']:.1f} / bare invoke FPS {report.bare_fps:.1f} = "
                      f"{loop['fps_ratio_to_bare_invoke']:.2f};  frames {loop['frames']}, captured {loop['captured']}, "
                      f"dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
-        lines.append(f"peak RSS {loop['peak_rss_mb']:.0f} MB;  CPU {loop['cpu_percent']:.0f} %")
+        lines.append(f"peak RSS of the loop process {loop['peak_rss_mb']:.0f} MB;  CPU {loop['cpu_percent']:.0f} %")
     th = report.system.get("thermals", {})
     lines.append(f"thermals: {th.get('zones_c', 'n/a')}; throttled: {th.get('pi_throttled', 'n/a')}; "
                  f"jetson: {th.get('jetson', 'n/a')}")

@@ -15,6 +15,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def current_rss_mb() -> float:
+    """Resident set size now, in MB (Linux /proc; 0 where not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()

@@ -78,11 +78,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from edge_seg.demo import run_demo
+    from edge_seg.demo_mqtt import DemoLink
 
     with _segmenter(args) as seg:
-        summary = run_demo(seg, args.out, frames=args.frames, seed=args.seed, progress=not args.quiet)
-    print("\n".join(summary.lines()))
+        with (nullcontext() if args.no_mqtt else DemoLink(args.out, seg)) as link:
+            summary = run_demo(seg, args.out, frames=args.frames, seed=args.seed, progress=not args.quiet,
+                               link=link)
+    print("\n".join(summary.lines() + (link.lines() if link is not None else [])))
     return 0
 
 
@@ -151,7 +156,8 @@ def _run_config(args: argparse.Namespace):
              ("model", "backend"): args.backend, ("model", "num_threads"): args.threads,
              ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
              ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
-             ("device", "name"): args.device}
+             ("device", "name"): args.device, ("mqtt", "url"): args.broker,
+             ("device", "state_dir"): args.state_dir and str(args.state_dir)}
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
@@ -252,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, default=Path("out"), help="output directory (default out)")
     p.add_argument("--frames", type=int, default=150, help="clip length (default 150)")
     p.add_argument("--seed", type=int, default=7, help="clip seed (default 7)")
+    p.add_argument("--no-mqtt", action="store_true",
+                   help="skip the MQTT leg (local Mosquitto + consumer, or the outbox when none is installed)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
@@ -295,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after N segmented frames")
     p.add_argument("--every-n", type=int, default=None, help="segment every Nth frame")
     p.add_argument("--device", default=None, help="device name")
+    p.add_argument("--broker", default=None, metavar="URL",
+                   help="publish masks and crops to mqtt[s]://[user@]host:port "
+                   "(password: EDGE_SEG_MQTT_PASSWORD or mqtt.password_file)")
+    p.add_argument("--state-dir", type=Path, default=None, help="outbox and model store (default /var/lib/edge-seg)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("consume", help="cloud side: receive, dedupe and store masks, crops and status from MQTT")

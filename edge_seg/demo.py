@@ -38,8 +38,11 @@ class DemoSummary:
 
 
 def run_demo(segmenter: Segmenter, out_dir: Path, frames: int = 150, size: tuple[int, int] = (640, 360),
-             seed: int = 7, fps: float = 15.0, progress: bool = True) -> DemoSummary:
-    """Render ``frames`` clip frames, segment and overlay each, write ``demo_overlay.mp4``."""
+             seed: int = 7, fps: float = 15.0, progress: bool = True, link=None) -> DemoSummary:
+    """Render ``frames`` clip frames, segment and overlay each, write ``demo_overlay.mp4``.
+
+    ``link`` (a ``demo_mqtt.DemoLink``) also publishes every frame's mask over MQTT.
+    """
     if frames < 1:
         raise InputError("--frames must be at least 1")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +56,10 @@ def run_demo(segmenter: Segmenter, out_dir: Path, frames: int = 150, size: tuple
     timings: dict[str, list[float]] = {}
     try:
         clip = scenes.render_clip(seed, frames, size)
-        for scene in tqdm(clip, total=frames, desc="demo", unit="frame", disable=not progress):
+        for seq, scene in enumerate(tqdm(clip, total=frames, desc="demo", unit="frame", disable=not progress)):
             result = segmenter.segment(scene.image)
+            if link is not None:
+                link.publish(seq, scene.image, result)
             t0 = time.perf_counter()
             drawn = overlay.annotate(scene.image, result)
             timings_ms = dict(result.timings, overlay=(time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,35 @@
+"""`edge-seg bench` runs every measurement and reports them in all its formats (numbers not judged here)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+
+from edge_seg.cli import main
+
+
+def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
+    plot, table = tmp_path / "cmp.png", tmp_path / "rows.csv"
+    assert main(["bench", "--frames", "20", "--width", "320", "--height", "180", "--threads", "1", "--json",
+                 "--csv", str(table), "--compare", "@litert", "--plot", str(plot)]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert len(reports) == 2
+    for report in reports:
+        assert report["frame_size"] == [320, 180]
+        assert set(report["frame_path_ms"]) == {"preprocess", "invoke", "postprocess", "to_frame", "overlay"}
+        assert report["bare_invoke_ms"]["p50"] > 0 and report["bare_invoke_fps"] > 0
+        loop = report["loop"]
+        assert loop["frames"] > 0 and 0 < loop["fps_ratio_to_bare_invoke"]
+        assert {"infer", "overlay", "crops", "decode"} <= set(loop["wall_ms"]) and loop["peak_rss_mb"] > 0
+        assert report["system"]["thermals"]["pi_throttled"] == "n/a"  # not a Raspberry Pi
+    rows = list(csv.DictReader(table.open()))
+    assert {r["section"] for r in rows} == {"frame_path", "bare_invoke", "loop"}
+    assert cv2.imread(str(plot)).shape[1] == 900
+
+
+def test_bench_table_names_the_target(capsys):
+    assert main(["bench", "--frames", "10", "--width", "320", "--height", "180"]) == 0
+    out = capsys.readouterr().out
+    assert "outside invoke:" in out and "target <= 3" in out and "loop FPS" in out and "peak RSS" in out
