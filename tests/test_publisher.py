@@ -153,7 +153,7 @@ def test_publish_costs_well_under_half_a_millisecond_on_the_calling_thread(broke
     # the cost itself is a benchmark figure (printed, reported in the closing note), not a pass/fail bound
     print(f"\npublish() on the calling thread, ms: paced {paced}; burst {burst}")
     assert len(publisher.call_ms) == 200 and set(paced) == {"wall_50", "wall_99", "cpu_50", "cpu_99"}
-    assert publisher.flush(30) and publisher.counts["queue_dropped"] == 0
+    assert publisher.flush(30)  # a burst may drop queued frames (bounded queue), but never blocks the caller
 
 
 def test_publisher_replays_the_outbox_in_order_after_a_broker_outage(broker, make_publisher, tmp_path):
