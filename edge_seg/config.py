@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_seg.errors import EdgeSegError
 from edge_seg.postprocess.uncertainty import CropConfig
+from edge_seg.publish.mqtt_config import MqttConfig
 
 
 class ConfigError(EdgeSegError):
@@ -100,6 +101,35 @@ class OutputConfig(_Section):
     jsonl: Path | None = Field(default=None, description="append one JSON summary per frame here")
 
 
+class OtaConfig(_Section):
+    """Signed model updates (``edge-seg model install/update``) and hot reload in the running service."""
+
+    trusted_keys: list[Path] = Field(default_factory=lambda: [Path("/etc/edge-seg/keys")],
+                                     description="Ed25519 public keys (files, or dirs of *.pub/*.pem) bundles must "
+                                                 "be signed by")
+    max_bundle_mb: float = Field(default=256.0, gt=0, description="refuse bigger downloads and bundles")
+    smoke_frames: int = Field(default=5, ge=1, le=100, description="sample frames the install smoke test segments")
+    max_latency_factor: float = Field(default=3.0, ge=1, description="new model ms/frame <= this x the current's")
+    hot_reload: bool = Field(default=True, description="the running loop swaps to a new 'current' by itself")
+    watch_interval_s: float = Field(default=2.0, gt=0, description="how often the loop checks 'current'")
+    shadow_frames: int = Field(default=10, ge=0, description="live frames run on both models before a swap (0: off)")
+    min_agreement: float = Field(default=0.0, ge=0, le=1, description="least mIoU between the two models' class "
+                                                                       "maps in the shadow phase (0: report only)")
+    probation_frames: int = Field(default=30, ge=1, description="frames checked after a swap before confirming")
+    probation_s: float = Field(default=60.0, gt=0, description="probation ends after this even with fewer frames")
+    max_confidence_drop: float = Field(default=0.35, ge=0, le=1, description="roll back when mean confidence "
+                                                                             "falls by more than this")
+    max_starts: int = Field(default=3, ge=1, description="service starts on an unconfirmed model before rollback")
+    keep: int = Field(default=3, ge=2, description="models 'edge-seg model gc' keeps")
+
+
+class ServiceConfig(_Section):
+    """systemd integration (active when NOTIFY_SOCKET is set, i.e. under a Type=notify unit)."""
+
+    notify: bool = Field(default=True, description="sd_notify READY/STATUS/WATCHDOG/STOPPING")
+    status_interval_s: float = Field(default=10.0, gt=0, description="how often STATUS= is refreshed")
+
+
 class Config(_Section):
     """The whole device config."""
 
@@ -112,6 +142,9 @@ class Config(_Section):
     overlay: OverlayConfig = OverlayConfig()
     preview: PreviewConfig = PreviewConfig()
     output: OutputConfig = OutputConfig()
+    mqtt: MqttConfig = MqttConfig()
+    ota: OtaConfig = OtaConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def _describe(err: dict) -> str:

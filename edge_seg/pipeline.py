@@ -104,6 +104,11 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self._swap: tuple | None = None  # (segmenter, applied event) waiting for the next frame boundary
+        self._swap_lock = threading.Lock()
+        self._running = False
+        # called with an exception raised by the model (infer, decode); True: handled (e.g. by a rollback)
+        self.on_model_error: Callable[[BaseException], bool] | None = None
 
     # --- threads -----------------------------------------------------------------------
     def _capture(self) -> None:
@@ -132,12 +137,19 @@ class Pipeline:
             item = self._queue.get()
             if item is None:
                 return
-            frame, raw, transform, clock = item
-            with clock.stage("postprocess"):
-                if self.tiler is not None:
-                    segmentation = self.tiler.decode(raw, transform, clock.wall)
-                else:
-                    segmentation = self.segmenter.decode(raw, transform, clock.wall, frame=frame.image)
+            frame, raw, transform, clock, segmenter, tiler = item  # the model that produced ``raw`` decodes it
+            try:
+                with clock.stage("postprocess"):
+                    if tiler is not None:
+                        segmentation = tiler.decode(raw, transform, clock.wall)
+                    else:
+                        segmentation = segmenter.decode(raw, transform, clock.wall, frame=frame.image)
+            except Exception as err:  # noqa: BLE001 - a bad model's output must not end the sink thread
+                self.stats.sink_errors += 1
+                log.error("decoding frame %d failed: %s", frame.seq, err)
+                if self.on_model_error is not None:
+                    self.on_model_error(err)
+                continue
             result = FrameResult(frame, segmentation, self.roi, clock.wall)
             for stage in self.stages:
                 name = getattr(stage, "name", type(stage).__name__)
@@ -175,7 +187,7 @@ class Pipeline:
                 batch, transform = self.segmenter.prepare(image)
             with clock.stage("infer"):
                 raw = self.segmenter.invoke(batch)
-        self._handoff((frame, raw, transform, clock))
+        self._handoff((frame, raw, transform, clock, self.segmenter, self.tiler))
 
     # --- control -----------------------------------------------------------------------
     def run(self) -> LoopStats:
@@ -186,8 +198,12 @@ class Pipeline:
         for thread in self._threads:
             thread.start()
         seen = 0
+        with self._swap_lock:
+            self._running = True
         try:
             while not self._stop.is_set():
+                if self._swap is not None:
+                    self._apply_swap()
                 frame = self._slot.take(0.1)
                 if frame is None:
                     if self._slot.closed:
@@ -197,13 +213,49 @@ class Pipeline:
                 if (seen - 1) % self.every_n:
                     self.stats.skipped += 1
                     continue
-                self._infer_one(frame)
+                try:
+                    self._infer_one(frame)
+                except Exception as err:
+                    if self.on_model_error is None or not self.on_model_error(err):
+                        raise
+                    log.error("inference on frame %d failed: %s", frame.seq, err)
+                    continue
                 self.stats.segmented += 1
                 if self.max_frames is not None and self.stats.segmented >= self.max_frames:
                     break
         finally:
+            with self._swap_lock:
+                self._running = False
+            self._apply_swap()
             self._shutdown()
         return self.stats
+
+    def swap_segmenter(self, segmenter: Segmenter) -> threading.Event:
+        """Run ``segmenter`` from the next frame on; the returned event is set once it is in use.
+
+        The inference thread applies the swap between two frames (no frame is lost; results still in
+        flight are decoded by the model that produced them); when the loop is not running it applies at
+        once. The caller keeps the old segmenter and closes it when it likes.
+        """
+        applied = threading.Event()
+        with self._swap_lock:
+            self._swap = (segmenter, applied)
+            running = self._running
+        if not running:
+            self._apply_swap()
+        return applied
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._swap = self._swap, None
+        if pending is None:
+            return
+        segmenter, applied = pending
+        self.segmenter = segmenter
+        if self.tiler is not None:
+            tiler = self.tiler
+            self.tiler = type(tiler)(segmenter, overlap=tiler.overlap, zoom=tiler.zoom, min_scale=tiler.min_scale)
+        applied.set()
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from signal handlers and other threads)."""

@@ -27,6 +27,7 @@ class Built:
     segmenter: Segmenter
     preview: object | None = None
     metrics: object | None = None
+    publisher: object | None = None
     events: list = field(default_factory=list)
 
 
@@ -86,7 +87,22 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
         stages.append(VideoSink(config.output.video, fps=config.source.fps or 15.0))
     if config.output.jsonl:
         stages.append(JsonlSink(config.output.jsonl))
+    if config.mqtt.url:
+        stages.append(_publisher(config, segmenter, stats, built))
     return stages
+
+
+def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built):
+    """The MQTT publisher (a sink stage): after the metrics stage, so class areas are computed."""
+    from edge_seg.publish.mqtt import Publisher
+    from edge_seg.segmentation import ModelIdentity
+
+    m = segmenter.manifest
+    built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
+                                model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
+                                classes=m.classes, source_state=lambda: built.pipeline.source.state,
+                                summary=lambda: {"loop": stats.snapshot()})
+    return built.publisher
 
 
 def build(config: Config) -> Built:
@@ -139,12 +155,20 @@ def install_signal_handlers(pipeline: Pipeline) -> None:
 
 
 def run(config: Config) -> LoopStats:
-    """Build and run the loop in this thread until the source ends, max_frames, or a signal."""
+    """Build and run the loop in this thread until the source ends, max_frames, or a signal.
+
+    ``service.Service`` adds sd_notify/watchdog, SIGHUP and the OTA hot reload (issue 6).
+    """
+    from edge_seg.service import Service
+
+    config = Service.prepare(config)  # model store: count starts, roll back a bad current, pin its directory
     built = build(config)
     install_signal_handlers(built.pipeline)
+    service = Service(config, built).start()
     try:
         stats = built.pipeline.run()
     finally:
-        built.segmenter.close()
+        service.close()
+        built.segmenter.close()  # the model in use at the end (the service updates it on a swap)
     print(stats.line(), flush=True)
     return stats
