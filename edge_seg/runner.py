@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 from edge_seg.config import Config
+from edge_seg.errors import EdgeSegError
 from edge_seg.pipeline import Pipeline
 from edge_seg.pipeline_stats import LoopStats
 from edge_seg.segmenter import DEFAULT_MODEL, Segmenter
@@ -92,8 +93,19 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
     return stages
 
 
+def _reload_active_service() -> dict:
+    """The MQTT ``reload`` command: the running service looks at ``current`` again (raises the reason)."""
+    from edge_seg import ota
+
+    service = ota.active()
+    if service is None:
+        raise EdgeSegError("no running service to reload")
+    return service.handle_reload()
+
+
 def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built):
     """The MQTT publisher (a sink stage): after the metrics stage, so class areas are computed."""
+    from edge_seg import ota
     from edge_seg.publish.mqtt import Publisher
     from edge_seg.segmentation import ModelIdentity
 
@@ -101,7 +113,8 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
-                                summary=lambda: {"loop": stats.snapshot()})
+                                summary=lambda: {"loop": stats.snapshot()},
+                                reload=_reload_active_service, update_model=ota.handle_update_model)
     return built.publisher
 
 

@@ -24,11 +24,11 @@ broker = pytest.fixture(run_broker, name="broker")
 make_publisher = pytest.fixture(publisher_factory, name="make_publisher")
 
 
-def handler_for_tests(verifier=None, reload=None) -> tuple[CommandHandler, PublishPolicy]:
+def handler_for_tests(verifier=None, reload=None, update_model=None) -> tuple[CommandHandler, PublishPolicy]:
     policy = PublishPolicy()
     counter = iter(range(1, 10**9))
     hooks = CommandHooks(uptime=lambda: 12.5, set_policy=lambda args: policy.update(**args), reload=reload,
-                         snapshot=lambda cid: policy.request_snapshot())
+                         snapshot=lambda cid: policy.request_snapshot(), update_model=update_model)
     return CommandHandler("dev1", hooks, lambda: next(counter), verifier), policy
 
 
@@ -68,6 +68,22 @@ def test_good_commands(tmp_path):
     failing, _ = handler_for_tests(reload=lambda: 1 / 0)
     broken = run(failing, {"id": "r2", "cmd": "reload"})
     assert not broken.ok and broken.error.startswith("reload failed")
+
+
+def test_update_model_goes_to_the_ota_hook_and_reports_its_outcome():
+    from edge_seg.ota_bundle import OtaError
+
+    seen = []
+    handler, _ = handler_for_tests(update_model=lambda args: seen.append(args) or {"outcome": "swapped"})
+    done = run(handler, {"id": "u1", "cmd": "update_model", "args": {"url": "https://example.invalid/b.tar"}})
+    assert done.ok and done.result == {"outcome": "swapped"} and seen == [{"url": "https://example.invalid/b.tar"}]
+
+    def refuse(args):
+        raise OtaError("refused: signature does not verify with any trusted key")
+
+    refused, _ = handler_for_tests(update_model=refuse)
+    answer = run(refused, {"id": "u2", "cmd": "update_model", "args": {"url": "https://example.invalid/b.tar"}})
+    assert not answer.ok and answer.error == "update_model failed: refused: signature does not verify with any trusted key"
 
 
 def test_hmac_signatures():

@@ -11,7 +11,9 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
 * ``set_policy`` → ``args`` holds some of ``every_n``, ``area_delta``, ``uncertainty``,
   ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
 * ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
-* ``update_model`` → error "unsupported: OTA updates arrive with a later release".
+* ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``) → download, verify,
+  install and hot-swap through ``edge_seg.ota`` (the running service); the result says what happened,
+  or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
 
 Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong type, bad or
 missing signature, a hook that raises) is answered with ``ok: false``, a one-line ``error`` and
@@ -64,7 +66,7 @@ from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
 log = logging.getLogger(__name__)
 MAX_SKEW_S = 300.0
 REMEMBERED_IDS = 1024
-UNSUPPORTED_OTA = "unsupported: OTA updates arrive with a later release"
+UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
 
 
@@ -184,6 +186,7 @@ class CommandHooks:
     set_policy: Callable[[dict], PolicyConfig] | None = None  # validated fields → the new policy
     snapshot: Callable[[str], None] | None = None  # arm a snapshot; the result is sent with the next frame
     reload: Callable[[], dict | None] | None = None  # raises on failure
+    update_model: Callable[[dict], dict] | None = None  # download + install + swap; raises with the reason
 
 
 class CommandHandler:
@@ -246,7 +249,12 @@ class CommandHandler:
                 return self.result(cid, False, error="ping takes no args")
             return self.result(cid, True, {"pong": True, "uptime_s": round(hooks.uptime(), 3)})
         if command.cmd == "update_model":
-            return self.result(cid, False, error=UNSUPPORTED_OTA)
+            if hooks.update_model is None:
+                return self.result(cid, False, error=UNSUPPORTED_OTA)
+            try:
+                return self.result(cid, True, hooks.update_model(args))
+            except Exception as err:  # noqa: BLE001 - reported as the command's result
+                return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
         if command.cmd == "set_policy":
             return self._set_policy(cid, args)
         if command.cmd == "snapshot":

@@ -66,6 +66,7 @@ class Publisher:
     def __init__(self, config: MqttConfig, *, device: str, state_dir: str | Path, model=None,
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
+                 update_model: Callable[[dict], dict] | None = None,
                  start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
@@ -79,7 +80,7 @@ class Publisher:
         self.call_ms: deque[tuple[float, float]] = deque(maxlen=2000)  # (wall, thread CPU) ms per publish()
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
-                             snapshot=self._arm_snapshot, reload=reload)
+                             snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
         self.commands = CommandHandler(device, hooks, self._next_seq, Verifier.from_config(config.commands))
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,
