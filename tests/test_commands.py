@@ -83,7 +83,8 @@ def test_update_model_goes_to_the_ota_hook_and_reports_its_outcome():
 
     refused, _ = handler_for_tests(update_model=refuse)
     answer = run(refused, {"id": "u2", "cmd": "update_model", "args": {"url": "https://example.invalid/b.tar"}})
-    assert not answer.ok and answer.error == "update_model failed: refused: signature does not verify with any trusted key"
+    assert not answer.ok
+    assert answer.error == "update_model failed: refused: signature does not verify with any trusted key"
 
 
 def test_hmac_signatures():
