@@ -64,6 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise InputError(f"dataset directory not found: {args.data}")
     with _segmenter(args) as seg:
+        if seg.manifest.task == "instance":
+            return _eval_instances(seg, args)
         classes = list(seg.manifest.classes)
         result = evaluate_dataset(lambda img: seg.segment(img).class_map, args.data, len(classes), classes,
                                   progress=not args.quiet)
@@ -74,6 +76,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, m in result["per_class"].items():
         iou = "n/a" if m["iou"] is None else f"{m['iou']:.4f}"
         print(f"  {name:<16} IoU {iou}")
+    return 0
+
+
+def _eval_instances(seg, args: argparse.Namespace) -> int:
+    """``edge-seg eval`` for an instance model: COCO mask AP on images/ + annotations.json."""
+    from edge_seg.evaluate_instances import evaluate_instance_dataset, write_instance_report
+
+    result = evaluate_instance_dataset(lambda img: seg.segment(img).instances, args.data, list(seg.manifest.classes),
+                                       progress=not args.quiet)
+    path = write_instance_report(result, args.out)
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"mask AP {fmt(result['ap'])}  AP50 {fmt(result['ap50'])}  AP75 {fmt(result['ap75'])}  "
+          f"({result['num_images']} images, {result['num_instances']} instances)  report: {path}")
+    for name, m in result["per_class"].items():
+        print(f"  {name:<16} AP {fmt(m['ap'])}  AP50 {fmt(m['ap50'])}  recall@0.5 {fmt(m['recall50'])}")
     return 0
 
 
@@ -246,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contours", action="store_true", help="draw class contours on the overlay")
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("eval", help="per-class IoU, mIoU, Dice, accuracy on an images/ + masks/ dataset")
+    p = sub.add_parser("eval", help="per-class IoU, mIoU, Dice, accuracy on an images/ + masks/ dataset "
+                                    "(instance models: COCO mask AP on images/ + annotations.json)")
     _model_args(p)
     p.add_argument("--data", "-d", type=Path, required=True, help="directory with images/ and masks/")
     p.add_argument("--out", "-o", type=Path, default=Path("out/eval"), help="report directory (default out/eval)")

@@ -37,15 +37,20 @@ from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
     CommandResultMessage,
     CropMessage,
+    InstancesMessage,
     MaskMessage,
     Message,
     MetricsMessage,
     StatusMessage,
     class_map_from_mask,
+    instance_masks,
 )
 
 FLUSH_INTERVAL_S = 1.0
 _GREY = [(i, i, i) for i in range(256)]
+# instance id k -> a distinct colour (0 = none, black)
+_INSTANCE_COLOURS = [(0, 0, 0)] + [tuple(int(v) for v in np.random.default_rng(k).integers(60, 256, 3))
+                                   for k in range(1, 256)]
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS messages (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL,
     seq INTEGER NOT NULL, ts REAL NOT NULL, received REAL NOT NULL, path TEXT);
@@ -57,8 +62,17 @@ CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, ms
 
 def kind_of(msg: Message) -> str:
     """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
-    return {MaskMessage: "mask", CropMessage: "crop", StatusMessage: "status", MetricsMessage: "metrics",
-            CommandResultMessage: "cmd/result"}[type(msg)]
+    return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", StatusMessage: "status",
+            MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
+
+
+def instance_id_map(msg: InstancesMessage) -> np.ndarray:
+    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255)."""
+    width, height = msg.frame_size
+    ids = np.zeros((height, width), np.uint8)
+    for k, mask in reversed(list(enumerate(instance_masks(msg)[:255]))):
+        ids[mask] = k + 1
+    return ids
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -122,6 +136,9 @@ class Store:
         if isinstance(msg, MaskMessage):
             path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}.png"
             _write_atomic(path, palette_png(class_map_from_mask(msg), [tuple(c) for c in msg.palette] or _GREY))
+        elif isinstance(msg, InstancesMessage):
+            path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}_instances.png"
+            _write_atomic(path, palette_png(instance_id_map(msg), _INSTANCE_COLOURS))
         elif isinstance(msg, CropMessage):
             path = self.out / "labelling" / "images" / f"{msg.device}_{msg.seq:09d}_{msg.msg_id}.jpg"
             _write_atomic(path, msg.jpeg)
@@ -150,8 +167,9 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        exclude = {"rle": True, "png": True, "jpeg": True, "instances": {"__all__": {"counts"}}}
         record = {"kind": kind, "received": round(now, 6), "path": rel,
-                  **msg.model_dump(mode="json", by_alias=True, exclude={"rle", "png", "jpeg"})}
+                  **msg.model_dump(mode="json", by_alias=True, exclude=exclude)}
         self._jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._jsonl.flush()
         self._track(msg, kind, now)

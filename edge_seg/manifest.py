@@ -69,6 +69,10 @@ class OutputSpec(_Strict):
     kind: Literal["logits", "probabilities", "sigmoid", "class_map", "yolo_seg"]
     tensors: list[str] = Field(default_factory=list)
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # yolo_seg only (``threshold`` is then the mask threshold); None: 0.25, 0.5, 100
+    score_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    iou_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_detections: int | None = Field(default=None, gt=0)
 
 
 class FileEntry(_Strict):
@@ -180,12 +184,16 @@ def validate(manifest: Manifest, input_tensor, output_tensors: list) -> None:
     if input_tensor.dtype_name != spec.dtype:
         raise ManifestError(f"manifest input dtype is {spec.dtype}, model input is {input_tensor.dtype_name}")
     out = manifest.output
-    if out.kind == "yolo_seg" or manifest.task == "instance":
-        raise ManifestError("instance models (output kind 'yolo_seg') are not supported by this version")
+    if (out.kind == "yolo_seg") != (manifest.task == "instance"):
+        raise ManifestError(f"task '{manifest.task}' with output kind '{out.kind}': instance models use kind "
+                            "'yolo_seg' and only they do")
     names = [t.name for t in output_tensors]
     for wanted in out.tensors:
         if wanted not in names:
             raise ManifestError(f"manifest names output tensor '{wanted}'; the model outputs {', '.join(names)}")
+    if out.kind == "yolo_seg":
+        _validate_yolo_seg(manifest, output_tensors)
+        return
     tensor = output_tensor(manifest, output_tensors)
     oshape = tuple(tensor.shape)
     if out.kind == "class_map":
@@ -200,6 +208,29 @@ def validate(manifest: Manifest, input_tensor, output_tensors: list) -> None:
             raise ManifestError(f"manifest says binary (1 output channel), model outputs {channels} channels")
     elif channels != manifest.num_classes:
         raise ManifestError(f"manifest says {manifest.num_classes} classes, model outputs {channels} channels")
+
+
+def yolo_seg_tensors(manifest: Manifest, output_tensors: list) -> list:
+    """The tensors of a yolo_seg model: the ones ``output.tensors`` names (in any order), else all."""
+    if manifest.output.tensors:
+        by_name = {t.name: t for t in output_tensors}
+        return [by_name[n] for n in manifest.output.tensors]
+    return list(output_tensors)
+
+
+def _validate_yolo_seg(manifest: Manifest, output_tensors: list) -> None:
+    """Roles by rank: one detection tensor [1, 4+nc+nm, N] (or [1, N, 4+nc+nm]), one prototype tensor."""
+    from edge_seg.errors import ModelError
+    from edge_seg.postprocess.instance import resolve_layout
+
+    tensors = yolo_seg_tensors(manifest, output_tensors)
+    if manifest.output.tensors and len(tensors) != 2:
+        raise ManifestError(f"a yolo_seg manifest names 2 output tensors (detections, prototypes), "
+                            f"got {len(tensors)}")
+    try:
+        resolve_layout(tensors, manifest.num_classes)
+    except ModelError as err:
+        raise ManifestError(f"manifest says {manifest.num_classes} classes (yolo_seg): {err}") from None
 
 
 def output_tensor(manifest: Manifest, output_tensors: list):
@@ -243,6 +274,8 @@ def infer_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
     if len(tin.shape) != 4 or tin.shape[3] != 3:
         raise ManifestError(f"{model_file.name}: input shape {list(tin.shape)} is not [1, height, width, 3] "
                             "and it has no manifest")
+    if sorted(len(t.shape) for t in backend.output_specs) == [3, 4]:
+        return _infer_instance_manifest(model_file, backend)
     tout = backend.output_specs[0]
     if tout.dtype in (np.uint8, np.int8) and not tout.quantized or len(tout.shape) == 3:
         kind, channels = "class_map", 0
@@ -276,4 +309,38 @@ def infer_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
               f"{np.dtype(tin.dtype).name} rgb stretch {scale}; output {kind} "
               f"{'1 channel -> binary' if task == 'binary' else f'{len(classes)} classes -> semantic'}; "
               f"names class_0..; run 'edge-seg manifest init {model_file.name}' to write and edit it")
+    return manifest, notice
+
+
+def _input_mapping(tin) -> tuple[list[float], list[float]]:
+    if tin.quantized:
+        return _quantised_pixel_mapping(tin)
+    if tin.dtype == np.float32:
+        return [0.0] * 3, [255.0] * 3
+    return [0.0] * 3, [1.0] * 3
+
+
+def _infer_instance_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
+    """An instance (yolo_seg) manifest for a model with a 3-D and a 4-D output, roles from shapes."""
+    from edge_seg.errors import ModelError
+    from edge_seg.postprocess.instance import resolve_layout
+
+    tin = backend.input_spec
+    try:
+        layout = resolve_layout(backend.output_specs)
+    except ModelError as err:
+        raise ManifestError(f"{model_file.name}: {err} (and it has no manifest)") from None
+    mean, std = _input_mapping(tin)
+    det, proto = backend.output_specs[layout.detections], backend.output_specs[layout.prototypes]
+    manifest = Manifest(
+        name=model_file.stem, task="instance", classes=[f"class_{i}" for i in range(layout.num_classes)],
+        input=InputSpec(width=tin.shape[2], height=tin.shape[1], dtype=np.dtype(tin.dtype).name,
+                        resize="letterbox", mean=mean, std=std),
+        output=OutputSpec(kind="yolo_seg", tensors=[det.name, proto.name]),
+        files={"tflite" if model_file.suffix == ".tflite" else model_file.suffix.lstrip("."):
+               FileEntry(path=model_file.name)})
+    notice = (f"notice: {model_file.name} has no manifest; inferred from output shapes: instance model "
+              f"(yolo_seg), {det.name} = {layout.describe()}, {proto.name} = prototypes; input "
+              f"{tin.shape[2]}x{tin.shape[1]} {np.dtype(tin.dtype).name} rgb letterbox; names class_0..; "
+              f"run 'edge-seg manifest init {model_file.name}' to write and edit it")
     return manifest, notice

@@ -63,6 +63,8 @@ class Overlay:
         ``segmentation.frame_size`` (e.g. a smaller preview frame).
         """
         _check_frame(frame_bgr)
+        if segmentation.instances is not None:  # an instance model: colour per instance, boxes, labels
+            return InstanceOverlay(alpha=self.alpha).annotate(frame_bgr, segmentation)
         labels = _check_labels(segmentation.label_map)
         palette = self.palette if self.palette is not None else tuple(segmentation.palette)
         lut = self._luts.get(palette)
@@ -217,4 +219,79 @@ def _draw_legend(out: np.ndarray, labels: np.ndarray, lut: np.ndarray, names: Se
                     cv2.LINE_AA)
 
 
-__all__ = ["Overlay", "Redactor", "colorize", "palette_lut"]
+def instance_colour(index: int) -> tuple[int, int, int]:
+    """A distinct, bright BGR colour per instance index (golden-ratio hue steps)."""
+    hue = int((index * 0.618033988749895 % 1.0) * 180)
+    hsv = np.array([[[hue, 220, 255]]], np.uint8)
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+class InstanceOverlay:
+    """Draw the instances of an instance model: tinted mask, contour, box and "label score" per instance.
+
+    Each instance gets its own colour (``instance_colour`` of its rank, highest score = 0). The
+    frame given may differ in size from ``segmentation.frame_size``; masks and boxes are scaled.
+    Pixels outside every instance keep the frame's exact values.
+    """
+
+    def __init__(self, alpha: float = 0.5, boxes: bool = True, labels: bool = True, contours: bool = True) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha, self.boxes, self.labels, self.contours = float(alpha), boxes, labels, contours
+
+    def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
+        _check_frame(frame_bgr)
+        out = frame_bgr.copy()
+        instances = segmentation.instances or ()
+        fw, fh = segmentation.frame_size
+        sx, sy = frame_bgr.shape[1] / fw, frame_bgr.shape[0] / fh
+        thickness = max(1, round(frame_bgr.shape[0] / 360))
+        order = sorted(range(len(instances)), key=lambda k: instances[k].score)  # best drawn last (on top)
+        for k in order:
+            inst, colour = instances[k], instance_colour(k)
+            mask, (ox, oy) = inst.mask, inst.origin
+            if mask.size == 0:
+                continue
+            x0, y0 = int(round(ox * sx)), int(round(oy * sy))
+            x1 = min(max(x0 + 1, int(round((ox + mask.shape[1]) * sx))), out.shape[1])
+            y1 = min(max(y0 + 1, int(round((oy + mask.shape[0]) * sy))), out.shape[0])
+            if x1 <= x0 or y1 <= y0:
+                continue
+            m = mask.view(np.uint8)
+            if (sx, sy) != (1.0, 1.0):
+                m = cv2.resize(m, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+            m = m[: y1 - y0, : x1 - x0]
+            roi = out[y0:y1, x0:x1]
+            sel = m.astype(bool)
+            roi[sel] = (roi[sel] * (1.0 - self.alpha) + np.array(colour) * self.alpha).astype(np.uint8)
+            if self.contours:
+                found, _ = cv2.findContours(np.ascontiguousarray(m), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                            offset=(x0, y0))
+                cv2.drawContours(out, found, -1, colour, thickness, cv2.LINE_8)
+        for k in order:
+            inst, colour = instances[k], instance_colour(k)
+            bx, by, bw, bh = inst.bbox
+            p0 = (int(round(bx * sx)), int(round(by * sy)))
+            p1 = (int(round((bx + bw) * sx)) - 1, int(round((by + bh) * sy)) - 1)
+            if self.boxes:
+                cv2.rectangle(out, p0, p1, colour, thickness)
+            if self.labels:
+                name = segmentation.classes[inst.class_id] if inst.class_id < len(segmentation.classes) \
+                    else f"class {inst.class_id}"
+                _draw_tag(out, f"{name} {inst.score:.2f}", p0, colour)
+        return out
+
+
+def _draw_tag(out: np.ndarray, text: str, corner: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    """Text on a filled box of ``colour`` just above ``corner`` (inside the frame)."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(out.shape[0] / 1200, 0.35)
+    thick = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+    x = min(max(corner[0], 0), max(out.shape[1] - tw - 4, 0))
+    y = corner[1] - th - base - 4 if corner[1] - th - base - 4 >= 0 else corner[1]
+    cv2.rectangle(out, (x, y), (x + tw + 4, y + th + base + 4), colour, cv2.FILLED)
+    ink = (0, 0, 0) if sum(colour) > 382 else (255, 255, 255)
+    cv2.putText(out, text, (x + 2, y + th + 2), font, scale, ink, thick, cv2.LINE_AA)
+
+
+__all__ = ["InstanceOverlay", "Overlay", "Redactor", "colorize", "instance_colour", "palette_lut"]

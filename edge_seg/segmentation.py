@@ -22,6 +22,34 @@ class ModelIdentity:
     sha256: str
 
 
+@dataclass(frozen=True, eq=False)
+class Instance:
+    """One detected object of an instance model.
+
+    ``bbox`` is (x, y, width, height) in frame pixels; ``mask`` is a bool array covering the
+    integer pixel box that starts at ``origin`` (x, y) in the frame (``frame_mask`` gives it at
+    frame size).
+    """
+
+    class_id: int
+    score: float
+    bbox: tuple[float, float, float, float]
+    mask: np.ndarray
+    origin: tuple[int, int] = (0, 0)
+
+    def frame_mask(self, frame_size: tuple[int, int]) -> np.ndarray:
+        """The instance mask as bool (height, width) at ``frame_size`` (width, height)."""
+        full = np.zeros((frame_size[1], frame_size[0]), bool)
+        x, y = self.origin
+        h, w = self.mask.shape
+        full[y:y + h, x:x + w] = self.mask[: max(0, frame_size[1] - y), : max(0, frame_size[0] - x)]
+        return full
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """One frame's result.
@@ -39,6 +67,9 @@ class Segmentation:
     model: ModelIdentity
     entropy_map: np.ndarray | None = None  # float32 (h, w), normalised to [0, 1], optional
     timings: dict[str, float] = field(default_factory=dict, compare=False)  # ms per stage
+    # Instance models only: detections, highest score first. Their label_map is the class of the
+    # top-scoring instance per pixel, 255 where no instance is (classes list real classes only).
+    instances: tuple[Instance, ...] | None = field(default=None, compare=False)
 
     @cached_property
     def class_map(self) -> np.ndarray:
@@ -62,8 +93,8 @@ class Segmentation:
         return float(self.confidence_map.mean())
 
     def summary(self) -> dict:
-        """A JSON-ready description (no pixel data)."""
-        return {
+        """A JSON-ready description (no pixel data; instance models add class, score, bbox per instance)."""
+        out = {
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
             "frame": {"width": self.frame_size[0], "height": self.frame_size[1]},
             "classes": list(self.classes),
@@ -71,6 +102,11 @@ class Segmentation:
             "mean_confidence": round(self.mean_confidence, 6),
             "timings_ms": {k: round(v, 3) for k, v in self.timings.items()},
         }
+        if self.instances is not None:
+            out["instances"] = [{"class": self.classes[i.class_id] if i.class_id < len(self.classes) else i.class_id,
+                                 "score": round(i.score, 6), "bbox": [round(v, 2) for v in i.bbox], "area": i.area}
+                                for i in self.instances]
+        return out
 
 
 def resize_to_frame(image: np.ndarray, frame_size: tuple[int, int], interpolation: int) -> np.ndarray:
@@ -80,4 +116,4 @@ def resize_to_frame(image: np.ndarray, frame_size: tuple[int, int], interpolatio
     return cv2.resize(image, tuple(frame_size), interpolation=interpolation)
 
 
-__all__ = ["ModelIdentity", "Segmentation", "resize_to_frame"]
+__all__ = ["Instance", "ModelIdentity", "Segmentation", "resize_to_frame"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.backends.base import BackendOptions
-from edge_seg.manifest import OutputSpec, output_tensor
+from edge_seg.manifest import OutputSpec, output_tensor, yolo_seg_tensors
 from edge_seg.model import LoadedModel, load_model
 from edge_seg.postprocess.semantic import Decoded, SemanticDecoder, float_spec, probabilities
 from edge_seg.preprocess import Preprocessor, Transform
@@ -64,6 +64,20 @@ class TemporalSmoother:
         return Decoded(labels, np.where(labels == 1, prob, 1.0 - prob).astype(np.float32), decoded.entropy)
 
 
+def _instance_decoder(manifest, specs: list):
+    """(InstanceDecoder, indices of its tensors among the backend outputs) for a yolo_seg manifest."""
+    from edge_seg.postprocess.instance import InstanceDecoder
+
+    tensors = yolo_seg_tensors(manifest, specs)
+    out = manifest.output
+    decoder = InstanceDecoder(
+        tensors, manifest.num_classes, mask_threshold=out.threshold,
+        score_threshold=out.score_threshold if out.score_threshold is not None else 0.25,
+        iou_threshold=out.iou_threshold if out.iou_threshold is not None else 0.5,
+        max_detections=out.max_detections if out.max_detections is not None else 100)
+    return decoder, [specs.index(t) for t in tensors]
+
+
 class Segmenter:
     """Segments BGR frames with one loaded model."""
 
@@ -75,8 +89,13 @@ class Segmenter:
         out = output_tensor(manifest, backend.output_specs)
         self.output_tensor = out
         self._out_index = backend.output_specs.index(out)
-        self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
-        self._smoother = TemporalSmoother(manifest, out, smoothing, entropy) if smoothing is not None else None
+        self._instance = None  # an InstanceDecoder for yolo_seg models; invoke() then returns a list of outputs
+        if manifest.output.kind == "yolo_seg":
+            self._instance, self._instance_indices = _instance_decoder(manifest, backend.output_specs)
+            self._decode = self._smoother = None
+        else:
+            self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
+            self._smoother = TemporalSmoother(manifest, out, smoothing, entropy) if smoothing is not None else None
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
         self._classes = tuple(manifest.classes)
         self._palette = tuple(tuple(c) for c in manifest.palette)
@@ -102,8 +121,14 @@ class Segmenter:
         return self._pre(frame)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
-        """Run the backend; the raw (possibly quantised) output tensor the manifest describes."""
-        return self.loaded.backend.infer(batch)[self._out_index]
+        """Run the backend; the raw (possibly quantised) output tensor the manifest describes.
+
+        For an instance (yolo_seg) model: the list of its raw output tensors (detections, prototypes).
+        """
+        outputs = self.loaded.backend.infer(batch)
+        if self._instance is not None:
+            return [outputs[i] for i in self._instance_indices]
+        return outputs[self._out_index]
 
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
                decoder: SemanticDecoder | None = None, frame: np.ndarray | None = None) -> Segmentation:
@@ -112,6 +137,12 @@ class Segmenter:
         ``decoder`` replaces the model's own (the tiler decodes stitched float probabilities).
         With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts.
         """
+        if self._instance is not None:
+            if decoder is not None:
+                from edge_seg.errors import ModelError
+
+                raise ModelError("tiling is not supported for instance (yolo_seg) models")
+            return self._decode_instances(raw, transform, timings)
         if self._smoother is not None and decoder is None:
             decoded = self._smoother(raw, frame)
         else:
@@ -121,6 +152,16 @@ class Segmenter:
             label_map=transform.crop(decoded.label_map), confidence_map=transform.crop(decoded.confidence),
             frame_size=transform.frame_size, classes=self._classes, palette=self._palette, model=self._identity,
             entropy_map=entropy, timings=timings if timings is not None else {})
+
+    def _decode_instances(self, raw: list, transform: Transform, timings: dict | None) -> Segmentation:
+        from edge_seg.postprocess.instance import label_map
+
+        instances = self._instance(raw, transform)
+        labels, confidence = label_map(instances, transform.frame_size)
+        return Segmentation(
+            label_map=labels, confidence_map=confidence, frame_size=transform.frame_size, classes=self._classes,
+            palette=self._palette, model=self._identity, timings=timings if timings is not None else {},
+            instances=instances)
 
     def segment(self, frame: np.ndarray) -> Segmentation:
         """Segment one BGR uint8 frame; ``timings`` holds ms for preprocess, infer, postprocess."""

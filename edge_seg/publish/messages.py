@@ -16,6 +16,12 @@ time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time othe
 * **Payload cap** (``max_bytes``, default 128 KB, AWS IoT's limit): RLE → PNG → PNG downscaled
   (nearest) by 2, 4, 8 … until it fits; ``scale`` records ``mask_resolution`` / model resolution
   (1.0 = exact). Nothing fits → ``MessageError``.
+* **instances** (schema ``edge_seg.instances/v1``, on the ``mask`` topic, ``application/json``; instance
+  models): model identity, ``frame_size``, ``classes``,
+  ``palette``, ``timings_ms`` and ``instances``, highest score first, each ``{"class_id", "name",
+  "score", "bbox": [x, y, w, h] (frame px), "counts"}`` with ``counts`` the pycocotools compressed
+  RLE of that instance's frame-size mask. Over the payload cap the lowest-score instances are left
+  out and ``dropped`` counts them.
 * **crop** (``application/vnd.edge-seg.crop``): one line of UTF-8 JSON (the header: bbox in frame
   pixels, score, ``frame_seq``, RLE of the local class map at bbox size, ``jpeg_bytes``), a
   ``\\n``, then the raw JPEG. Binary framing saves base64's 33 %; ``mosquitto_sub`` still shows the
@@ -52,6 +58,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     CROP_CONTENT_TYPE,
     CROP_SCHEMA,
     DEVICE_PATTERN,
+    INSTANCES_SCHEMA,
     JPEG_MAGIC,
     JSON_CONTENT_TYPE,
     MASK_SCHEMA,
@@ -65,6 +72,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     CommandMessage,
     CommandResultMessage,
     CropMessage,
+    InstancesMessage,
     MaskMessage,
     Message,
     MetricsMessage,
@@ -89,7 +97,7 @@ class MessageError(EdgeSegError):
 class Encoded:
     """A payload ready to publish on ``{prefix}/{device}/{topic}``."""
 
-    topic: str  # "mask" | "crop" | "status" | "metrics" | "cmd/result"
+    topic: str  # "mask" (class or instance masks) | "crop" | "status" | "metrics" | "cmd/result"
     payload: bytes
     content_type: str
     msg_id: str
@@ -228,6 +236,47 @@ def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "r
         factor *= 2
 
 
+def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_bytes: int = 128_000,
+                     timings: dict[str, float] | None = None, frame_seq: int | None = None) -> Encoded:
+    """An instances message: one COCO RLE per instance of an instance model's ``Segmentation``."""
+    if segmentation.instances is None:
+        raise MessageError("an instances message needs a Segmentation of an instance model")
+    head = _envelope(INSTANCES_SCHEMA, device, seq, ts)
+    classes = list(segmentation.classes)
+    frame_size = tuple(int(v) for v in segmentation.frame_size)
+    head.update(model=_model_dict(segmentation.model), frame_size=list(frame_size), classes=classes,
+                palette=[[int(c) for c in colour] for colour in segmentation.palette])
+    if frame_seq is not None:
+        head["frame_seq"] = int(frame_seq)
+    items = []
+    for inst in segmentation.instances:
+        x, y, w, h = (max(0.0, round(float(v), 2)) for v in inst.bbox)
+        items.append({"class_id": int(inst.class_id),
+                      "name": classes[inst.class_id] if inst.class_id < len(classes) else None,
+                      "score": min(max(round(float(inst.score), 6), 0.0), 1.0), "bbox": [x, y, w, h],
+                      "counts": rle.encode_binary(inst.frame_mask(frame_size))})
+    tail = {"timings_ms": {str(k): round(float(v), 3) for k, v in (timings or segmentation.timings or {}).items()
+                           if np.isfinite(v)}}
+    keep = len(items)
+    while True:
+        payload = _json({**head, "instances": items[:keep], "dropped": len(items) - keep, **tail})
+        if len(payload) <= max_bytes:
+            return _encoded("mask", head, payload)
+        if keep == 0:
+            raise MessageError(f"an instances message cannot fit in {max_bytes} bytes even without instances; "
+                               "raise max_bytes")
+        keep -= 1
+
+
+def instance_masks(msg: InstancesMessage) -> list[np.ndarray]:
+    """The bool (h, w) frame-size mask of each instance of an instances message, in message order."""
+    width, height = msg.frame_size
+    try:
+        return [rle.decode_binary(item.counts, height, width) for item in msg.instances]
+    except rle.RLEError as err:
+        raise MessageError(f"bad instances message: {err}") from None
+
+
 def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
                 classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
     """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``)."""
@@ -364,7 +413,8 @@ def model_identity(info: ModelInfo | None) -> ModelIdentity | None:
 
 
 __all__ = ["COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "CommandMessage", "CommandResultMessage",
-           "CropMessage", "Encoded", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
+           "CropMessage", "Encoded", "INSTANCES_SCHEMA", "InstancesMessage", "encode_instances",
+           "instance_masks", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
            "MessageError", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage",
            "class_map_from_mask", "crop_class_map", "decode", "decode_command", "encode_command_result", "encode_crop",
            "encode_mask", "encode_metrics", "encode_status", "label_map_from_mask", "model_identity", "new_msg_id"]

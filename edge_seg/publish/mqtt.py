@@ -38,7 +38,15 @@ import numpy as np
 
 from edge_seg.publish.commands import CommandHandler, CommandHooks, Verifier
 from edge_seg.publish.discovery import discovery_configs
-from edge_seg.publish.messages import Encoded, MessageError, encode_crop, encode_mask, encode_metrics, encode_status
+from edge_seg.publish.messages import (
+    Encoded,
+    MessageError,
+    encode_crop,
+    encode_instances,
+    encode_mask,
+    encode_metrics,
+    encode_status,
+)
 from edge_seg.publish.mqtt_client import connection
 from edge_seg.publish.mqtt_config import MqttConfig, parse_broker_url
 from edge_seg.publish.outbox import Outbox
@@ -272,9 +280,14 @@ class Publisher:
         out = []
         try:
             if item.reason is not None:
-                out.append(encode_mask(seg, device=self.device, seq=frame.seq, ts=frame.ts, fmt=cfg.mask_format,
-                                       max_bytes=cfg.max_payload, timings=result.timings,
-                                       mean_uncertainty=item.uncertainty, frame_seq=frame.seq))
+                if seg.instances is not None:  # an instance model: one RLE per instance
+                    out.append(encode_instances(seg, device=self.device, seq=frame.seq, ts=frame.ts,
+                                                max_bytes=cfg.max_payload, timings=result.timings,
+                                                frame_seq=frame.seq))
+                else:
+                    out.append(encode_mask(seg, device=self.device, seq=frame.seq, ts=frame.ts,
+                                           fmt=cfg.mask_format, max_bytes=cfg.max_payload, timings=result.timings,
+                                           mean_uncertainty=item.uncertainty, frame_seq=frame.seq))
                 self.counts["masks"] += 1
             for crop in item.crops:
                 out.append(encode_crop(crop, device=self.device, seq=frame.seq, model=seg.model,

@@ -115,6 +115,17 @@ def decode_classes(rles: Sequence[dict], height: int, width: int) -> np.ndarray:
     return flat.reshape(width, height).T.copy()
 
 
+def encode_binary(mask: np.ndarray) -> str:
+    """pycocotools' compressed RLE string of one binary (h, w) mask (e.g. one instance at frame size)."""
+    return coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))["counts"].decode("ascii")
+
+
+def decode_binary(counts: str, height: int, width: int) -> np.ndarray:
+    """The bool (h, w) mask of a checked compressed RLE string (NumPy, no pycocotools on untrusted data)."""
+    runs = check_counts(counts, height, width)
+    return np.repeat(np.arange(len(runs)) % 2 == 1, runs).reshape(width, height).T.copy()
+
+
 def encode_png(label_map: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
     """Palette PNG of the label map (colours from ``palette``, pixels are class ids)."""
     return palette_png(np.ascontiguousarray(label_map, dtype=np.uint8), palette)

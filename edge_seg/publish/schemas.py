@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edge_seg.publish import rle
 
 MASK_SCHEMA = "edge_seg.mask/v1"
+INSTANCES_SCHEMA = "edge_seg.instances/v1"
 CROP_SCHEMA = "edge_seg.crop/v1"
 STATUS_SCHEMA = "edge_seg.status/v1"
 METRICS_SCHEMA = "edge_seg.metrics/v1"
@@ -122,6 +123,41 @@ class MaskMessage(_Envelope):
         return self
 
 
+class InstanceRLE(_Strict):
+    """One instance: class, score, bbox (x, y, w, h frame px) and its frame-size mask as COCO compressed RLE."""
+
+    class_id: Annotated[int, Field(ge=0, le=255)]
+    name: Name | None = None
+    score: Annotated[float, Field(ge=0, le=1)]
+    bbox: Annotated[list[Annotated[float, Field(ge=0, le=rle.MAX_SIDE)]], Field(min_length=4, max_length=4)]
+    counts: Annotated[str, Field(min_length=1)]
+
+
+class InstancesMessage(_Envelope):
+    """An instance model's result for one frame: one RLE per instance (highest score first)."""
+
+    schema_: Literal["edge_seg.instances/v1"] = Field(alias="schema")
+    model: ModelInfo
+    frame_size: Size
+    classes: Annotated[list[Name], Field(min_length=1, max_length=256)]
+    palette: Annotated[list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]],
+                       Field(max_length=256)] = []
+    frame_seq: Seq | None = None
+    instances: Annotated[list[InstanceRLE], Field(max_length=10000)]
+    dropped: Annotated[int, Field(ge=0)] = 0  # lowest-score instances left out to fit the payload cap
+    timings_ms: dict[Name, float] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InstancesMessage:
+        width, height = self.frame_size
+        for k, item in enumerate(self.instances):
+            if item.class_id >= len(self.classes):
+                raise ValueError(f"instance {k}: class id {item.class_id} is not one of the "
+                                 f"{len(self.classes)} classes")
+            rle.check_counts(item.counts, height, width)
+        return self
+
+
 class CropMessage(_Envelope):
     schema_: Literal["edge_seg.crop/v1"] = Field(alias="schema")
     model: ModelInfo
@@ -186,12 +222,15 @@ class CommandMessage(BaseModel):
     sig: Annotated[str, Field(max_length=1024)] | None = None
 
 
-Message = Union[MaskMessage, CropMessage, StatusMessage, MetricsMessage, CommandResultMessage]  # noqa: UP007
-BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, STATUS_SCHEMA: StatusMessage,
+Message = Union[MaskMessage, InstancesMessage, CropMessage, StatusMessage,  # noqa: UP007
+                MetricsMessage, CommandResultMessage]
+BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, INSTANCES_SCHEMA: InstancesMessage,
+                                          STATUS_SCHEMA: StatusMessage,
                                           METRICS_SCHEMA: MetricsMessage, RESULT_SCHEMA: CommandResultMessage}
 
 
 __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "ClassRLE", "CommandMessage",
-           "CommandResultMessage", "CropMessage", "DEVICE_PATTERN", "JPEG_MAGIC", "JSON_CONTENT_TYPE", "MASK_SCHEMA",
+           "CommandResultMessage", "CropMessage", "DEVICE_PATTERN", "INSTANCES_SCHEMA", "InstanceRLE",
+           "InstancesMessage", "JPEG_MAGIC", "JSON_CONTENT_TYPE", "MASK_SCHEMA",
            "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA", "MSG_ID_PATTERN", "MaskMessage",
            "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage", "b64decode"]
