@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import tflite_builders
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -67,19 +68,4 @@ def build(path: Path, io: str = "float32") -> Path:
         zero = 1e-6 * tf.reduce_mean(x)  # keeps the input in the graph (no constant folding)
         return {"output0": det + zero, "output1": protos + zero}
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
-    if io != "float32":
-        rng = np.random.default_rng(0)
-
-        def representative():
-            for _ in range(4):
-                yield [rng.random((1, SIZE, SIZE, 3), dtype=np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = getattr(tf, io)
-        converter.inference_output_type = getattr(tf, io)
-    path = Path(path)
-    path.write_bytes(converter.convert())
-    return path
+    return tflite_builders.convert(model, path, io, SIZE, samples=4)

@@ -38,12 +38,20 @@ def build(kind: str, path: Path, size: int = 32, io: str = "float32") -> Path:
         logit = 8.0 * (x[..., :1] - 0.5)
         return tf.sigmoid(logit) if kind == "binary_sigmoid" else logit
 
+    return convert(model, path, io, size)
+
+
+def convert(model, path: Path, io: str, size: int, samples: int = 16) -> Path:
+    """Write the TFLite of a ``tf.function`` taking a (1, size, size, 3) float image; with ``io`` uint8
+    or int8 it is fully integer-quantised with that input/output type (random representative images)."""
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
     if io != "float32":
         rng = np.random.default_rng(0)
 
         def representative():
-            for _ in range(16):
+            for _ in range(samples):
                 yield [rng.random((1, size, size, 3), dtype=np.float32)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
