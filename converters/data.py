@@ -9,17 +9,18 @@ bilinear) to the model size; masks are resized nearest-neighbour and batched as 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from converters import formats  # noqa: E402
 from edge_seg.errors import InputError  # noqa: E402
 
-IGNORE_LABEL = 255
+IGNORE_LABEL = formats.IGNORE_LABEL
 
 
 def list_pairs(root: str | Path) -> list[tuple[Path, Path]]:
@@ -38,43 +39,92 @@ def list_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_arrays(root: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a dataset folder into memory: RGB uint8 (N, H, W, 3) and class ids uint8 (N, H, W).
+def load_arrays(root: "str | Path | formats.SegDataset", size: tuple[int, int],
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read a dataset into memory: RGB uint8 (N, H, W, 3) and class ids uint8 (N, H, W).
 
-    ``size`` is the model's (width, height); images are resized like the device does it
-    (``cv2.INTER_LINEAR``, stretch), masks with ``cv2.INTER_NEAREST``.
+    ``root`` is an ``images/`` + ``masks/`` folder or any ``formats.SegDataset`` (VOC,
+    Cityscapes, COCO, ...). ``size`` is the model's (width, height); images are resized like the
+    device does it (``cv2.INTER_LINEAR``, stretch), masks with ``cv2.INTER_NEAREST``.
     """
-    pairs = list_pairs(root)
-    width, height = size
-    images = np.empty((len(pairs), height, width, 3), np.uint8)
-    masks = np.empty((len(pairs), height, width), np.uint8)
-    for i, (image_path, mask_path) in enumerate(pairs):
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-        if image is None or mask is None or mask.ndim != 2:
-            raise InputError(f"cannot read {image_path.name} or its 1-channel mask")
-        if image.shape[:2] != (height, width):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        images[i] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        masks[i] = mask
-    return images, masks
+    dataset = root if isinstance(root, formats.SegDataset) else formats.read_folder(root, classes=("unnamed",))
+    return formats.load_arrays(dataset, size, progress=progress)
 
 
-def _flip(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random horizontal and vertical flips, the same for image and mask."""
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation, applied the same way to image and mask (colour only to the image).
+
+    ``scale`` is the (min, max) zoom of a random scale-crop: the pair is resized by a factor in
+    the range and a window of the original size is cut at random; below 1 the border is padded
+    (image black, mask ``IGNORE_LABEL``). ``jitter`` is the strength of a random brightness,
+    contrast, saturation and hue change (0 = off).
+    """
+
+    hflip: bool = True
+    vflip: bool = True
+    scale: tuple[float, float] | None = None
+    jitter: float = 0.0
+
+
+def _flip(image: tf.Tensor, mask: tf.Tensor, hflip: bool = True, vflip: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random horizontal and/or vertical flips, the same for image and mask."""
     both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
-    both = tf.image.random_flip_left_right(both)
-    both = tf.image.random_flip_up_down(both)
+    if hflip:
+        both = tf.image.random_flip_left_right(both)
+    if vflip:
+        both = tf.image.random_flip_up_down(both)
     return both[..., :3], tf.cast(both[..., 3:], tf.int32)
 
 
-def _finish(ds: tf.data.Dataset, n: int, batch_size: int, shuffle: bool, augment: bool,
+def _scale_crop(image: tf.Tensor, mask: tf.Tensor, low: float, high: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resize by a random factor in [low, high], then pad (ignore) / crop back to the input size at random."""
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    factor = tf.random.uniform([], low, high)
+    nh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * factor), tf.int32))
+    nw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * factor), tf.int32))
+    image = tf.image.resize(image, tf.stack([nh, nw]), method="bilinear")
+    # the mask is shifted by -IGNORE_LABEL so that zero padding becomes IGNORE_LABEL after the shift back
+    mask = tf.cast(tf.image.resize(mask, tf.stack([nh, nw]), method="nearest"), tf.float32) - IGNORE_LABEL
+    ph, pw = tf.maximum(h, nh), tf.maximum(w, nw)
+    oy = tf.random.uniform([], 0, ph - nh + 1, tf.int32)
+    ox = tf.random.uniform([], 0, pw - nw + 1, tf.int32)
+    both = tf.image.pad_to_bounding_box(tf.concat([image, mask], -1), oy, ox, ph, pw)
+    both = tf.image.random_crop(both, tf.stack([h, w, 4]))
+    return both[..., :3], tf.cast(tf.round(both[..., 3:]) + IGNORE_LABEL, tf.int32)
+
+
+def _jitter(image: tf.Tensor, strength: float) -> tf.Tensor:
+    image = tf.image.random_brightness(image, 0.25 * strength)
+    image = tf.image.random_contrast(image, 1.0 - 0.5 * strength, 1.0 + 0.5 * strength)
+    image = tf.image.random_saturation(image, 1.0 - 0.5 * strength, 1.0 + 0.5 * strength)
+    image = tf.image.random_hue(image, min(0.5, 0.08 * strength))
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def augment_fn(config: Augment):
+    """The per-example ``(image, mask) -> (image, mask)`` map for ``config`` (images float [0, 1])."""
+
+    def apply(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if config.scale is not None:
+            image, mask = _scale_crop(image, mask, *config.scale)
+        if config.hflip or config.vflip:
+            image, mask = _flip(image, mask, config.hflip, config.vflip)
+        if config.jitter > 0:
+            image = _jitter(image, config.jitter)
+        return image, mask
+
+    return apply
+
+
+def _finish(ds: tf.data.Dataset, n: int, batch_size: int, shuffle: bool, augment: bool | Augment,
             seed: int) -> tf.data.Dataset:
     if shuffle:
         ds = ds.shuffle(min(n, 4096), seed=seed, reshuffle_each_iteration=True)
     if augment:
-        ds = ds.map(_flip, num_parallel_calls=tf.data.AUTOTUNE)
+        config = augment if isinstance(augment, Augment) else Augment()
+        ds = ds.map(augment_fn(config), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -83,7 +133,7 @@ def _to_model(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def dataset_from_arrays(images: np.ndarray, masks: np.ndarray, batch_size: int = 16,
-                        shuffle: bool = True, augment: bool = True, seed: int = 0) -> tf.data.Dataset:
+                        shuffle: bool = True, augment: bool | Augment = True, seed: int = 0) -> tf.data.Dataset:
     """A batched ``tf.data.Dataset`` of (float32 [0, 1] RGB, int32 (H, W, 1) ids) from ``load_arrays``."""
     if len(images) != len(masks) or images.shape[:3] != masks.shape:
         raise InputError(f"{images.shape} images do not match {masks.shape} masks")
@@ -92,7 +142,7 @@ def dataset_from_arrays(images: np.ndarray, masks: np.ndarray, batch_size: int =
 
 
 def dataset_from_dir(root: str | Path, size: tuple[int, int], batch_size: int = 16,
-                     shuffle: bool = True, augment: bool = True, seed: int = 0,
+                     shuffle: bool = True, augment: bool | Augment = True, seed: int = 0,
                      cache: bool = True) -> tf.data.Dataset:
     """Stream a dataset folder with ``tf.io``: decode PNGs, resize to ``size`` (width, height), batch.
 

@@ -3,14 +3,27 @@
 The recipe follows the TF Model Garden one for segmentation: train a float model to
 convergence, wrap it with ``tfmot.quantization.keras.quantize_model`` and fine-tune at a low
 learning rate. The loss is sparse categorical cross-entropy on probabilities with the ignore
-label (255) masked out.
+label (255) masked out, or any loss from ``converters.losses`` (focal, Dice, class weights).
+
+Custom quantisation: tfmot's default scheme has no ``QuantizeConfig`` for ``Multiply`` (the
+LR-ASPP attention gate). ``OutputQuantizeConfig`` quantises only its output (8-bit, asymmetric,
+moving-average range: the scheme tfmot uses for ``Add``), which is what the TFLite int8 ``MUL``
+kernel needs; ``quantize`` annotates ``Multiply`` layers with it and everything else with the
+default. Models without ``Multiply`` go through ``quantize_model`` unchanged.
+
+Distribution (``make_strategy``): ``default`` (one device), ``mirrored`` (all GPUs of one host,
+synchronous; on a host without GPUs, all logical CPU devices), ``multiworker``
+(``MultiWorkerMirroredStrategy`` across hosts; each host sets ``TF_CONFIG``). Build and compile
+the model inside ``strategy.scope()``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -18,7 +31,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from converters import losses  # noqa: E402
 from converters.data import IGNORE_LABEL  # noqa: E402
+from edge_seg.errors import InputError, ModelError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +46,9 @@ class TrainConfig:
     qat_lr: float = 5e-5
     weight_decay: float = 1e-5
     verbose: int = 1  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    loss: str = "ce"  # one of losses.LOSSES
+    class_weights: tuple[float, ...] | None = None  # per-class weights for ce / focal
+    focal_gamma: float = 2.0
 
 
 def masked_crossentropy(ignore_label: int = IGNORE_LABEL):
@@ -56,9 +74,16 @@ class MaskedMeanIoU(keras.metrics.MeanIoU):
                          sparse_y_true=True, sparse_y_pred=False, **kwargs)
 
 
-def _compile(model: keras.Model, lr, num_classes: int, weight_decay: float) -> None:
+def _loss(config: "TrainConfig | None"):
+    if config is None:
+        return masked_crossentropy()
+    return losses.make_loss(config.loss, config.class_weights, config.focal_gamma)
+
+
+def _compile(model: keras.Model, lr, num_classes: int, weight_decay: float,
+             config: "TrainConfig | None" = None) -> None:
     opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
-    model.compile(optimizer=opt, loss=masked_crossentropy(), metrics=[MaskedMeanIoU(num_classes)])
+    model.compile(optimizer=opt, loss=_loss(config), metrics=[MaskedMeanIoU(num_classes)])
 
 
 def train_float(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset | None,
@@ -68,20 +93,123 @@ def train_float(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.lr * 0.1, decay_steps=max(1, steps * config.epochs - steps // 2),
         warmup_target=config.lr, warmup_steps=max(1, steps // 2), alpha=0.02)
-    _compile(model, schedule, model.output_shape[-1], config.weight_decay)
+    _compile(model, schedule, model.output_shape[-1], config.weight_decay, config)
     model.fit(train, validation_data=val, epochs=config.epochs, verbose=config.verbose)
     return model
 
 
-def quantize(model: keras.Model) -> keras.Model:
-    """Wrap a trained float model for quantisation-aware training (fake-quant on weights and activations)."""
-    return tfmot.quantization.keras.quantize_model(model)
+class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Quantise a layer's output only (8-bit asymmetric, moving-average range); no weights.
+
+    Used for ``Multiply``, which tfmot's default registry does not cover.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+def quantize(model: keras.Model, per_channel: bool = True) -> keras.Model:
+    """Wrap a trained float model for quantisation-aware training (fake-quant on weights and activations).
+
+    ``Multiply`` layers get ``OutputQuantizeConfig``; the rest tfmot's default 8-bit scheme.
+    ``per_channel=False`` quantises each weight tensor with one scale instead of one per output
+    channel: the int8 file loses the per-channel scales and zero points (for a small MobileNet-style
+    network they are a third of the file) at some risk to accuracy in depthwise convolutions.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_scheme,
+    )
+
+    q = tfmot.quantization.keras
+    scheme = default_8bit_quantize_scheme.Default8BitQuantizeScheme(disable_per_axis=not per_channel)
+    has_multiply = any(isinstance(layer, keras.layers.Multiply) for layer in model.layers)
+    if not has_multiply and per_channel:
+        return q.quantize_model(model)
+
+    def annotate(layer):
+        config = OutputQuantizeConfig() if isinstance(layer, keras.layers.Multiply) else None
+        return q.quantize_annotate_layer(layer, quantize_config=config)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    with q.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}):
+        return q.quantize_apply(annotated, scheme=scheme)
+
+
+def custom_objects() -> dict:
+    """What ``keras.models.load_model`` needs to read back a saved QAT model."""
+    return {"OutputQuantizeConfig": OutputQuantizeConfig}
+
+
+def make_strategy(kind: str = "default") -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy by name: ``default``, ``mirrored`` or ``multiworker``."""
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":  # every GPU of this host; without GPUs every logical CPU device
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if kind == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise InputError("--strategy multiworker needs TF_CONFIG on every host, e.g. "
+                             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                             '"task": {"type": "worker", "index": 0}}')
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as err:
+            raise InputError(f"TF_CONFIG is not valid JSON: {err}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise InputError(f"unknown strategy {kind!r}: expected default, mirrored or multiworker")
+
+
+def load_keras_model(path: str | Path) -> keras.Model:
+    """A float or QAT Keras model the user brings: ``.keras`` / ``.h5`` file or a Keras SavedModel folder.
+
+    The model must be a tf_keras functional or sequential model with one image input and
+    per-class probabilities (softmax) out. A SavedModel written without Keras (a bare
+    ``tf.Module``) has no layers to quantise and is refused with that reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model not found: {path}")
+    if path.is_dir() and not (path / "keras_metadata.pb").is_file() and not (path / "saved_model.pb").is_file():
+        raise InputError(f"{path} is not a SavedModel folder (no saved_model.pb)")
+    if path.is_dir() and not (path / "keras_metadata.pb").is_file():
+        raise InputError(f"{path} is a SavedModel without Keras metadata: QAT needs the Keras layers; "
+                         "save it with tf_keras (model.save(path)) or pass a .keras/.h5 file")
+    try:
+        with tfmot.quantization.keras.quantize_scope(custom_objects()):
+            model = keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelError(f"cannot load Keras model {path.name}: {str(err).splitlines()[0]}") from None
+    if len(model.inputs) != 1 or len(model.input_shape) != 4 or model.input_shape[-1] != 3:
+        raise ModelError(f"{path.name}: expected one (batch, height, width, 3) image input, got {model.input_shape}")
+    return model
+
+
+def is_quantized(model: keras.Model) -> bool:
+    """True for a model already wrapped by ``quantize`` (it starts with a ``QuantizeLayer``)."""
+    return any(type(layer).__name__ == "QuantizeLayer" for layer in model.layers)
 
 
 def train_qat(qat_model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset | None,
               config: TrainConfig) -> keras.Model:
     """Fine-tune a ``quantize``d model at a low constant learning rate; returns it."""
-    _compile(qat_model, config.qat_lr, qat_model.output_shape[-1], 0.0)
+    _compile(qat_model, config.qat_lr, qat_model.output_shape[-1], 0.0, config)
     if config.qat_epochs > 0:
         qat_model.fit(train, validation_data=val, epochs=config.qat_epochs, verbose=config.verbose)
     pin_input_range(qat_model)

@@ -1,8 +1,13 @@
-"""Export to TFLite (float32 and full-int8), run exported models, write the model manifest.
+"""Export to TFLite, run exported models, write the model manifest.
 
-The int8 model is fully integer: ``TFLITE_BUILTINS_INT8`` only, uint8 input (RGB pixels) and
-uint8 output (probabilities, scale 1/256). Exporting a quantisation-aware model reuses the ranges
-learned in training; the representative images calibrate whatever QAT did not cover.
+Variants (``VARIANTS``): ``float32``; ``float16`` (weights stored as float16, computed in float
+on CPUs); ``dynamic`` (dynamic-range: int8 weights, float activations, no calibration);
+``int8`` (full integer: ``TFLITE_BUILTINS_INT8`` only, uint8 input = RGB pixels, uint8 output,
+probabilities at scale 1/256). ``int8`` of a float model is post-training quantisation (PTQ)
+calibrated on the representative images; of a quantisation-aware model it reuses the ranges
+learned in training. ``fuse_argmax`` replaces the final softmax by ARG_MAX + CAST: the output is
+a uint8 (1, H, W) class map (manifest output kind ``class_map``), so the device skips the argmax
+over full logits. (On the Edge TPU, ARG_MAX and CAST are the last two ops and run on the CPU.)
 """
 
 from __future__ import annotations
@@ -34,9 +39,40 @@ from edge_seg.manifest import (  # noqa: E402
 
 INT8_NAME = "model_int8.tflite"
 FLOAT_NAME = "model_float.tflite"
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+Representative = Callable[[], Iterable[list[np.ndarray]]]
 
 
-def _converter(model: keras.Model, tmp: str) -> tf.lite.TFLiteConverter:
+def _logits_model(model: keras.Model) -> keras.Model:
+    """``model`` without its final softmax (argmax of logits == argmax of probabilities), if it ends in one."""
+    last = model.layers[-1]
+    inner = getattr(last, "layer", last)  # a tfmot QuantizeWrapper holds the real layer
+    if isinstance(inner, keras.layers.Softmax) or getattr(inner, "activation", None) is keras.activations.softmax:
+        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+    return model
+
+
+def serving_function(model: keras.Model, fuse_argmax: bool = False, uint8_input: bool = False):
+    """A batch-1 ``tf.function`` of ``model``: probabilities, or a uint8 class map with ``fuse_argmax``.
+
+    ``uint8_input`` takes RGB pixels (uint8) and divides by 255 inside the graph (used for ONNX,
+    whose inputs carry no quantisation parameters).
+    """
+    shape = [1, *model.input_shape[1:]]
+    spec = tf.TensorSpec(shape, tf.uint8 if uint8_input else tf.float32, name="image")
+    net = _logits_model(model) if fuse_argmax else model
+
+    def serve(image):
+        x = tf.cast(image, tf.float32) * (1.0 / 255.0) if uint8_input else image
+        probs = net(x, training=False)
+        if fuse_argmax:
+            return {"class_map": tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.uint8)}
+        return {"probabilities": probs}
+
+    return tf.function(serve, input_signature=[spec], autograph=False)
+
+
+def _converter(model: keras.Model, tmp: str, fuse_argmax: bool = False) -> tf.lite.TFLiteConverter:
     """A converter over a minimal SavedModel: one serving function, batch 1.
 
     ``from_keras_model`` serialises every Keras layer's call functions into its SavedModel (about
@@ -46,36 +82,77 @@ def _converter(model: keras.Model, tmp: str) -> tf.lite.TFLiteConverter:
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32, name="image")
     module = tf.Module()
     module.weights = list(model.variables)  # tracked, so the SavedModel holds them
+    net = _logits_model(model) if fuse_argmax else model
 
     def serve(image):
-        return {"probabilities": model(image, training=False)}
+        probs = net(image, training=False)
+        if fuse_argmax:
+            return {"class_map": tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32), tf.uint8)}
+        return {"probabilities": probs}
 
     module.serve = tf.function(serve, input_signature=[spec], autograph=False)
     tf.saved_model.save(module, tmp, signatures=module.serve.get_concrete_function())
     return tf.lite.TFLiteConverter.from_saved_model(tmp)
 
 
+def export(model: keras.Model, variant: str = "float32", representative: Representative | None = None,
+           fuse_argmax: bool = False, per_channel: bool = True) -> bytes:
+    """A TFLite flatbuffer of ``model`` in one of ``VARIANTS`` (see the module docstring).
+
+    ``representative`` (needed for ``int8``) yields ``[float32 (1, H, W, 3) in [0, 1]]`` samples
+    (``converters.data.representative_images``); its length is the calibration set size.
+    ``per_channel=False`` gives int8 weights one scale per tensor (match it to how QAT was run).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory(prefix="edge_seg_export_") as tmp:
+        converter = _converter(model, tmp, fuse_argmax)
+        if variant == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif variant == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif variant == "int8":
+            if representative is None:
+                raise ValueError("full-int8 export needs representative images")
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+            converter._experimental_disable_per_channel = not per_channel
+        return converter.convert()
+
+
+def strip_tensor_names(flatbuffer: bytes) -> bytes:
+    """The model without the names of its intermediate tensors (inputs, outputs and signatures keep theirs).
+
+    The converter names every tensor after the TensorFlow ops fused into it; for a small int8
+    network that is ~5 % of the file. Kernels never read the names.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    for subgraph in model.subgraphs:
+        keep = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def export_float(model: keras.Model) -> bytes:
     """A float32 TFLite flatbuffer of ``model`` (input float32 RGB in [0, 1])."""
-    with tempfile.TemporaryDirectory(prefix="edge_seg_export_") as tmp:
-        return _converter(model, tmp).convert()
+    return export(model, "float32")
 
 
-def export_int8(model: keras.Model, representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
+def export_int8(model: keras.Model, representative: Representative, fuse_argmax: bool = False) -> bytes:
     """A full-int8 TFLite flatbuffer: int8 kernels only, uint8 input and output tensors.
 
-    ``representative`` yields ``[float32 (1, H, W, 3) in [0, 1]]`` samples (see
-    ``converters.data.representative_images``). For a quantisation-aware model the ranges come
-    from training (``qat.pin_input_range`` fixes the input to scale 1/255, zero point 0).
+    For a quantisation-aware model the ranges come from training (``qat.pin_input_range`` fixes
+    the input to scale 1/255, zero point 0); for a float model this is PTQ.
     """
-    with tempfile.TemporaryDirectory(prefix="edge_seg_export_") as tmp:
-        converter = _converter(model, tmp)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-        return converter.convert()
+    return export(model, "int8", representative, fuse_argmax)
 
 
 @dataclass(frozen=True)
@@ -126,11 +203,21 @@ class TFLiteRunner:
     def invoke(self) -> None:
         self._interp.invoke()
 
+    @property
+    def is_class_map(self) -> bool:
+        """True when the model ends in a fused argmax (uint8 (1, H, W) output)."""
+        return len(self.output.shape) == 3
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        """Class map (h, w) uint8 at model size for an RGB uint8 image at model size."""
+        raw = self.raw(rgb)
+        return raw.astype(np.uint8) if self.is_class_map else raw.argmax(axis=-1).astype(np.uint8)
+
     def segment(self, image_bgr: np.ndarray) -> np.ndarray:
         """Class map (H, W) uint8 at the frame's size for a BGR frame of any size."""
         h, w = image_bgr.shape[:2]
         small = cv2.resize(image_bgr, self.size, interpolation=cv2.INTER_LINEAR)
-        labels = self.raw(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)).argmax(axis=-1).astype(np.uint8)
+        labels = self.labels(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
         return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
@@ -151,7 +238,7 @@ def parity(model: keras.Model, runner: TFLiteRunner, images_rgb: np.ndarray) -> 
     agree = total = 0
     for rgb in images_rgb:
         ref = model(rgb[None].astype(np.float32) / 255.0, training=False).numpy()[0].argmax(-1)
-        agree += int((runner.raw(rgb).argmax(-1) == ref).sum())
+        agree += int((runner.labels(rgb) == ref).sum())
         total += ref.size
     return agree / max(total, 1)
 
@@ -159,8 +246,12 @@ def parity(model: keras.Model, runner: TFLiteRunner, images_rgb: np.ndarray) -> 
 def write_manifest(out_dir: str | Path, model_file: str, *, name: str, version: str,
                    classes: Sequence[str], palette: Sequence[tuple[int, int, int]],
                    baseline: dict[str, float] | None = None,
-                   metrics: dict[str, float] | None = None) -> Path:
-    """Write ``manifest.json`` for an exported int8/float TFLite model in ``out_dir`` (read from the file)."""
+                   metrics: dict[str, float] | None = None,
+                   extra_files: dict[str, FileEntry] | None = None) -> Path:
+    """Write ``manifest.json`` for an exported TFLite model in ``out_dir`` (read from the file).
+
+    ``extra_files`` adds other entries (``onnx``, ``edgetpu``) to ``files`` beside ``tflite``.
+    """
     out = Path(out_dir)
     path = out / model_file
     runner = TFLiteRunner(path, num_threads=1)
@@ -168,32 +259,37 @@ def write_manifest(out_dir: str | Path, model_file: str, *, name: str, version: 
         name=name, version=version, task="semantic", classes=list(classes), palette=list(palette),
         input=InputSpec(width=runner.size[0], height=runner.size[1], color_order="rgb",
                         dtype=runner.input.dtype, resize="stretch", mean=[0.0] * 3, std=[255.0] * 3),
-        output=OutputSpec(kind="probabilities", tensors=[runner.output.name]),
-        files={"tflite": FileEntry(path=model_file, sha256=sha256_file(path))},
+        output=OutputSpec(kind="class_map" if runner.is_class_map else "probabilities", tensors=[runner.output.name]),
+        files={"tflite": FileEntry(path=model_file, sha256=sha256_file(path)), **(extra_files or {})},
         baseline=baseline, metrics=dict(metrics or {}))
     target = out / MANIFEST_NAME
     target.write_text(manifest.dump())
     return target
 
 
-def convert(model: keras.Model, out_dir: str | Path, representative: Callable[[], Iterable[list[np.ndarray]]],
+def convert(model: keras.Model, out_dir: str | Path, representative: Representative | None,
             check_images: np.ndarray, *, name: str, version: str, classes: Sequence[str],
             palette: Sequence[tuple[int, int, int]], baseline: dict[str, float] | None = None,
-            metrics: dict[str, float] | None = None, min_agreement: float = 0.95) -> tuple[Path, float]:
-    """Export ``model`` as ``model_int8.tflite`` + ``manifest.json`` in ``out_dir``, checked against ``model``.
+            metrics: dict[str, float] | None = None, min_agreement: float = 0.95, variant: str = "int8",
+            fuse_argmax: bool = False, file_name: str | None = None,
+            reference: keras.Model | None = None, per_channel: bool = True,
+            strip_names: bool = False) -> tuple[Path, float]:
+    """Export ``model`` as one TFLite ``variant`` + ``manifest.json`` in ``out_dir``, checked against a Keras model.
 
-    ``check_images`` are RGB uint8 at model size; the int8 model's argmax must agree with the
-    Keras model's on at least ``min_agreement`` of their pixels, else ``ModelError``. Returns the
-    manifest path and the agreement.
+    ``check_images`` are RGB uint8 at model size; the exported model's class map must agree
+    with the argmax of ``reference`` (default: ``model``) on at least ``min_agreement`` of their
+    pixels, else ``ModelError``. ``strip_names`` drops intermediate tensor names (``strip_tensor_names``).
+    Returns the manifest path and the agreement.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / INT8_NAME
-    path.write_bytes(export_int8(model, representative))
-    agreement = parity(model, TFLiteRunner(path), check_images)
+    path = out / (file_name or (INT8_NAME if variant == "int8" else f"model_{variant}.tflite"))
+    flatbuffer = export(model, variant, representative, fuse_argmax, per_channel)
+    path.write_bytes(strip_tensor_names(flatbuffer) if strip_names else flatbuffer)
+    agreement = parity(reference or model, TFLiteRunner(path), check_images)
     if agreement < min_agreement:
         raise ModelError(f"{path.name} agrees with the Keras model on only {agreement:.1%} of pixels "
                          f"(need {min_agreement:.0%}): check the quantisation ranges / representative data")
-    manifest = write_manifest(out, INT8_NAME, name=name, version=version, classes=classes, palette=palette,
+    manifest = write_manifest(out, path.name, name=name, version=version, classes=classes, palette=palette,
                               baseline=baseline, metrics=metrics)
     return manifest, agreement

@@ -11,6 +11,9 @@ from edge_seg.errors import BackendUnavailable, ModelError
 # name -> "module:Class"; modules are imported only when the backend is used.
 _BACKENDS: dict[str, str] = {
     "litert": "edge_seg.backends.litert:LiteRTBackend",
+    "edgetpu": "edge_seg.backends.edgetpu:EdgeTPUBackend",
+    "onnxruntime": "edge_seg.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "edge_seg.backends.tensorrt:TensorRTBackend",
 }
 # suffix -> backend name, checked longest first so "_edgetpu.tflite" wins over ".tflite".
 _SUFFIXES: dict[str, str] = {
