@@ -43,6 +43,14 @@ def library_present(library: str = LIBRARY) -> bool:
     return True
 
 
+def probe() -> str:
+    """What this backend would run on here; raises ``BackendUnavailable`` when libedgetpu is missing."""
+    if not library_present():
+        raise BackendUnavailable(f"the edgetpu backend needs {LIBRARY}: install libedgetpu1-std (Coral's apt "
+                                 "repository) or the feranick/libedgetpu build")
+    return LIBRARY
+
+
 class EdgeTPUBackend(LiteRTBackend):
     """LiteRT with the Edge TPU delegate."""
 

@@ -32,6 +32,11 @@ def interpreter_module():
     raise BackendUnavailable("no LiteRT runtime found: pip install ai-edge-litert")
 
 
+def probe() -> str:
+    """What this backend would run on here; raises ``BackendUnavailable`` when no LiteRT runtime imports."""
+    return f"runtime {interpreter_module().__name__}"
+
+
 def _spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorSpec(name=detail["name"], shape=tuple(int(d) for d in detail["shape"]),

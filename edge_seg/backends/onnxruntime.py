@@ -36,6 +36,12 @@ def _ort():
     return onnxruntime
 
 
+def probe() -> str:
+    """What this backend would run on here; raises ``BackendUnavailable`` when ONNX Runtime is missing."""
+    ort = _ort()
+    return f"onnxruntime {ort.__version__}: {', '.join(ort.get_available_providers())}"
+
+
 def choose_providers(available: list[str], requested: list[str] | None = None) -> list[str]:
     """The providers to ask for: ``requested`` (each must be available) or the preferred available ones."""
     if requested:

@@ -117,6 +117,11 @@ def require() -> None:
     _trt()
 
 
+def probe() -> str:
+    """What this backend would run on here; raises ``BackendUnavailable`` when TensorRT is missing."""
+    return f"TensorRT {_trt().__version__}"
+
+
 def _cudart():
     try:
         from cuda.bindings import runtime as cudart
