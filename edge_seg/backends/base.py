@@ -50,6 +50,25 @@ class BackendOptions:
     extra: dict = field(default_factory=dict)
 
 
+class LoadedSpecs:
+    """``input_spec`` / ``output_specs`` for backends whose ``load()`` sets ``_in`` and ``_outs``."""
+
+    _in: TensorSpec | None = None
+    _outs: list[TensorSpec] = []
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        if self._in is None:
+            from edge_seg.errors import ModelError
+
+            raise ModelError("backend used before load()")
+        return self._in
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return list(self._outs)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the segmenter needs from a runtime."""

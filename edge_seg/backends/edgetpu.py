@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_seg.backends.base import BackendOptions
-from edge_seg.backends.litert import LiteRTBackend, _spec, interpreter_module
+from edge_seg.backends.litert import LiteRTBackend, interpreter_module
 from edge_seg.errors import BackendUnavailable, ModelError
 
 if TYPE_CHECKING:
@@ -81,12 +81,4 @@ class EdgeTPUBackend(LiteRTBackend):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(f"the Edge TPU delegate cannot run {Path(path).name}: {first} "
                              "(compile it with edgetpu_compiler for this runtime version)") from None
-        inputs = interp.get_input_details()
-        if len(inputs) != 1:
-            raise ModelError(f"{Path(path).name} has {len(inputs)} inputs; edge_seg models take one image")
-        self._interp = interp
-        self._in = _spec(inputs[0])
-        self._in_index = inputs[0]["index"]
-        outputs = interp.get_output_details()
-        self._outs = [_spec(d) for d in outputs]
-        self._out_indices = [d["index"] for d in outputs]
+        self._adopt(interp, path)

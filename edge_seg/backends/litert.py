@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_seg.backends.base import BackendOptions, TensorSpec
+from edge_seg.backends.base import BackendOptions, LoadedSpecs, TensorSpec
 from edge_seg.errors import BackendUnavailable, ModelError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def _spec(detail: dict) -> TensorSpec:
                       dtype=np.dtype(detail["dtype"]), scale=float(scale), zero_point=int(zero_point))
 
 
-class LiteRTBackend:
+class LiteRTBackend(LoadedSpecs):
     """Runs a ``.tflite`` model on the CPU with XNNPACK."""
 
     name = "litert"
@@ -69,6 +69,10 @@ class LiteRTBackend:
         except (ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(f"LiteRT cannot load {Path(path).name}: {first}") from None
+        self._adopt(interp, path)
+
+    def _adopt(self, interp, path: Path) -> None:
+        """Take over an allocated interpreter: one image input, every output, their specs and indices."""
         inputs = interp.get_input_details()
         if len(inputs) != 1:
             raise ModelError(f"{Path(path).name} has {len(inputs)} inputs; edge_seg models take one image")
@@ -78,16 +82,6 @@ class LiteRTBackend:
         outputs = interp.get_output_details()
         self._outs = [_spec(d) for d in outputs]
         self._out_indices = [d["index"] for d in outputs]
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        if self._in is None:
-            raise ModelError("backend used before load()")
-        return self._in
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return list(self._outs)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one invoke; ``batch`` must already have the input tensor's shape and dtype."""

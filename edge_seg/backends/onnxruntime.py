@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_seg.backends.base import BackendOptions, TensorSpec
+from edge_seg.backends.base import BackendOptions, LoadedSpecs, TensorSpec
 from edge_seg.errors import BackendUnavailable, ModelError
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _shape(dims) -> tuple[int, ...]:
     return tuple(int(d) if isinstance(d, int) and d > 0 else 1 for d in dims)
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(LoadedSpecs):
     """Runs a ``.onnx`` model with ONNX Runtime."""
 
     name = "onnxruntime"
@@ -95,16 +95,6 @@ class OnnxRuntimeBackend:
                       for o in session.get_outputs()]
         self._session = session
         self.providers = session.get_providers()
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        if self._in is None:
-            raise ModelError("backend used before load()")
-        return self._in
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return list(self._outs)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(None, {self._in.name: batch})

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_seg.backends.base import BackendOptions, TensorSpec
+from edge_seg.backends.base import BackendOptions, LoadedSpecs, TensorSpec
 from edge_seg.errors import BackendUnavailable, ModelError
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def _check(result):
     return result[1] if isinstance(result, tuple) and len(result) > 1 else None
 
 
-class TensorRTBackend:
+class TensorRTBackend(LoadedSpecs):
     """Runs a TensorRT engine (cached per device) with static shapes, batch 1."""
 
     name = "tensorrt"
@@ -305,16 +305,6 @@ class TensorRTBackend:
                 self._outs.append(TensorSpec(name, shape, dtype))
                 self._host_out.append(np.empty(shape, dtype))
         self.engine_path = path
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        if self._in is None:
-            raise ModelError("backend used before load()")
-        return self._in
-
-    @property
-    def output_specs(self) -> list[TensorSpec]:
-        return list(self._outs)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         cudart = _cudart()
