@@ -247,6 +247,18 @@ def _add_plugins(sub) -> None:
         register(sub)
 
 
+def command_actions(sub, name: str, help: str):
+    """The action subparsers of command ``name``, created if no plugin added it yet (several plugins
+    extend ``model``: the OTA commands and ``build-engine``)."""
+    command = sub.choices.get(name)
+    if command is None:
+        command = sub.add_parser(name, help=help)
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return command.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
 def _unavailable(name: str, err: ImportError) -> int:
     raise EdgeSegError(f"'edge-seg {name}' needs packages that are not installed ({err}); "
                        "pip install 'edge-seg[convert]'")

@@ -6,7 +6,6 @@ the handler imports TensorRT only when it runs (``edge_seg.backends.tensorrt``).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -15,21 +14,11 @@ from edge_seg.errors import InputError
 PRECISIONS = ("auto", "fp16", "int8", "fp32")
 
 
-def _model_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``model`` command's action subparsers: reuse them if another module already added ``model``."""
-    existing = subparsers.choices.get("model")
-    if existing is None:
-        existing = subparsers.add_parser("model", help="model tools (TensorRT engines)")
-        existing.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    for action in existing._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return existing.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-
-
 def register(subparsers) -> None:
     """Add ``model build-engine`` to the ``edge-seg`` parser."""
-    actions = _model_parser(subparsers)
+    from edge_seg.cli import command_actions
+
+    actions = command_actions(subparsers, "model", "model tools (TensorRT engines)")
     p = actions.add_parser("build-engine", help="build this device's TensorRT engine from the model's ONNX (cached)")
     p.add_argument("model", type=Path, metavar="MODEL", help="model directory / manifest.json with an onnx entry, "
                    "or a .onnx file")

@@ -186,19 +186,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_actions(sub):
-    """The ``model`` command's subparsers (another plugin may have added ``model`` first, e.g. build-engine)."""
-    existing = sub.choices.get("model")
-    if existing is None:
-        existing = sub.add_parser("model", help="signed model bundles and the on-device model store (OTA)")
-    for action in existing._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return existing.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-
-
 def register_model(sub) -> None:
-    msub = _model_actions(sub)
+    from edge_seg.cli import command_actions
+
+    msub = command_actions(sub, "model", "signed model bundles and the on-device model store (OTA)")
 
     q = msub.add_parser("keygen", help="make an Ed25519 signing key pair (OUT.key, OUT.pub)")
     q.add_argument("--out", "-o", type=Path, default=Path("edge-seg-ota"), help="path stem (default edge-seg-ota)")
