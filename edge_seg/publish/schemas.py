@@ -91,14 +91,19 @@ def _check_rles(rles: list[ClassRLE], size: list[int], n_classes: int | None) ->
         rle.check_counts(item.counts, size[1], size[0])
 
 
-class MaskMessage(_Envelope):
-    schema_: Literal["edge_seg.mask/v1"] = Field(alias="schema")
+class _FrameResult(_Envelope):
+    """What a mask and an instances message share: the model, the frame and the classes."""
+
     model: ModelInfo
     frame_size: Size
     classes: Annotated[list[Name], Field(min_length=1, max_length=256)]
     palette: Annotated[list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]],
                        Field(max_length=256)] = []
     frame_seq: Seq | None = None
+
+
+class MaskMessage(_FrameResult):
+    schema_: Literal["edge_seg.mask/v1"] = Field(alias="schema")
     mask_format: Literal["rle", "png"]
     mask_resolution: Size
     scale: Annotated[float, Field(gt=0, le=1)] = 1.0
@@ -133,16 +138,10 @@ class InstanceRLE(_Strict):
     counts: Annotated[str, Field(min_length=1)]
 
 
-class InstancesMessage(_Envelope):
+class InstancesMessage(_FrameResult):
     """An instance model's result for one frame: one RLE per instance (highest score first)."""
 
     schema_: Literal["edge_seg.instances/v1"] = Field(alias="schema")
-    model: ModelInfo
-    frame_size: Size
-    classes: Annotated[list[Name], Field(min_length=1, max_length=256)]
-    palette: Annotated[list[Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]],
-                       Field(max_length=256)] = []
-    frame_seq: Seq | None = None
     instances: Annotated[list[InstanceRLE], Field(max_length=10000)]
     dropped: Annotated[int, Field(ge=0)] = 0  # lowest-score instances left out to fit the payload cap
     timings_ms: dict[Name, float] = {}
