@@ -30,6 +30,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(proc: subprocess.Popen, port: int, timeout: float = 10.0) -> None:
+    """Wait until ``proc`` (started with stderr=PIPE) accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise EdgeSegError(f"mosquitto did not start: {err[-1] if err else 'exited'}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise EdgeSegError("mosquitto did not start listening")
+
+
 class LocalBroker:
     """``with LocalBroker(dir) as url:`` runs Mosquitto on 127.0.0.1 until the block ends."""
 
@@ -55,18 +70,12 @@ class LocalBroker:
         config.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([self.binary, "-c", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
-                raise EdgeSegError(f"mosquitto did not start: {err[-1] if err else 'exited'}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self.url
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise EdgeSegError("mosquitto did not start listening")
+        try:
+            wait_listening(self.proc, self.port, timeout)
+        except EdgeSegError:
+            self.stop()
+            raise
+        return self.url
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
