@@ -6,7 +6,8 @@ Layout of ``out_dir``::
     messages.jsonl                  one JSON line per stored message (pixel data left out)
     masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
     labelling/images/{device}_{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue
-    labelling/annotations.json      COCO: the crops + their local class maps as RLE pre-annotations
+    labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
+                                    per instance (instance crops: score, reasons, runner-up in attributes)
     devices.json                    per device: last status, counts, last seen
 
 A message is stored in this order: files (each written to a temporary name and renamed) → one
@@ -37,6 +38,7 @@ from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
     CommandResultMessage,
     CropMessage,
+    InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
     Message,
@@ -62,8 +64,8 @@ CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, ms
 
 def kind_of(msg: Message) -> str:
     """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
-    return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", StatusMessage: "status",
-            MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
+    return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", InstanceCropMessage: "crop",
+            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
 
 
 def instance_id_map(msg: InstancesMessage) -> np.ndarray:
@@ -73,6 +75,24 @@ def instance_id_map(msg: InstancesMessage) -> np.ndarray:
     for k, mask in reversed(list(enumerate(instance_masks(msg)[:255]))):
         ids[mask] = k + 1
     return ids
+
+
+def _instance_annotations(msg: InstanceCropMessage) -> list[dict]:
+    """One COCO annotation per instance of an instance crop (its mask at crop size, counts already checked)."""
+    width, height = msg.mask_resolution
+    rles = [{"size": [height, width], "counts": item.counts.encode("ascii")} for item in msg.instances]
+    anns = []
+    for item, area, box in zip(msg.instances, coco_mask.area(rles), coco_mask.toBbox(rles)):
+        name = item.name or (msg.classes[item.class_id] if msg.classes and item.class_id < len(msg.classes)
+                             else f"class_{item.class_id}")
+        attributes = {"pre_annotation": True, "class_id": item.class_id, "score": item.score,
+                      "reasons": list(item.reasons)}
+        if item.runner_up is not None:
+            attributes["runner_up"] = item.runner_up.model_dump()
+        anns.append({"category_name": name, "segmentation": {"size": [height, width], "counts": item.counts},
+                     "area": int(area), "bbox": [float(v) for v in box], "iscrowd": 0, "score": item.score,
+                     "attributes": attributes})
+    return anns
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -139,7 +159,7 @@ class Store:
         elif isinstance(msg, InstancesMessage):
             path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}_instances.png"
             _write_atomic(path, palette_png(instance_id_map(msg), _INSTANCE_COLOURS))
-        elif isinstance(msg, CropMessage):
+        elif isinstance(msg, (CropMessage, InstanceCropMessage)):
             path = self.out / "labelling" / "images" / f"{msg.device}_{msg.seq:09d}_{msg.msg_id}.jpg"
             _write_atomic(path, msg.jpeg)
             coco = self._coco_rows(msg, path)
@@ -175,12 +195,15 @@ class Store:
         self._track(msg, kind, now)
         return True
 
-    def _coco_rows(self, msg: CropMessage, path: Path) -> tuple[dict, list[dict]]:
+    def _coco_rows(self, msg: CropMessage | InstanceCropMessage, path: Path) -> tuple[dict, list[dict]]:
         width, height = msg.mask_resolution
         image = {"file_name": path.relative_to(self.out / "labelling").as_posix(), "width": width,
                  "height": height, "device": msg.device, "msg_id": msg.msg_id, "seq": msg.seq,
                  "frame_seq": msg.frame_seq, "frame_bbox": list(msg.bbox), "frame_size": list(msg.frame_size),
                  "score": msg.score, "ts": msg.ts, "model": msg.model.model_dump()}
+        if isinstance(msg, InstanceCropMessage):
+            image.update(kind="instance", reasons=list(msg.reasons))
+            return image, _instance_annotations(msg)
         rles = [{"size": [height, width], "counts": item.counts.encode("ascii")} for item in msg.rle]
         areas = coco_mask.area(rles)
         boxes = coco_mask.toBbox(rles)

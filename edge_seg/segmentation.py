@@ -28,7 +28,8 @@ class Instance:
 
     ``bbox`` is (x, y, width, height) in frame pixels; ``mask`` is a bool array covering the
     integer pixel box that starts at ``origin`` (x, y) in the frame (``frame_mask`` gives it at
-    frame size).
+    frame size). ``runner_up`` is (class id, score) of the second-best class when the model has
+    more than one (a small gap to ``score`` means the class is ambiguous).
     """
 
     class_id: int
@@ -36,6 +37,7 @@ class Instance:
     bbox: tuple[float, float, float, float]
     mask: np.ndarray
     origin: tuple[int, int] = (0, 0)
+    runner_up: tuple[int, float] | None = None
 
     def frame_mask(self, frame_size: tuple[int, int]) -> np.ndarray:
         """The instance mask as bool (height, width) at ``frame_size`` (width, height)."""

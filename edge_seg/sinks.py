@@ -99,6 +99,9 @@ class JsonlSink:
         crops = result.extras.get("crops")
         if crops:
             record["crops"] = [{"bbox": list(c.bbox), "score": round(c.score, 4)} for c in crops]
+            for item, crop in zip(record["crops"], crops):
+                if getattr(crop, "reasons", None):  # instance crops say why they were sent
+                    item["reasons"] = list(crop.reasons)
         self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
@@ -132,7 +135,11 @@ class PreviewSink:
 
 
 class CropStage:
-    """Extracts uncertain crops (within their budget) into ``result.extras['crops']``."""
+    """Extracts uncertain crops (within their budget) into ``result.extras['crops']``.
+
+    The extractor picks by the result: uncertain regions of a semantic model, uncertain instances
+    (low score, overlapping, ambiguous class) of an instance model.
+    """
 
     name = "crops"
 

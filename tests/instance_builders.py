@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SIZE, NC, NM, MH = 64, 2, 4, 16
 SCORE_THRESHOLD = 0.25
-# cx, cy, w, h (input px), class, score, mask prototype (one-hot coefficient of +1)
+# cx, cy, w, h (input px), class, score, mask prototype (one-hot coefficient of +1)[, score of the other class]
 CANDIDATES = [
     (20, 20, 24, 24, 0, 0.90, 0),  # kept
     (21, 20, 24, 24, 0, 0.80, 0),  # same class, IoU ~0.92 with #0: suppressed
@@ -44,23 +44,23 @@ def prototypes() -> np.ndarray:
     return protos.astype(np.float32)
 
 
-def detections() -> np.ndarray:
-    """(4+nc+nm, N) float32."""
-    out = np.zeros((4 + NC + NM, len(CANDIDATES)), np.float32)
-    for n, (cx, cy, w, h, cls, score, proto) in enumerate(CANDIDATES):
+def detections(candidates=CANDIDATES) -> np.ndarray:
+    """(4+nc+nm, N) float32; the other class scores 0.02 unless a candidate gives its score (8th field)."""
+    out = np.zeros((4 + NC + NM, len(candidates)), np.float32)
+    for n, (cx, cy, w, h, cls, score, proto, *other) in enumerate(candidates):
         out[:4, n] = (cx, cy, w, h)
-        out[4:4 + NC, n] = 0.02
+        out[4:4 + NC, n] = other[0] if other else 0.02
         out[4 + cls, n] = score
         out[4 + NC:, n] = -0.5
         out[4 + NC + proto, n] = 1.0
     return out
 
 
-def build(path: Path, io: str = "float32") -> Path:
-    """Write the model; io float32 or int8 (full-integer quantisation)."""
+def build(path: Path, io: str = "float32", candidates=CANDIDATES) -> Path:
+    """Write the model (``candidates`` as ``CANDIDATES``); io float32 or int8 (full-integer quantisation)."""
     import tensorflow as tf
 
-    det = tf.constant(detections()[None])
+    det = tf.constant(detections(candidates)[None])
     protos = tf.constant(prototypes()[None])
 
     @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32)])

@@ -154,7 +154,8 @@ class InstanceDecoder:
         self.max_candidates = int(max_candidates)
 
     def candidates(self, outputs: list[np.ndarray]):
-        """(boxes x0,y0,x1,y1 in input px, scores, class ids, mask coefficients) after the score threshold."""
+        """(boxes x0,y0,x1,y1 in input px, scores, class ids, mask coefficients, runner-up class ids and
+        scores) after the score threshold; the runner-up arrays are None for a one-class model."""
         lay = self.layout
         raw = outputs[lay.detections][0]
         det = raw if lay.transposed else raw.T  # (N, C), raw dtype
@@ -169,7 +170,13 @@ class InstanceDecoder:
         rows = self.det_spec.dequantize(det[sel])
         cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float64)
-        return boxes, top[sel].astype(np.float32), cls[sel].astype(np.int64), rows[:, 4 + nc:]
+        second = second_cls = None
+        if nc > 1:
+            others = rows[:, 4:4 + nc].astype(np.float32)  # a copy: the top class is masked out
+            others[np.arange(len(sel)), cls[sel]] = -np.inf
+            second_cls = others.argmax(axis=1)
+            second = others[np.arange(len(sel)), second_cls]
+        return boxes, top[sel].astype(np.float32), cls[sel].astype(np.int64), rows[:, 4 + nc:], (second_cls, second)
 
     def prototypes(self, outputs: list[np.ndarray]) -> np.ndarray:
         """Dequantised prototypes as (mh, mw, nm) float32."""
@@ -178,7 +185,7 @@ class InstanceDecoder:
 
     def __call__(self, outputs: list[np.ndarray], transform) -> tuple[Instance, ...]:
         """Raw outputs (all model outputs, in backend order) + preprocess ``Transform`` → instances."""
-        boxes, scores, classes, coeffs = self.candidates(outputs)
+        boxes, scores, classes, coeffs, (second_cls, second) = self.candidates(outputs)
         keep = nms(boxes, scores, classes, self.iou_threshold, self.max_detections)
         if len(keep) == 0:
             return ()
@@ -186,10 +193,12 @@ class InstanceDecoder:
         mh, mw, nm = protos.shape
         logits = coeffs[keep] @ protos.reshape(-1, nm).T  # (k, mh*mw)
         probs = _sigmoid(logits).reshape(len(keep), mh, mw)
-        return tuple(self._instance(probs[i], boxes[j], float(scores[j]), int(classes[j]), transform)
+        return tuple(self._instance(probs[i], boxes[j], float(scores[j]), int(classes[j]), transform,
+                                    None if second is None else (int(second_cls[j]), float(second[j])))
                      for i, j in enumerate(keep))
 
-    def _instance(self, prob: np.ndarray, box: np.ndarray, score: float, cls: int, transform) -> Instance:
+    def _instance(self, prob: np.ndarray, box: np.ndarray, score: float, cls: int, transform,
+                  runner_up: tuple[int, float] | None = None) -> Instance:
         fw, fh = transform.frame_size
         iw, ih = transform.input_size
         cx0, cy0, cw, ch = transform.content
@@ -205,7 +214,7 @@ class InstanceDecoder:
         px0, py0 = int(np.ceil(x0 - 0.5)), int(np.ceil(y0 - 0.5))
         px1, py1 = int(np.ceil(x1 - 0.5)), int(np.ceil(y1 - 0.5))
         if px1 <= px0 or py1 <= py0:
-            return Instance(cls, score, bbox, np.zeros((0, 0), bool), (px0, py0))
+            return Instance(cls, score, bbox, np.zeros((0, 0), bool), (px0, py0), runner_up)
         # frame pixel centre f + 0.5 → input px c + (f + 0.5) / s → prototype px (·m/i) - 0.5
         ax, ay = mw / iw / sx, mh / ih / sy
         bx = (cx0 + (px0 + 0.5) / sx) * mw / iw - 0.5
@@ -213,7 +222,7 @@ class InstanceDecoder:
         matrix = np.array([[ax, 0.0, bx], [0.0, ay, by]], np.float64)
         roi = cv2.warpAffine(prob, matrix, (px1 - px0, py1 - py0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE)
-        return Instance(cls, score, bbox, roi > self.mask_threshold, (px0, py0))
+        return Instance(cls, score, bbox, roi > self.mask_threshold, (px0, py0), runner_up)
 
 
 def label_map(instances, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

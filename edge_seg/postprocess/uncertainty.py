@@ -5,19 +5,24 @@ components (``cv2.connectedComponentsWithStats``, a fraction of a millisecond at
 the few boxes that survive merging, the area filter, the top-K and the budget are encoded, from
 the full-resolution frame. A frame with no pixel above the threshold costs one min/max pass over
 the map (microseconds); a frame that arrives while the budget window is full costs nothing.
+
+Instance models (``Segmentation.instances`` set) get crops of uncertain *instances* instead (low
+score, overlapping masks, ambiguous class: ``edge_seg.postprocess.instance_crops``), under the same
+per-frame cap and the same budget.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_seg.errors import EdgeSegError, InputError
+from edge_seg.postprocess.instance_crops import InstanceCrop, InstanceCropConfig, instance_regions
 from edge_seg.segmentation import Segmentation
 
 Method = Literal["confidence", "margin", "entropy"]
@@ -61,6 +66,7 @@ def _max_uncertainty(segmentation: Segmentation, method: Method) -> float:
 class Crop:
     """One uncertain region: JPEG of the frame inside ``bbox`` and the class map there."""
 
+    kind: ClassVar[str] = "semantic"
     jpeg: bytes
     bbox: tuple[int, int, int, int]  # (x, y, w, h) in frame pixels
     score: float  # mean uncertainty of the uncertain pixels inside
@@ -90,6 +96,7 @@ class CropConfig(BaseModel):
     crops_per_minute: int = Field(6, ge=0, description="in any rolling 60 s")
     bytes_per_minute: int = Field(1_000_000, ge=0, description="JPEG bytes in any rolling 60 s")
     jpeg_quality: int = Field(85, ge=1, le=100)
+    instances: InstanceCropConfig = Field(InstanceCropConfig(), description="instance models: uncertain instances")
 
 
 @dataclass
@@ -187,8 +194,8 @@ class CropExtractor:
         self._sent_bytes = 0
 
     def extract(self, frame_bgr: np.ndarray, segmentation: Segmentation, now: float,
-                seq: int | None = None) -> list[Crop]:
-        """The frame's uncertain regions as crops, best first, within the budget."""
+                seq: int | None = None) -> list[Crop] | list[InstanceCrop]:
+        """The frame's uncertain regions (of an instance model: instances) as crops, best first, within the budget."""
         fw, fh = segmentation.frame_size
         if frame_bgr.shape[:2] != (fh, fw):
             raise InputError(f"frame is {frame_bgr.shape[1]}x{frame_bgr.shape[0]} but the segmentation "
@@ -197,13 +204,21 @@ class CropExtractor:
         if not self._fits(now, 0):  # no crop could be sent: skip the analysis altogether
             self.stats["skipped_budget"] += 1
             return []
+        if segmentation.instances is not None:
+            cfg = self.config
+            regions = instance_regions(segmentation, cfg.instances, padding=cfg.padding, min_area=cfg.min_area,
+                                       max_crops=cfg.max_crops)
+            self.stats["candidates"] += len(regions)
+            jpegs = [(region, self._jpeg(frame_bgr, region.box, now)) for region in regions]
+            return [region.crop(segmentation.instances, jpeg, now, seq) for region, jpeg in jpegs if jpeg is not None]
         candidates = self.regions(segmentation)
         self.stats["candidates"] += len(candidates)
         crops = []
-        for box, score in candidates:
-            crop = self._encode(frame_bgr, segmentation, box, score, now, seq)
-            if crop is not None:
-                crops.append(crop)
+        for (x0, y0, x1, y1), score in candidates:
+            jpeg = self._jpeg(frame_bgr, (x0, y0, x1, y1), now)
+            if jpeg is not None:
+                crops.append(Crop(jpeg=jpeg, bbox=(x0, y0, x1 - x0, y1 - y0), score=score,
+                                  class_map=segmentation.class_map[y0:y1, x0:x1].copy(), ts=now, seq=seq))
         return crops
 
     def regions(self, segmentation: Segmentation) -> list[tuple[tuple[int, int, int, int], float]]:
@@ -233,8 +248,8 @@ class CropExtractor:
         return (len(self._sent) + 1 <= self.config.crops_per_minute
                 and self._sent_bytes + size <= self.config.bytes_per_minute)
 
-    def _encode(self, frame: np.ndarray, segmentation: Segmentation, box: tuple[int, int, int, int],
-                score: float, now: float, seq: int | None) -> Crop | None:
+    def _jpeg(self, frame: np.ndarray, box: tuple[int, int, int, int], now: float) -> bytes | None:
+        """JPEG of the frame inside ``box`` (x0, y0, x1, y1), counted in the budget; None if it does not fit."""
         if not self._fits(now, 0):  # no count left (or bytes spent): do not encode at all
             self.stats["dropped_budget"] += 1
             return None
@@ -248,8 +263,7 @@ class CropExtractor:
         self._sent_bytes += len(jpeg)
         self.stats["extracted"] += 1
         self.stats["bytes"] += len(jpeg)
-        return Crop(jpeg=jpeg, bbox=(x0, y0, x1 - x0, y1 - y0), score=score,
-                    class_map=segmentation.class_map[y0:y1, x0:x1].copy(), ts=now, seq=seq)
+        return jpeg
 
 
-__all__ = ["Crop", "CropConfig", "CropExtractor", "Method", "uncertainty_map"]
+__all__ = ["Crop", "CropConfig", "CropExtractor", "InstanceCrop", "InstanceCropConfig", "Method", "uncertainty_map"]

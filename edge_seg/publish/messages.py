@@ -26,6 +26,7 @@ time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time othe
   pixels, score, ``frame_seq``, RLE of the local class map at bbox size, ``jpeg_bytes``), a
   ``\\n``, then the raw JPEG. Binary framing saves base64's 33 %; ``mosquitto_sub`` still shows the
   header. Without a content type (MQTT 3.1.1) ``decode`` recognises the header line.
+* **instance crop** (``edge_seg.instance_crop/v1``, framed like a crop): see ``edge_seg.publish.instance_crop``.
 * **status**, **metrics**, **cmd/result**, and **cmd** (device-bound): UTF-8 JSON.
 
 Decoding is strict about types (no "5" for 5, no NaN/Infinity) and ignores unknown fields of
@@ -58,6 +59,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     CROP_CONTENT_TYPE,
     CROP_SCHEMA,
     DEVICE_PATTERN,
+    INSTANCE_CROP_SCHEMA,
     INSTANCES_SCHEMA,
     JPEG_MAGIC,
     JSON_CONTENT_TYPE,
@@ -72,6 +74,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     CommandMessage,
     CommandResultMessage,
     CropMessage,
+    InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
     Message,
@@ -279,7 +282,11 @@ def instance_masks(msg: InstancesMessage) -> list[np.ndarray]:
 
 def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
                 classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
-    """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``)."""
+    """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``); an instance crop too."""
+    if getattr(crop, "kind", "semantic") == "instance":
+        from edge_seg.publish.instance_crop import encode_instance_crop  # it builds on this module
+
+        return encode_instance_crop(crop, device=device, seq=seq, model=model, frame_size=frame_size, classes=classes)
     head = _envelope(CROP_SCHEMA, device, seq, crop.ts)
     local = np.asarray(crop.class_map, dtype=np.uint8)
     x, y, w, h = (int(v) for v in crop.bbox)
@@ -333,17 +340,19 @@ def encode_command_result(*, device: str, seq: int, command_id: str | None, ok: 
 # --------------------------------------------------------------------------------------------- decoding
 def _is_crop_frame(payload: bytes) -> bool:
     newline = payload.find(b"\n", 0, 65536)
-    return newline > 0 and CROP_SCHEMA.encode() in payload[:newline]
+    return newline > 0 and any(s.encode() in payload[:newline] for s in (CROP_SCHEMA, INSTANCE_CROP_SCHEMA))
 
 
-def _decode_crop(payload: bytes) -> CropMessage:
+def _decode_crop(payload: bytes) -> CropMessage | InstanceCropMessage:
     newline = payload.find(b"\n", 0, 65536)
     if newline <= 0:
         raise MessageError("bad crop message: no header line before the JPEG")
     head = _load_json(payload[:newline], "crop message")
     if "jpeg" in head:
         raise MessageError("bad crop message: the header must not carry 'jpeg'")
-    return _validate(CropMessage, {**head, "jpeg": payload[newline + 1:]}, "crop message")
+    instance = head.get("schema") == INSTANCE_CROP_SCHEMA
+    return _validate(InstanceCropMessage if instance else CropMessage, {**head, "jpeg": payload[newline + 1:]},
+                     "instance crop message" if instance else "crop message")
 
 
 def decode(payload: bytes, content_type: str | None = None) -> Message:
@@ -357,12 +366,13 @@ def decode(payload: bytes, content_type: str | None = None) -> Message:
         return _decode_crop(payload)
     obj = _load_json(payload, "message")
     schema = obj.get("schema")
-    if schema == CROP_SCHEMA:
+    if schema in (CROP_SCHEMA, INSTANCE_CROP_SCHEMA):
         raise MessageError(f"bad message: crop messages are framed as {CROP_CONTENT_TYPE} (header line + JPEG)")
     cls = BY_SCHEMA.get(schema) if isinstance(schema, str) else None
     if cls is None:
         shown = repr(schema)[:80] if schema is not None else "missing"
-        raise MessageError(f"bad message: schema {shown} is not one of {', '.join([*BY_SCHEMA, CROP_SCHEMA])}")
+        known = ", ".join([*BY_SCHEMA, CROP_SCHEMA, INSTANCE_CROP_SCHEMA])
+        raise MessageError(f"bad message: schema {shown} is not one of {known}")
     return _validate(cls, obj, schema.split(".", 1)[1].split("/")[0] + " message")
 
 
@@ -413,8 +423,9 @@ def model_identity(info: ModelInfo | None) -> ModelIdentity | None:
 
 
 __all__ = ["COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "CommandMessage", "CommandResultMessage",
-           "CropMessage", "Encoded", "INSTANCES_SCHEMA", "InstancesMessage", "encode_instances",
-           "instance_masks", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
+           "CropMessage", "Encoded", "INSTANCES_SCHEMA", "INSTANCE_CROP_SCHEMA", "InstanceCropMessage",
+           "InstancesMessage", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
            "MessageError", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage",
            "class_map_from_mask", "crop_class_map", "decode", "decode_command", "encode_command_result", "encode_crop",
-           "encode_mask", "encode_metrics", "encode_status", "label_map_from_mask", "model_identity", "new_msg_id"]
+           "encode_instances", "encode_mask", "encode_metrics", "encode_status", "instance_masks",
+           "label_map_from_mask", "model_identity", "new_msg_id"]

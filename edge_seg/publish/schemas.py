@@ -17,6 +17,7 @@ from edge_seg.publish import rle
 MASK_SCHEMA = "edge_seg.mask/v1"
 INSTANCES_SCHEMA = "edge_seg.instances/v1"
 CROP_SCHEMA = "edge_seg.crop/v1"
+INSTANCE_CROP_SCHEMA = "edge_seg.instance_crop/v1"
 STATUS_SCHEMA = "edge_seg.status/v1"
 METRICS_SCHEMA = "edge_seg.metrics/v1"
 COMMAND_SCHEMA = "edge_seg.cmd/v1"
@@ -157,8 +158,9 @@ class InstancesMessage(_FrameResult):
         return self
 
 
-class CropMessage(_Envelope):
-    schema_: Literal["edge_seg.crop/v1"] = Field(alias="schema")
+class _Crop(_Envelope):
+    """What both crop messages share: the frame, the box (x, y, w, h frame px) and the JPEG after the header."""
+
     model: ModelInfo
     frame_size: Size
     frame_seq: Seq | None = None
@@ -166,22 +168,70 @@ class CropMessage(_Envelope):
     bbox: Annotated[list[Annotated[int, Field(ge=0, le=rle.MAX_SIDE)]], Field(min_length=4, max_length=4)]
     score: float
     mask_resolution: Size
-    rle: Annotated[list[ClassRLE], Field(min_length=1)]
     jpeg_bytes: Annotated[int, Field(ge=0)]
     jpeg: bytes = Field(default=b"", exclude=True, repr=False)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> CropMessage:
+    def _check_frame(self) -> None:
         x, y, w, h = self.bbox
         if w < 1 or h < 1 or x + w > self.frame_size[0] or y + h > self.frame_size[1]:
             raise ValueError(f"bbox {self.bbox} is not inside the {self.frame_size[0]}x{self.frame_size[1]} frame")
         if [w, h] != self.mask_resolution:
             raise ValueError("mask_resolution is not the bbox size")
-        _check_rles(self.rle, self.mask_resolution, len(self.classes) if self.classes else None)
         if len(self.jpeg) != self.jpeg_bytes:
             raise ValueError(f"{len(self.jpeg)} bytes follow the header, it says jpeg_bytes {self.jpeg_bytes}")
         if not self.jpeg.startswith(JPEG_MAGIC):
             raise ValueError("the bytes after the header are not a JPEG")
+
+
+class CropMessage(_Crop):
+    """An uncertain region of a semantic model: ``score`` is its mean uncertainty, ``rle`` the local class map."""
+
+    schema_: Literal["edge_seg.crop/v1"] = Field(alias="schema")
+    rle: Annotated[list[ClassRLE], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CropMessage:
+        self._check_frame()
+        _check_rles(self.rle, self.mask_resolution, len(self.classes) if self.classes else None)
+        return self
+
+
+Reason = Literal["low_score", "overlap", "ambiguous_class"]
+
+
+class RunnerUp(_Strict):
+    class_id: Annotated[int, Field(ge=0, le=255)]
+    score: Annotated[float, Field(ge=0, le=1)]
+
+
+class CropInstanceRLE(InstanceRLE):
+    """An instance in an instance crop: ``counts`` is its mask at the crop's size; ``reasons`` empty if not flagged."""
+
+    reasons: Annotated[list[Reason], Field(max_length=3)] = []
+    runner_up: RunnerUp | None = None
+
+
+class InstanceCropMessage(_Crop):
+    """Uncertain instances of an instance model: ``score`` is the largest uncertainty, ``reasons`` their union."""
+
+    schema_: Literal["edge_seg.instance_crop/v1"] = Field(alias="schema")
+    reasons: Annotated[list[Reason], Field(min_length=1, max_length=3)]
+    instances: Annotated[list[CropInstanceRLE], Field(min_length=1, max_length=10000)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InstanceCropMessage:
+        self._check_frame()
+        width, height = self.mask_resolution
+        for k, item in enumerate(self.instances):
+            if self.classes and item.class_id >= len(self.classes):
+                raise ValueError(f"instance {k}: class id {item.class_id} is not one of the "
+                                 f"{len(self.classes)} classes")
+            if len(set(item.reasons)) != len(item.reasons):
+                raise ValueError(f"instance {k} lists a reason twice")
+            rle.check_counts(item.counts, height, width)
+        flagged = {r for item in self.instances for r in item.reasons}
+        if len(set(self.reasons)) != len(self.reasons) or set(self.reasons) != flagged:
+            raise ValueError(f"reasons {self.reasons} are not those of the instances ({sorted(flagged) or 'none'})")
         return self
 
 
@@ -221,7 +271,7 @@ class CommandMessage(BaseModel):
     sig: Annotated[str, Field(max_length=1024)] | None = None
 
 
-Message = Union[MaskMessage, InstancesMessage, CropMessage, StatusMessage,  # noqa: UP007
+Message = Union[MaskMessage, InstancesMessage, CropMessage, InstanceCropMessage, StatusMessage,  # noqa: UP007
                 MetricsMessage, CommandResultMessage]
 BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, INSTANCES_SCHEMA: InstancesMessage,
                                           STATUS_SCHEMA: StatusMessage,
@@ -229,7 +279,8 @@ BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, INSTANCES_SCH
 
 
 __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "ClassRLE", "CommandMessage",
-           "CommandResultMessage", "CropMessage", "DEVICE_PATTERN", "INSTANCES_SCHEMA", "InstanceRLE",
-           "InstancesMessage", "JPEG_MAGIC", "JSON_CONTENT_TYPE", "MASK_SCHEMA",
-           "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA", "MSG_ID_PATTERN", "MaskMessage",
-           "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage", "b64decode"]
+           "CommandResultMessage", "CropInstanceRLE", "CropMessage", "DEVICE_PATTERN", "INSTANCES_SCHEMA",
+           "INSTANCE_CROP_SCHEMA", "InstanceCropMessage", "InstanceRLE", "InstancesMessage", "JPEG_MAGIC",
+           "JSON_CONTENT_TYPE", "MASK_SCHEMA", "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA",
+           "MSG_ID_PATTERN", "MaskMessage", "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "Reason",
+           "RunnerUp", "STATUS_SCHEMA", "StatusMessage", "b64decode"]
