@@ -48,6 +48,30 @@ def test_overlay_tints_classes_and_keeps_background_pixels(frame):
     assert diff[~background].max() <= 1
 
 
+@pytest.mark.parametrize("frame_size", [(320, 240), (1280, 720), (333, 197)])
+def test_box_by_box_blend_gives_the_same_pixels_as_the_full_frame_blend(frame_size):
+    """Small objects scattered over several row bands take the box path; big ones the full-frame path.
+
+    Both must equal the numpy blend of the frame-size class map, and class 0 must keep the frame's
+    exact values, at frame sizes that are and are not multiples of the model's.
+    """
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (frame_size[1], frame_size[0], 3), dtype=np.uint8)
+    sparse = np.zeros((96, 96), np.uint8)
+    for i, (y, x) in enumerate([(0, 0), (20, 70), (41, 3), (60, 50), (90, 93), (95, 0)]):
+        sparse[y:y + 3, x:x + 2] = 1 + i % 3  # tiny objects, one at each corner of the map too
+    dense = sparse.copy()
+    dense[10:90, 5:90] = 2
+    for labels in (sparse, dense):
+        seg = make_seg(labels, frame_size)
+        out = Overlay(alpha=0.4).annotate(frame, seg)
+        background = seg.class_map == 0
+        assert np.array_equal(out[background], frame[background])
+        diff = np.abs(out.astype(int) - expected_blend(frame, seg.class_map, 0.4))
+        assert diff[~background].max() <= 1
+        assert (~background).sum() > 0
+
+
 def test_overlay_blend_math_matches_numpy_everywhere_when_background_opaque(frame):
     seg = make_seg(blocks())
     out = Overlay(alpha=0.3, background_transparent=False).annotate(frame, seg)
