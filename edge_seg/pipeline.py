@@ -1,9 +1,14 @@
 """The on-device loop: capture thread → latest-frame slot → inference → sink thread.
 
-- The capture thread reads the source and overwrites one slot; a frame that was never taken is
-  dropped and counted (inference always works on the newest frame, Coral examples-camera style).
-- The inference loop (the thread that calls ``run``) owns the backend: preprocess + invoke, one
-  frame in flight. ``every_n`` skips frames, ``roi`` crops them, tiling splits big frames.
+- The capture thread reads the source, preprocesses the frame into the model's input tensor (so
+  the inference thread does nothing but invoke) and overwrites one slot; a frame that was never
+  taken is dropped and counted (inference always works on the newest frame, Coral examples-camera
+  style). A ``lossless`` source (an unpaced file: there is no "newest" frame in real time) makes
+  the capture thread wait for the slot instead, so every frame is segmented and none is decoded
+  for nothing.
+- The inference loop (the thread that calls ``run``) owns the backend: invoke, one frame in
+  flight. ``every_n`` skips frames, ``roi`` crops them, tiling splits big frames (tiles are
+  prepared on the inference thread).
 - The sink thread decodes the raw output and runs the sinks (overlay → preview / video / JSONL /
   crops / publish). Its queue is bounded; when it is full the oldest result is dropped and
   counted, so a slow sink never blocks inference.
@@ -58,18 +63,25 @@ class LatestSlot:
         self._frame: Frame | None = None
         self._closed = False
 
-    def put(self, frame: Frame) -> bool:
+    def put(self, frame) -> bool:
         with self._cond:
             dropped = self._frame is not None
             self._frame = frame
-            self._cond.notify()
+            self._cond.notify_all()
             return dropped
 
-    def take(self, timeout: float) -> Frame | None:
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until the slot's frame was taken (or the slot closed); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._frame is None or self._closed, timeout)
+
+    def take(self, timeout: float):
         with self._cond:
             if self._frame is None and not self._closed:
                 self._cond.wait(timeout)
             frame, self._frame = self._frame, None
+            if frame is not None:
+                self._cond.notify_all()
             return frame
 
     def close(self) -> None:
@@ -122,7 +134,12 @@ class Pipeline:
                 if frame.decode_ms is not None:
                     self.stats.sample("decode", frame.decode_ms, frame.decode_ms)
                 self.stats.captured += 1
-                if self._slot.put(frame):
+                item = (frame, self._prepare(frame))
+                if getattr(self.source, "lossless", False):
+                    while not self._slot.wait_empty(0.1):
+                        if self._stop.is_set():
+                            return
+                if self._slot.put(item):
                     self.stats.dropped += 1
         except SourceEnded:
             log.info("source ended: %s", self.source.uri)
@@ -172,19 +189,39 @@ class Pipeline:
                 pass
             self._queue.put_nowait(item)
 
-    def _infer_one(self, frame: Frame) -> None:
-        image = frame.image
-        if self.roi is not None:
-            x, y, w, h = self.roi
-            image = image[y:y + h, x:x + w]
+    def _region(self, frame: Frame) -> np.ndarray:
+        if self.roi is None:
+            return frame.image
+        x, y, w, h = self.roi
+        return frame.image[y:y + h, x:x + w]
+
+    def _prepare(self, frame: Frame) -> tuple | None:
+        """The model input of ``frame`` (on the capture thread): (segmenter, batch, transform, clock)."""
+        segmenter = self.segmenter
+        if self.tiler is not None:
+            return None
+        clock = StageClock()
+        try:
+            with clock.stage("preprocess"):
+                batch, transform = segmenter.prepare(self._region(frame))
+        except Exception:  # noqa: BLE001 - the inference thread prepares again and reports the error
+            return None
+        return segmenter, batch, transform, clock
+
+    def _infer_one(self, frame: Frame, prepared: tuple | None = None) -> None:
         clock = StageClock({"capture_age": (time.time() - frame.ts) * 1e3})
         if self.tiler is not None:
             with clock.stage("tiles"):
-                raw, transform, invoke_ms = self.tiler.run(image)
+                raw, transform, invoke_ms = self.tiler.run(self._region(frame))
             clock.wall["infer"] = invoke_ms
         else:
-            with clock.stage("preprocess"):
-                batch, transform = self.segmenter.prepare(image)
+            if prepared is not None and prepared[0] is self.segmenter:  # not prepared for a model since swapped
+                _, batch, transform, pre = prepared
+                clock.wall.update(pre.wall)
+                clock.cpu.update(pre.cpu)
+            else:
+                with clock.stage("preprocess"):
+                    batch, transform = self.segmenter.prepare(self._region(frame))
             with clock.stage("infer"):
                 raw = self.segmenter.invoke(batch)
         self._handoff((frame, raw, transform, clock, self.segmenter, self.tiler))
@@ -204,17 +241,18 @@ class Pipeline:
             while not self._stop.is_set():
                 if self._swap is not None:
                     self._apply_swap()
-                frame = self._slot.take(0.1)
-                if frame is None:
+                item = self._slot.take(0.1)
+                if item is None:
                     if self._slot.closed:
                         break
                     continue
+                frame, prepared = item
                 seen += 1
                 if (seen - 1) % self.every_n:
                     self.stats.skipped += 1
                     continue
                 try:
-                    self._infer_one(frame)
+                    self._infer_one(frame, prepared)
                 except Exception as err:
                     if self.on_model_error is None or not self.on_model_error(err):
                         raise

@@ -3,6 +3,10 @@
 ``read(timeout)`` returns the next ``Frame``, ``None`` when no frame came within ``timeout``
 seconds (the source may still recover), and raises ``SourceEnded`` at end of stream (a file or
 image directory that does not loop). ``close()`` releases the device; it is safe to call twice.
+
+An optional attribute ``lossless`` (default False) says that every frame must be segmented: an
+unpaced file, image directory or synthetic clip has no "newest" frame in real time, so the loop
+waits for inference instead of dropping frames (live cameras and paced sources: newest frame wins).
 """
 
 from __future__ import annotations

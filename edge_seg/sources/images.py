@@ -44,6 +44,7 @@ class ImageDirSource:
             raise SourceError(f"no image files in {directory} (looked for {', '.join(IMAGE_SUFFIXES)})")
         self._loop = loop
         self._pacer = Pacer(fps) if fps else None
+        self.lossless = self._pacer is None  # see base.Source
         self._sleep = sleep
         self._index = 0
         self._seq = 0

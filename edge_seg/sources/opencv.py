@@ -7,8 +7,8 @@ stream ends the thread with a ``SourceError`` instead of hanging it.
 
 - Live streams (rtsp, v4l2): the slot keeps only the newest frame; a lost stream raises
   ``SourceError`` from ``read`` (wrap in ``ResilientSource`` to reopen it).
-- Files, unpaced (default): every frame is delivered, decoded as fast as the consumer takes them;
-  the pipeline's own latest-frame slot drops what inference cannot keep up with.
+- Files, unpaced (default): every frame is delivered, decoded as fast as the consumer takes them
+  (``lossless``: the pipeline segments every frame and decodes none for nothing).
 - Files, paced (``fps=`` or ``realtime=True`` for the file's own rate): frames are decoded on
   that schedule and behave like a live camera (newest frame wins).
 - End of file: ``SourceEnded``, or start again when ``loop=True``.
@@ -48,6 +48,7 @@ class OpenCVSource:
             self._configure_camera(fps)
         pacer = Pacer(fps) if fps and not live else None
         self._seq = 0
+        self.lossless = not live and pacer is None  # see base.Source
         self._thread = CaptureThread(f"capture {redact(uri)}", self._grab, keep_all=not live and pacer is None,
                                      pacer=pacer, on_exit=self._release)
 

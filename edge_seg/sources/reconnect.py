@@ -163,6 +163,11 @@ class ResilientSource:
             self.reconnects += 1
             self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
 
+    @property
+    def lossless(self) -> bool:
+        """The open source's ``lossless`` (see base.Source); False while none is open."""
+        return bool(getattr(self._inner, "lossless", False))
+
     def read(self, timeout: float) -> Frame | None:
         """The next frame, ``None`` after ``timeout`` s (also while reconnecting); ``SourceEnded`` at the end."""
         end = self._clock() + max(0.0, timeout)

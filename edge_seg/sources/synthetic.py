@@ -41,6 +41,7 @@ class SyntheticSource:
         self.size = size
         self._seed, self._clip, self._frames, self._loop = seed, clip, frames, loop
         self._pacer = Pacer(fps) if fps else None
+        self.lossless = self._pacer is None  # see base.Source
         self._sleep = sleep
         self._seq = 0
         self._pos = 0  # frame index within the (possibly looped) stream
