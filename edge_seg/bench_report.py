@@ -33,9 +33,26 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
             cpu = loop["cpu_ms_per_frame"].get(stage)
             cpu_text = f"{cpu:11.3f}" if cpu is not None else f"{'':>11}"
             lines.append(f"{stage:<14}{p['p50']:9.3f}{p['p95']:9.3f}{p['p99']:9.3f}{cpu_text}")
+        clip = loop.get("clip")
+        if clip:
+            alone = clip["decode_alone"]
+            lines.append(f"clip: {clip['codec']} ({clip['emulates']}); reading + decoding it alone costs "
+                         f"{alone['cpu_ms']:.3f} ms CPU per frame (all threads)")
+        before, after = loop.get("bare_invoke_p50_before_after_ms", (inv["p50"], inv["p50"]))
+        lines.append(f"bare invoke p50 just before / after the loop: {before:.3f} / {after:.3f} ms")
         lines.append(f"loop FPS {loop['fps']:.1f} / bare invoke FPS {report.bare_fps:.1f} = "
                      f"{loop['fps_ratio_to_bare_invoke']:.2f};  frames {loop['frames']}, captured {loop['captured']}, "
                      f"dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
+        infer_p50 = loop["wall_ms"].get("infer", {}).get("p50", float("nan"))
+        lines.append(f"invoke occupancy {loop['invoke_occupancy']:.2f} (share of the loop's time spent in invoke: "
+                     f"what an accelerator would be kept busy); invoke in the loop p50 {infer_p50:.3f} ms = "
+                     f"{infer_p50 / inv['p50']:.2f} x bare")
+        busy = report.contended_invoke
+        if busy:
+            lines.append("bare invoke while another process copies 720p frames on the other CPUs: "
+                         f"p50 {busy['p50']:.3f} ms = "
+                         f"{busy['p50'] / inv['p50']:.2f} x idle (> 1: the cores share caches or memory bandwidth, "
+                         "so a busy second core slows invoke)")
         lines.append(f"peak RSS of the loop process {loop['peak_rss_mb']:.0f} MB;  CPU {loop['cpu_percent']:.0f} %")
     th = report.system.get("thermals", {})
     lines.append(f"thermals: {th.get('zones_c', 'n/a')}; throttled: {th.get('pi_throttled', 'n/a')}; "

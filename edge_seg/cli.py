@@ -127,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
             reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
                                      source=args.source, loop_frames=args.loop_frames, progress=not args.json,
-                                     label=label))
+                                     label=label, clip_codec=args.clip_codec))
     if args.json:
         print(json.dumps([r.as_dict() for r in reports] if len(reports) > 1 else reports[0].as_dict(), indent=2))
     else:
@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=1280, help="frame width (default 1280)")
     p.add_argument("--height", type=int, default=720, help="frame height (default 720)")
     p.add_argument("--source", default=None, help="loop source URI (default: a generated WxH file:// clip)")
+    p.add_argument("--clip-codec", choices=("i420", "mjpg", "mp4v"), default="i420",
+                   help="how the generated clip is stored: i420 = raw YUV frames, what a camera delivers "
+                        "(default); mp4v / mjpg add a software video / JPEG decode to the loop")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
     p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",

@@ -11,7 +11,7 @@
   prepared on the inference thread).
 - The sink thread decodes the raw output and runs the sinks (overlay → preview / video / JSONL /
   crops / publish). Its queue is bounded; when it is full the oldest result is dropped and
-  counted, so a slow sink never blocks inference.
+  counted, so a slow sink never blocks inference (a ``lossless`` source waits instead).
 - ``stop()`` (SIGTERM/SIGINT via ``install_signal_handlers``) drains in-flight work and ends with
   a stats line.
 """
@@ -179,6 +179,13 @@ class Pipeline:
             self.stats.record(clock.wall, frame.ts, clock.cpu)
 
     def _handoff(self, item) -> None:
+        if getattr(self.source, "lossless", False):  # every frame of a file is kept: wait for the sinks
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
         try:
             self._queue.put_nowait(item)
         except queue.Full:

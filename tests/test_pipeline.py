@@ -65,7 +65,8 @@ def test_loop_on_synthetic_source_writes_jsonl_and_video(colour_config, tmp_path
     assert "stats: " in stats.line() and "frames" in stats.line()
 
 
-def test_loop_on_a_file_ends_at_eof(colour_config, tmp_path):
+def test_loop_on_a_file_ends_at_eof_having_segmented_every_frame(colour_config, tmp_path):
+    """An unpaced file is lossless: the capture thread waits for inference instead of dropping."""
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 96))
     for scene in render_clip(5, 15, (160, 96)):
@@ -76,8 +77,31 @@ def test_loop_on_a_file_ends_at_eof(colour_config, tmp_path):
     stats = built.pipeline.run()
     built.segmenter.close()
     assert stats.captured == 15
-    assert 1 <= stats.completed <= 15 and stats.completed + stats.dropped + stats.sink_dropped == 15
+    assert stats.completed == 15 and stats.dropped == 0 and stats.sink_dropped == 0
+    records = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in records] == list(range(15))
     assert not _loop_threads()
+
+
+def test_a_live_source_keeps_only_the_newest_frame_while_a_lossless_one_waits(tiny_models):
+    """Same slow sink, two sources: a paced (live-like) synthetic source drops, an unpaced one does not."""
+    class SlowSink:
+        name = "slow"
+
+        def __call__(self, result):
+            time.sleep(0.02)
+
+    results = {}
+    for name, uri in (("live", "synthetic://?seed=1&width=96&height=64&fps=400"),
+                      ("lossless", "synthetic://?seed=1&width=96&height=64&frames=30")):
+        with Segmenter.create(model=tiny_models["colour_probs_uint8"]) as seg:
+            source = open_source(uri)
+            assert getattr(source, "lossless", False) is (name == "lossless")
+            results[name] = Pipeline(source, seg, stages=[SlowSink()], max_frames=30, sink_queue=2).run()
+    lossless = results["lossless"]
+    assert lossless.completed == 30 and lossless.dropped == 0 and lossless.sink_dropped == 0
+    live = results["live"]
+    assert live.dropped + live.sink_dropped > 0
 
 
 def test_loop_on_an_image_directory_with_every_n_and_roi(colour_config, tmp_path):
