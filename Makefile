@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
-	$(VENV)/bin/edge-seg bench
+	$(VENV)/bin/edge-seg bench --threads 1 --loop-frames 1500
 
 model: install
 	$(PY) -m converters.default_model --out edge_seg/models/default
