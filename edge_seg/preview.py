@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,8 @@ class PreviewServer:
         self.jpeg_quality = int(jpeg_quality)
         self.min_interval = 1.0 / max_fps
         self.stale_after_s = stale_after_s
-        self._latest: tuple[int, float, np.ndarray, dict] | None = None  # seq, monotonic time, frame, stats
+        # seq, monotonic time, frame (or a function drawing it), stats, (width, height)
+        self._latest: tuple[int, float, np.ndarray | Callable[[], np.ndarray], dict, tuple[int, int]] | None = None
         self._seq = 0
         self._encode_lock = threading.Lock()
         self._jpeg: tuple[int, bytes] | None = None  # (seq, bytes) of the last encoded frame
@@ -103,10 +105,20 @@ class PreviewServer:
 
     # -- the producer side (pipeline sink thread) -----------------------------------------------
 
-    def update(self, overlay_bgr: np.ndarray, stats: dict | None = None) -> None:
-        """Offer the newest overlay (BGR uint8) and a small JSON-ready stats dict. Costs a tuple store."""
+    def update(self, overlay_bgr: np.ndarray | Callable[[], np.ndarray], stats: dict | None = None,
+               size: tuple[int, int] | None = None) -> None:
+        """Offer the newest overlay (BGR uint8) and a small JSON-ready stats dict. Costs a tuple store.
+
+        ``overlay_bgr`` may be a function that draws it, with its ``size`` (width, height): it is
+        called only when a client wants a frame and the rate limit allows an encode (never for
+        frames nobody looks at).
+        """
+        if size is None:
+            if callable(overlay_bgr):
+                raise ValueError("update() with a drawing function needs the image size")
+            size = (int(overlay_bgr.shape[1]), int(overlay_bgr.shape[0]))
         self._seq += 1
-        self._latest = (self._seq, time.monotonic(), overlay_bgr, stats or {})
+        self._latest = (self._seq, time.monotonic(), overlay_bgr, stats or {}, size)
 
     # -- the consumer side (HTTP threads) -------------------------------------------------------
 
@@ -120,7 +132,8 @@ class PreviewServer:
             if cached is not None and (cached[0] == latest[0]
                                        or time.monotonic() - self._encoded_at < self.min_interval):
                 return cached
-            ok, buf = cv2.imencode(".jpg", latest[2], [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            image = latest[2]() if callable(latest[2]) else latest[2]
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 raise ValueError("could not encode the preview frame as JPEG")
             self._jpeg = (latest[0], buf.tobytes())
@@ -142,7 +155,7 @@ class PreviewServer:
         latest = self._latest
         out = self.metrics.snapshot() if self.metrics is not None else {}
         out["frame"] = ({"seq": latest[0], "age_s": round(time.monotonic() - latest[1], 3),
-                         "width": int(latest[2].shape[1]), "height": int(latest[2].shape[0])}
+                         "width": latest[4][0], "height": latest[4][1]}
                         if latest is not None else None)
         out["pipeline"] = latest[3] if latest is not None else {}
         return out

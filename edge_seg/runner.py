@@ -59,11 +59,13 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
 
     stages: list = []
     ov = config.overlay
-    wants_overlay = ov.enabled or ov.redact_classes
-    if wants_overlay and (config.preview.enabled or config.output.video):
+    drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
+    if (ov.enabled or ov.redact_classes) and (config.preview.enabled or config.output.video):
         overlay = Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend) if ov.enabled else None
         redactor = Redactor(ov.redact_classes, mode=ov.redact_mode) if ov.redact_classes else None
-        stages.append(OverlayStage(overlay, redactor))
+        drawer = OverlayStage(overlay, redactor)
+        if config.output.video:
+            stages.append(drawer)
     if config.uncertainty.enabled:
         from edge_seg.postprocess.uncertainty import CropExtractor
         from edge_seg.sinks import CropStage
@@ -83,7 +85,8 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
         built.preview.start()
         info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
         stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,
-                                                           "source_state": built.pipeline.source.state}))
+                                                           "source_state": built.pipeline.source.state},
+                                  draw=drawer.draw if drawer is not None else None))
     if config.output.video:
         stages.append(VideoSink(config.output.video, fps=config.source.fps or 15.0))
     if config.output.jsonl:

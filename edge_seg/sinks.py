@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -47,12 +48,16 @@ class OverlayStage:
         self.redactor = redactor
 
     def __call__(self, result: FrameResult) -> None:
+        result.overlay = self.draw(result)
+
+    def draw(self, result: FrameResult) -> np.ndarray:
+        """The frame with redaction and overlay drawn (a new image)."""
         drawn = result.image
         if self.redactor is not None:
             drawn = self.redactor.annotate(drawn, result.segmentation)
         if self.overlay is not None:
             drawn = self.overlay.annotate(drawn, result.segmentation)
-        result.overlay = _paste(result.frame.image, drawn, result.roi)
+        return _paste(result.frame.image, drawn, result.roi)
 
 
 class VideoSink:
@@ -112,14 +117,18 @@ class PreviewSink:
     """Hands the overlay and the loop's stats to the preview server (which encodes lazily).
 
     The stats dict (percentiles over a window) is rebuilt at most every ``stats_every`` seconds.
+    With ``draw`` (e.g. ``OverlayStage.draw``) and no overlay drawn by an earlier stage, the
+    server gets a function that draws this result's overlay: it runs only for the frames the
+    preview encodes (at most its ``max_fps``, none while no client watches), not for every frame.
     """
 
     name = "preview"
 
-    def __init__(self, server, stats_fn, stats_every: float = 0.5):
+    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None):
         self.server = server
         self.stats_fn = stats_fn
         self.stats_every = stats_every
+        self.draw = draw
         self._stats: dict = {}
         self._built = 0.0
 
@@ -127,8 +136,14 @@ class PreviewSink:
         now = time.monotonic()
         if now - self._built >= self.stats_every:
             self._stats, self._built = self.stats_fn(), now
-        image = result.overlay if result.overlay is not None else result.frame.image
-        self.server.update(image, self._stats)
+        if result.overlay is not None:
+            image = result.overlay
+        elif self.draw is not None:
+            image = partial(self.draw, result)
+        else:
+            image = result.frame.image
+        frame = result.frame.image
+        self.server.update(image, self._stats, size=(frame.shape[1], frame.shape[0]))
 
     def close(self) -> None:
         self.server.stop()

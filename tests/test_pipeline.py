@@ -76,8 +76,8 @@ def test_loop_on_a_file_ends_at_eof_having_segmented_every_frame(colour_config, 
     built = build(config)
     stats = built.pipeline.run()
     built.segmenter.close()
-    assert stats.captured == 15
-    assert stats.completed == 15 and stats.dropped == 0 and stats.sink_dropped == 0
+    assert stats.captured == 15, stats.snapshot()
+    assert stats.completed == 15 and stats.dropped == 0 and stats.sink_dropped == 0, stats.line()
     records = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in records] == list(range(15))
     assert not _loop_threads()
@@ -203,6 +203,11 @@ def test_loop_serves_preview_and_metrics_while_running(colour_config):
         thread.join(timeout=20)
         built.segmenter.close()
     assert jpeg.shape == (96, 160, 3)
+    # preview without a video file: no overlay stage on every frame, the preview draws what it encodes
+    assert "overlay" not in [getattr(stage, "name", "") for stage in built.pipeline.stages]
+    preview_sink = next(stage for stage in built.pipeline.stages if getattr(stage, "name", "") == "preview")
+    assert preview_sink.draw is not None
+    assert callable(built.preview._latest[2])  # the server holds a drawing function, not a drawn frame
     assert stats["pipeline"]["completed"] >= 1 and stats["pipeline"]["source_state"] == "live"
     processed = families["edge_seg_frames_processed"].samples[0].value
     assert processed >= 10

@@ -129,6 +129,26 @@ def test_snapshot_decodes_as_the_latest_frame(server):
     assert np.abs(decoded.astype(int) - frame).mean() < 6  # JPEG at quality 80
 
 
+def test_a_drawing_function_runs_only_for_the_frames_a_client_takes(server):
+    """``update`` may get a function that draws the overlay: 50 updates, one request, one drawing."""
+    drawn = []
+
+    def drawer(i):
+        def draw():
+            drawn.append(i)
+            return make_frame(i)
+        return draw
+
+    for i in range(50):
+        server.update(drawer(i), {}, size=(320, 240))
+    assert drawn == []  # nothing drawn while no client asked
+    code, _, body = get(server.url + "snapshot.jpg")
+    assert code == 200 and drawn == [49]  # only the newest, once
+    decoded = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(decoded.astype(int) - make_frame(49)).mean() < 6
+    assert get(server.url + "snapshot.jpg")[0] == 200 and drawn == [49]  # cached: not drawn again
+
+
 def test_metrics_route_serves_parseable_prometheus_text(server, metrics):
     metrics.frames_dropped(4)
     code, ctype, body = get(server.url + "metrics")

@@ -115,6 +115,7 @@ class ResilientSource:
         self._seq = 0
         self._closed = False
         self._closers: list[threading.Thread] = []
+        self._lossless = False
 
     def _emit(self, kind: EventKind, detail: str, delay: float = 0.0) -> None:
         event = SourceEvent(kind, detail, self._attempt, delay)
@@ -157,6 +158,7 @@ class ResilientSource:
             self._fail("open_failed", f"{self.uri or 'source'}: {opener.error}")
             return
         self._inner, self.state = opener.source, "live"
+        self._lossless = bool(getattr(self._inner, "lossless", False))
         self.uri = self.uri or getattr(self._inner, "uri", "")
         self._last_frame = self._clock()  # the deadline runs from the open
         if self._attempt:
@@ -165,8 +167,8 @@ class ResilientSource:
 
     @property
     def lossless(self) -> bool:
-        """The open source's ``lossless`` (see base.Source); False while none is open."""
-        return bool(getattr(self._inner, "lossless", False))
+        """The ``lossless`` of the source opened last (see base.Source); False before the first open."""
+        return self._lossless
 
     def read(self, timeout: float) -> Frame | None:
         """The next frame, ``None`` after ``timeout`` s (also while reconnecting); ``SourceEnded`` at the end."""
