@@ -43,6 +43,11 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
         lines.append(f"loop FPS {loop['fps']:.1f} / bare invoke FPS {report.bare_fps:.1f} = "
                      f"{loop['fps_ratio_to_bare_invoke']:.2f};  frames {loop['frames']}, captured {loop['captured']}, "
                      f"dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
+        by_thread = loop.get("cpu_ms_per_frame_by_thread")
+        if by_thread:
+            where = "inference thread pinned to one CPU, the rest to the others" if loop.get("pinned") else "unpinned"
+            lines.append(f"CPU ms per frame: inference thread {by_thread['inference']:.3f}, every other thread "
+                         f"{by_thread['all_others']:.3f} ({where})")
         infer_p50 = loop["wall_ms"].get("infer", {}).get("p50", float("nan"))
         lines.append(f"invoke occupancy {loop['invoke_occupancy']:.2f} (share of the loop's time spent in invoke: "
                      f"what an accelerator would be kept busy); invoke in the loop p50 {infer_p50:.3f} ms = "

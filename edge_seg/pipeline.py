@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -102,7 +103,8 @@ class Pipeline:
 
     def __init__(self, source: Source, segmenter: Segmenter, stages: list[Stage] | None = None,
                  every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
-                 tiler=None, sink_queue: int = 4, stats: LoopStats | None = None):
+                 tiler=None, sink_queue: int = 4, stats: LoopStats | None = None,
+                 other_cpus: set[int] | None = None):
         self.source = source
         self.segmenter = segmenter
         self.stages = list(stages or [])
@@ -111,6 +113,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.tiler = tiler
         self.stats = stats or LoopStats()
+        self.other_cpus = other_cpus  # where the capture and sink threads run (None: anywhere); see bench
         self._slot = LatestSlot()
         self._queue: queue.Queue = queue.Queue(maxsize=sink_queue)
         self._stop = threading.Event()
@@ -123,7 +126,12 @@ class Pipeline:
         self.on_model_error: Callable[[BaseException], bool] | None = None
 
     # --- threads -----------------------------------------------------------------------
+    def _pin(self) -> None:
+        if self.other_cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, self.other_cpus)  # Linux: the calling thread only
+
     def _capture(self) -> None:
+        self._pin()
         try:
             while not self._stop.is_set():
                 w0, c0 = time.perf_counter(), time.thread_time()
@@ -150,6 +158,7 @@ class Pipeline:
             self._slot.close()
 
     def _sink(self) -> None:
+        self._pin()
         while True:
             item = self._queue.get()
             if item is None:
