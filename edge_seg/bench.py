@@ -298,7 +298,7 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
     steady = progress_stage.steady_fps()
     infer_ms = stats.samples("infer")
     # the share of the loop's time the inference thread spent in invoke: what an accelerator would be kept busy
-    occupancy = float(infer_ms.mean() * steady / 1e3) if infer_ms.size and steady > 0 else float("nan")
+    occupancy = float(infer_ms.mean() * stats.segmented / 1e3 / wall) if infer_ms.size and wall > 0 else float("nan")
     return {"source": source_uri, "frames": stats.completed, "captured": stats.captured, "dropped": stats.dropped,
             "sink_dropped": stats.sink_dropped, "fps": steady if steady > 0 else stats.completed / max(wall, 1e-9),
             "fps_with_startup": stats.completed / wall if wall > 0 else 0.0, "invoke_occupancy": occupancy,

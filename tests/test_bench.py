@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import cv2
 
@@ -24,12 +25,22 @@ def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
         assert loop["frames"] > 0 and 0 < loop["fps_ratio_to_bare_invoke"]
         assert {"infer", "overlay", "crops", "decode"} <= set(loop["wall_ms"]) and loop["peak_rss_mb"] > 0
         assert report["system"]["thermals"]["pi_throttled"] == "n/a"  # not a Raspberry Pi
+        assert loop["clip"]["codec"] == "i420" and loop["clip"]["decode_alone"]["cpu_ms"] > 0
+        assert 0 < loop["invoke_occupancy"] <= 1.05  # a share of the loop's wall time (timer granularity aside)
+        by_thread = loop["cpu_ms_per_frame_by_thread"]
+        assert by_thread["inference"] > 0 and by_thread["all_others"] > 0
+        assert loop["pinned"] is (len(os.sched_getaffinity(0)) > 1)
+        before_after = loop["bare_invoke_p50_before_after_ms"]
+        assert len(before_after) == 2 and min(before_after) > 0
     rows = list(csv.DictReader(table.open()))
     assert {r["section"] for r in rows} == {"frame_path", "bare_invoke", "loop"}
     assert cv2.imread(str(plot)).shape[1] == 900
 
 
 def test_bench_table_names_the_target(capsys):
-    assert main(["bench", "--frames", "10", "--width", "320", "--height", "180"]) == 0
+    assert main(["bench", "--frames", "10", "--width", "320", "--height", "180", "--clip-codec", "mp4v"]) == 0
     out = capsys.readouterr().out
     assert "outside invoke:" in out and "target <= 3" in out and "loop FPS" in out and "peak RSS" in out
+    assert "clip: mp4v" in out and "invoke occupancy" in out and "CPU ms per frame: inference thread" in out
+    # affinity is restored after the pinned loop
+    assert len(os.sched_getaffinity(0)) == os.cpu_count()
