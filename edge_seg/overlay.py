@@ -55,6 +55,7 @@ class Overlay:
         self.palette = None if palette is None else tuple(tuple(int(v) for v in c) for c in palette)
         self._luts: dict[tuple, np.ndarray] = {}
         self._buffers: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self._grid: tuple[tuple, np.ndarray] | None = None  # the nearest-upscaling remap grid of one frame size
 
     def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
         """Return a copy of ``frame_bgr`` with the segmentation drawn on it.
@@ -81,19 +82,18 @@ class Overlay:
         """Blend the class colours into a copy of ``frame``, only where there is something to draw.
 
         With a transparent background, a frame whose objects cover little of it is blended box by
-        box (one box per band of model rows holding non-background pixels): the class map is
-        upscaled once (nearest, one channel), then coloured (LUT) and blended inside the boxes only,
-        so a few objects cost a copy plus their area. Otherwise (boxes over ``_BOXES_UP_TO`` of the
-        frame, or an opaque background) the whole frame is blended in three passes. Both ways give
-        the same pixels.
+        box (one box per band of model rows holding non-background pixels): inside each box the
+        model-resolution colours and foreground mask are upscaled with ``cv2.remap`` through the
+        nearest-neighbour map of the whole frame (the same pixels ``cv2.resize`` gives), so a few
+        objects cost a copy plus their area. Otherwise (boxes over ``_BOXES_UP_TO`` of the frame, or
+        an opaque background) the whole frame is blended in three passes. Both give the same pixels.
         """
         height, width = frame.shape[:2]
         key = (labels.shape, height, width)
         if key not in self._buffers:
             self._buffers = {key: (np.empty((*labels.shape, 3), np.uint8), np.empty_like(labels),
-                                   np.empty_like(frame), np.empty((height, width), np.uint8),
-                                   np.empty((height, width), np.uint8))}
-        small_colour, small_mask, big_colour, big_mask, big_labels = self._buffers[key]
+                                   np.empty_like(frame), np.empty((height, width), np.uint8))}
+        small_colour, small_mask, big_colour, big_mask = self._buffers[key]
         boxes = None
         if self.background_transparent:
             boxes = _foreground_boxes(labels, (width, height))
@@ -101,17 +101,17 @@ class Overlay:
                 return frame.copy()
             if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > _BOXES_UP_TO * width * height:
                 boxes = None
+        cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut.reshape(256, 1, 3), dst=small_colour)  # ids → BGR
         if boxes is not None:
             out = frame.copy()
-            cv2.resize(labels, (width, height), dst=big_labels, interpolation=cv2.INTER_NEAREST)
-            cv2.compare(big_labels, 0, cv2.CMP_NE, dst=big_mask)
-            lut3 = lut.reshape(256, 1, 3)
+            cv2.compare(labels, 0, cv2.CMP_NE, dst=small_mask)
+            grid = self._nearest_map(labels.shape, (width, height))
             for x0, y0, x1, y1 in boxes:
-                colour = cv2.LUT(cv2.cvtColor(big_labels[y0:y1, x0:x1], cv2.COLOR_GRAY2BGR), lut3)
+                cells = grid[y0:y1, x0:x1]
+                colour = cv2.remap(small_colour, cells, None, cv2.INTER_NEAREST)
                 blended = cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0)
-                cv2.copyTo(blended, big_mask[y0:y1, x0:x1], out[y0:y1, x0:x1])
+                cv2.copyTo(blended, cv2.remap(small_mask, cells, None, cv2.INTER_NEAREST), out[y0:y1, x0:x1])
             return out
-        np.take(lut, labels, axis=0, out=small_colour)
         cv2.resize(small_colour, (width, height), dst=big_colour, interpolation=cv2.INTER_NEAREST)
         out = np.empty_like(frame)
         cv2.addWeighted(frame, 1.0 - self.alpha, big_colour, self.alpha, 0.0, dst=out)
@@ -122,6 +122,18 @@ class Overlay:
             cv2.resize(small_mask, (width, height), dst=big_mask, interpolation=cv2.INTER_NEAREST)
             cv2.copyTo(frame, big_mask, out)
         return out
+
+    def _nearest_map(self, shape: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
+        """(H, W, 2) int16 remap grid: frame pixel → model pixel, as ``cv2.resize(INTER_NEAREST)`` maps it."""
+        key = (shape, frame_size)
+        if self._grid is None or self._grid[0] != key:
+            (h, w), (width, height) = shape, frame_size
+            # OpenCV's nearest resize: src = min(floor(dst * (1 / (dst_size / src_size))), src_size - 1)
+            xs = np.minimum(np.floor(np.arange(width) * (1.0 / (width / w))), w - 1).astype(np.float32)
+            ys = np.minimum(np.floor(np.arange(height) * (1.0 / (height / h))), h - 1).astype(np.float32)
+            grid, _ = cv2.convertMaps(*np.meshgrid(xs, ys), cv2.CV_16SC2)
+            self._grid = (key, grid)
+        return self._grid[1]
 
 
 _BOXES_UP_TO = 0.3  # box-by-box blending pays while the boxes cover at most this share of the frame
