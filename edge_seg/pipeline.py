@@ -103,7 +103,7 @@ class Pipeline:
 
     def __init__(self, source: Source, segmenter: Segmenter, stages: list[Stage] | None = None,
                  every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
-                 tiler=None, sink_queue: int = 4, stats: LoopStats | None = None,
+                 tiler=None, sink_queue: int = 2, stats: LoopStats | None = None,
                  other_cpus: set[int] | None = None):
         self.source = source
         self.segmenter = segmenter
