@@ -24,7 +24,16 @@ from __future__ import annotations
 import numpy as np
 
 from edge_seg.publish import rle
-from edge_seg.publish.messages import Encoded, MessageError, _encoded, _envelope, _finite, _json, _model_dict
+from edge_seg.publish.messages import (
+    Encoded,
+    MessageError,
+    _encoded,
+    _envelope,
+    _finite,
+    _json,
+    _model_dict,
+    _rle_masks,
+)
 from edge_seg.publish.schemas import CROP_CONTENT_TYPE, INSTANCE_CROP_SCHEMA, InstanceCropMessage
 
 
@@ -60,11 +69,7 @@ def encode_instance_crop(crop, *, device: str, seq: int, model, frame_size: tupl
 
 def instance_crop_masks(msg: InstanceCropMessage) -> list[np.ndarray]:
     """The bool (h, w) crop-size mask of each instance of an instance crop message, in message order."""
-    width, height = msg.mask_resolution
-    try:
-        return [rle.decode_binary(item.counts, height, width) for item in msg.instances]
-    except rle.RLEError as err:
-        raise MessageError(f"bad instance crop message: {err}") from None
+    return _rle_masks(msg.instances, msg.mask_resolution, "instance crop")
 
 
 __all__ = ["encode_instance_crop", "instance_crop_masks"]

@@ -271,13 +271,18 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
         keep -= 1
 
 
+def _rle_masks(items, size: tuple[int, int], what: str) -> list[np.ndarray]:
+    """The bool (h, w) mask of each item's ``counts`` (COCO RLE at ``size`` = (w, h)); ``MessageError`` if bad."""
+    width, height = size
+    try:
+        return [rle.decode_binary(item.counts, height, width) for item in items]
+    except rle.RLEError as err:
+        raise MessageError(f"bad {what} message: {err}") from None
+
+
 def instance_masks(msg: InstancesMessage) -> list[np.ndarray]:
     """The bool (h, w) frame-size mask of each instance of an instances message, in message order."""
-    width, height = msg.frame_size
-    try:
-        return [rle.decode_binary(item.counts, height, width) for item in msg.instances]
-    except rle.RLEError as err:
-        raise MessageError(f"bad instances message: {err}") from None
+    return _rle_masks(msg.instances, msg.frame_size, "instances")
 
 
 def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
