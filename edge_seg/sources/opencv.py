@@ -7,8 +7,9 @@ stream ends the thread with a ``SourceError`` instead of hanging it.
 
 - Live streams (rtsp, v4l2): the slot keeps only the newest frame; a lost stream raises
   ``SourceError`` from ``read`` (wrap in ``ResilientSource`` to reopen it).
-- Files, unpaced (default): every frame is delivered, decoded as fast as the consumer takes them
-  (``lossless``: the pipeline segments every frame and decodes none for nothing).
+- Files, unpaced (default): every frame is delivered, decoded in ``read`` on the caller's thread
+  (the loop's capture thread: a file does not hang, and one thread less per frame) as fast as the
+  consumer takes them (``lossless``: the pipeline segments every frame and decodes none for nothing).
 - Files, paced (``fps=`` or ``realtime=True`` for the file's own rate): frames are decoded on
   that schedule and behave like a live camera (newest frame wins).
 - End of file: ``SourceEnded``, or start again when ``loop=True``.
@@ -19,6 +20,7 @@ RTSP over TCP: set ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` in the e
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -49,8 +51,10 @@ class OpenCVSource:
         pacer = Pacer(fps) if fps and not live else None
         self._seq = 0
         self.lossless = not live and pacer is None  # see base.Source
-        self._thread = CaptureThread(f"capture {redact(uri)}", self._grab, keep_all=not live and pacer is None,
-                                     pacer=pacer, on_exit=self._release)
+        # an unpaced file is decoded in read() itself: its reader is already a loop thread, and a file does not hang
+        self._thread = None if self.lossless else CaptureThread(f"capture {redact(uri)}", self._grab, keep_all=False,
+                                                                pacer=pacer, on_exit=self._release)
+        self._closed = False
 
     def _open(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self._target, self._api, self._params)
@@ -69,7 +73,7 @@ class OpenCVSource:
             self._cap.set(cv2.CAP_PROP_FPS, fps)
 
     def _grab(self) -> np.ndarray:
-        """Runs on the capture thread only."""
+        """Runs on the capture thread only (or in ``read`` for an unpaced file)."""
         ok, image = self._cap.read()
         if ok:
             return image
@@ -89,7 +93,10 @@ class OpenCVSource:
 
     def read(self, timeout: float) -> Frame | None:
         """The next frame, ``None`` after ``timeout`` s; ``SourceEnded`` at end of file."""
-        got = self._thread.get(timeout)
+        if self._thread is None:
+            got = self._decode_here()
+        else:
+            got = self._thread.get(timeout)
         if got is None:
             return None
         image, ts, decode_ms = got
@@ -97,9 +104,25 @@ class OpenCVSource:
         self._seq += 1
         return frame
 
+    def _decode_here(self) -> tuple[np.ndarray, float, float]:
+        if self._closed:
+            raise SourceEnded(f"{self.uri}: closed")
+        cpu0 = time.thread_time()
+        try:
+            image = self._grab()
+        except (SourceEnded, SourceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder error becomes the source's one-line error
+            raise SourceError(f"{redact(self.uri)}: decoding failed: {exc}") from None
+        return image, time.time(), (time.thread_time() - cpu0) * 1e3
+
     def close(self) -> None:
         """Stop the capture thread; the device is released on that thread. Safe to call twice."""
-        self._thread.stop()
+        if self._thread is not None:
+            self._thread.stop()
+        elif not self._closed:
+            self._closed = True
+            self._release()
 
 
 def _check(options: dict, scheme: str, valid: tuple[str, ...]) -> None:
