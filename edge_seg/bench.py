@@ -342,5 +342,8 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
             report.loop["clip"] = {"codec": clip_codec, "emulates": CLIP_CODECS[clip_codec][2],
                                    "decode_alone": bench_decode(clip, min(frames, 120))}
     report.loop["fps_ratio_to_bare_invoke"] = report.loop["fps"] / report.bare_fps
+    if report.contended_invoke:
+        busy_ms = report.contended_invoke["p50"]
+        report.loop["fps_ratio_to_invoke_with_other_cpus_busy"] = report.loop["fps"] * busy_ms / 1e3
     report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
     return report

@@ -30,6 +30,9 @@ def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
         by_thread = loop["cpu_ms_per_frame_by_thread"]
         assert by_thread["inference"] > 0 and by_thread["all_others"] > 0
         assert loop["pinned"] is (len(os.sched_getaffinity(0)) > 1)
+        if loop["pinned"]:  # bare invoke measured again with the other CPUs busy
+            assert report["bare_invoke_other_cpus_busy_ms"]["p50"] > 0
+            assert loop["fps_ratio_to_invoke_with_other_cpus_busy"] > 0
         before_after = loop["bare_invoke_p50_before_after_ms"]
         assert len(before_after) == 2 and min(before_after) > 0
     rows = list(csv.DictReader(table.open()))
