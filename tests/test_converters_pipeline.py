@@ -136,13 +136,18 @@ def test_onnxruntime_backend_runs_the_bundle_like_litert(run):
             Segmenter.create(model=bundle, backend="onnxruntime") as ort:
         assert ort.loaded.backend.input_spec.dtype == np.uint8
         assert ort.loaded.backend.input_spec.scale == pytest.approx(1 / 255)
-        same = total = 0
+        same = total = same_decided = decided_total = 0
         for seed in range(3):
             frame = render_scene(seed, (96, 72)).image
-            a, b = lite.segment(frame).class_map, ort.segment(frame).class_map
-            same += int((a == b).sum())
-            total += a.size
-    assert same / total >= 0.98
+            seg_lite, seg_ort = lite.segment(frame), ort.segment(frame)
+            agree = seg_lite.class_map == seg_ort.class_map
+            decided = seg_lite.confidence >= 0.6  # 4 classes: the runner-up is at least 0.2 behind
+            same, total = same + int(agree.sum()), total + agree.size
+            same_decided, decided_total = same_decided + int(agree[decided].sum()), decided_total + int(decided.sum())
+    # int8 kernels (LiteRT) and float math between Q/DQ pairs (ORT) round differently: a briefly
+    # trained model's near-ties may flip, its decided pixels must not
+    assert same / total >= 0.95
+    assert decided_total >= 0.3 * total and same_decided / decided_total >= 0.99
 
 
 def test_report_has_json_markdown_confusion_pngs_sizes_and_latency(run):
