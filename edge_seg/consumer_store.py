@@ -44,9 +44,8 @@ from edge_seg.publish.messages import (
     Message,
     MetricsMessage,
     StatusMessage,
-    class_map_from_mask,
-    instance_masks,
 )
+from edge_seg.publish.payload_masks import class_map_from_mask, instance_masks
 
 FLUSH_INTERVAL_S = 1.0
 _GREY = [(i, i, i) for i in range(256)]

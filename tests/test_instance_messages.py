@@ -10,6 +10,7 @@ from pycocotools import mask as coco_mask
 
 from edge_seg.postprocess.instance import label_map
 from edge_seg.publish import messages
+from edge_seg.publish import payload_masks as pm
 from edge_seg.publish.messages import InstancesMessage, MessageError
 from edge_seg.segmentation import Instance, ModelIdentity, Segmentation
 
@@ -40,7 +41,7 @@ def test_instances_round_trip_pixel_equal_with_pycocotools():
     assert len(msg.instances) == len(seg.instances)
     raw = json.loads(enc.payload)
     h, w = FRAME[1], FRAME[0]
-    for item, inst, ours in zip(raw["instances"], seg.instances, messages.instance_masks(msg), strict=True):
+    for item, inst, ours in zip(raw["instances"], seg.instances, pm.instance_masks(msg), strict=True):
         decoded = coco_mask.decode({"size": [h, w], "counts": item["counts"]}).astype(bool)
         truth = inst.frame_mask(FRAME)
         assert np.array_equal(decoded, truth) and np.array_equal(ours, truth)

@@ -13,6 +13,7 @@ from pycocotools import mask as coco_mask
 
 from edge_seg.postprocess.uncertainty import Crop
 from edge_seg.publish import messages as m
+from edge_seg.publish import payload_masks as pm
 from edge_seg.publish.bench_messages import noisy_label_map
 from edge_seg.publish.rle import RLEError, check_counts, decode_classes, encode_classes
 from edge_seg.scenes import CLASSES, PALETTE, render_scene
@@ -60,7 +61,7 @@ def test_rle_mask_round_trip_with_pycocotools(seed):
     assert np.array_equal(cv2.resize(labels, FRAME, interpolation=cv2.INTER_NEAREST), seg.class_map)
     msg = m.decode(enc.payload, enc.content_type)
     assert isinstance(msg, m.MaskMessage) and msg.device == "cam-1" and msg.seq == 5 and msg.ts == 1700000000.25
-    assert np.array_equal(m.class_map_from_mask(msg), seg.class_map)
+    assert np.array_equal(pm.class_map_from_mask(msg), seg.class_map)
     assert msg.area_fractions["background"] == pytest.approx(seg.area_fractions["background"], abs=1e-6)
     assert msg.timings_ms == {"infer": 7.5, "post": 0.8}
     assert msg.mean_uncertainty == pytest.approx(1 - seg.mean_confidence, abs=1e-6)
@@ -69,11 +70,11 @@ def test_rle_mask_round_trip_with_pycocotools(seed):
 def test_frame_resolution_label_map_and_single_class():
     seg = make_seg(3, frame=(320, 240), model_size=(320, 240))
     msg = m.decode(m.encode_mask(seg, device="d", seq=0, ts=1.0).payload)
-    assert msg.mask_resolution == [320, 240] and np.array_equal(m.class_map_from_mask(msg), seg.class_map)
+    assert msg.mask_resolution == [320, 240] and np.array_equal(pm.class_map_from_mask(msg), seg.class_map)
     flat = Segmentation(np.full((20, 30), 2, np.uint8), np.ones((20, 30), np.float32), (60, 40), CLASSES, PALETTE,
                         MODEL)
     msg = m.decode(m.encode_mask(flat, device="d", seq=1, ts=1.0).payload)
-    assert [item.id for item in msg.rle] == [2] and np.array_equal(m.class_map_from_mask(msg), flat.class_map)
+    assert [item.id for item in msg.rle] == [2] and np.array_equal(pm.class_map_from_mask(msg), flat.class_map)
 
 
 def test_rle_equals_pycocotools_encode():
@@ -94,7 +95,7 @@ def test_png_mask_round_trip():
     enc = m.encode_mask(seg, device="cam-1", seq=9, ts=2.0, fmt="png")
     msg = m.decode(enc.payload)
     assert msg.mask_format == "png" and msg.rle is None and msg.scale == 1.0
-    assert np.array_equal(m.class_map_from_mask(msg), seg.class_map)
+    assert np.array_equal(pm.class_map_from_mask(msg), seg.class_map)
 
 
 def test_cap_fallback_rle_then_png_then_downscale():
@@ -107,12 +108,12 @@ def test_cap_fallback_rle_then_png_then_downscale():
     assert png_size < rle_size
     enc = m.encode_mask(seg, device="d", seq=0, ts=1.0, max_bytes=png_size + 10)
     msg = m.decode(enc.payload)
-    assert msg.mask_format == "png" and msg.scale == 1.0 and np.array_equal(m.class_map_from_mask(msg),
+    assert msg.mask_format == "png" and msg.scale == 1.0 and np.array_equal(pm.class_map_from_mask(msg),
                                                                             seg.class_map)
     enc = m.encode_mask(seg, device="d", seq=0, ts=1.0, max_bytes=png_size // 2)
     msg = m.decode(enc.payload)
     assert len(enc.payload) <= png_size // 2 and msg.mask_format == "png" and msg.scale < 1.0
-    assert msg.mask_resolution[0] < 128 and m.class_map_from_mask(msg).shape == (512, 512)
+    assert msg.mask_resolution[0] < 128 and pm.class_map_from_mask(msg).shape == (512, 512)
     with pytest.raises(m.MessageError, match="cannot fit"):
         m.encode_mask(seg, device="d", seq=0, ts=1.0, max_bytes=200)
 
@@ -127,7 +128,7 @@ def test_crop_round_trip_binary_framing():
         msg = m.decode(enc.payload, content_type)
         assert isinstance(msg, m.CropMessage) and msg.jpeg == crop.jpeg and msg.frame_seq == 17
         assert msg.score == pytest.approx(0.42) and msg.classes == list(CLASSES)
-        assert np.array_equal(m.crop_class_map(msg), crop.class_map)
+        assert np.array_equal(pm.crop_class_map(msg), crop.class_map)
     with pytest.raises(m.MessageError, match="bytes follow the header"):
         m.decode(enc.payload[:-5], m.CROP_CONTENT_TYPE)
 
@@ -243,7 +244,7 @@ def test_overlapping_rles_rejected_when_building_the_map():
     obj["rle"] = [obj["rle"][0], {**obj["rle"][0], "id": 3}]
     msg = m.decode(_b(obj))  # each RLE on its own is well formed
     with pytest.raises(m.MessageError, match="overlaps"):
-        m.class_map_from_mask(msg)
+        pm.class_map_from_mask(msg)
 
 
 def test_check_counts_guards_pycocotools():
@@ -291,9 +292,9 @@ def test_fuzz_decode_and_decode_command_only_raise_message_error():
             try:
                 msg = m.decode(payload, content_type)
                 if isinstance(msg, m.MaskMessage):
-                    m.class_map_from_mask(msg)
+                    pm.class_map_from_mask(msg)
                 elif isinstance(msg, m.CropMessage):
-                    m.crop_class_map(msg)
+                    pm.crop_class_map(msg)
                 outcomes["ok"] += 1
             except m.MessageError:
                 outcomes["error"] += 1

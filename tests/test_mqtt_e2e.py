@@ -28,9 +28,10 @@ from pycocotools import mask as coco_mask
 
 from edge_seg.config import parse_config
 from edge_seg.consumer import Consumer, iter_masks
-from edge_seg.publish.messages import CROP_CONTENT_TYPE, crop_class_map, decode
+from edge_seg.publish.messages import CROP_CONTENT_TYPE, decode
 from edge_seg.publish.mqtt import Publisher
 from edge_seg.publish.mqtt_config import MqttConfig
+from edge_seg.publish.payload_masks import crop_class_map
 from edge_seg.runner import build
 
 DATA_TOPICS = ("mask", "crop", "metrics")

@@ -32,8 +32,8 @@ from edge_seg.publish.messages import (
     _finite,
     _json,
     _model_dict,
-    _rle_masks,
 )
+from edge_seg.publish.payload_masks import rle_masks
 from edge_seg.publish.schemas import CROP_CONTENT_TYPE, INSTANCE_CROP_SCHEMA, InstanceCropMessage
 
 
@@ -69,7 +69,7 @@ def encode_instance_crop(crop, *, device: str, seq: int, model, frame_size: tupl
 
 def instance_crop_masks(msg: InstanceCropMessage) -> list[np.ndarray]:
     """The bool (h, w) crop-size mask of each instance of an instance crop message, in message order."""
-    return _rle_masks(msg.instances, msg.mask_resolution, "instance crop")
+    return rle_masks(msg.instances, msg.mask_resolution, "instance crop")
 
 
 __all__ = ["encode_instance_crop", "instance_crop_masks"]

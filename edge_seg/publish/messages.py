@@ -8,7 +8,7 @@ time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time othe
   ``palette``, ``area_fractions``, ``mean_confidence``, ``mean_uncertainty``, ``timings_ms``, and the
   class map. The class map travels at **model resolution** (``mask_resolution`` ``[w, h]``, the
   Segmentation's ``label_map``): the device's frame-size class map *is* a nearest-neighbour
-  resize of it, so ``class_map_from_mask`` reproduces it exactly (same ``cv2.resize``), at a
+  resize of it, so ``payload_masks.class_map_from_mask`` reproduces it exactly (same ``cv2.resize``), at a
   fraction of the bytes. ``mask_format`` ``rle``: ``rle`` lists ``{"id", "name", "counts"}`` for
   every class present, ``counts`` being pycocotools' compressed RLE string of the binary mask
   (``pycocotools.mask.decode({"size": [h, w], "counts": counts})``). ``png``: ``png`` is a base64
@@ -83,7 +83,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     StatusMessage,
     b64decode,
 )
-from edge_seg.segmentation import ModelIdentity, resize_to_frame
+from edge_seg.segmentation import ModelIdentity
 
 _DEVICE_RE = re.compile(DEVICE_PATTERN)
 
@@ -271,20 +271,6 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
         keep -= 1
 
 
-def _rle_masks(items, size: tuple[int, int], what: str) -> list[np.ndarray]:
-    """The bool (h, w) mask of each item's ``counts`` (COCO RLE at ``size`` = (w, h)); ``MessageError`` if bad."""
-    width, height = size
-    try:
-        return [rle.decode_binary(item.counts, height, width) for item in items]
-    except rle.RLEError as err:
-        raise MessageError(f"bad {what} message: {err}") from None
-
-
-def instance_masks(msg: InstancesMessage) -> list[np.ndarray]:
-    """The bool (h, w) frame-size mask of each instance of an instances message, in message order."""
-    return _rle_masks(msg.instances, msg.frame_size, "instances")
-
-
 def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
                 classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
     """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``); an instance crop too."""
@@ -397,31 +383,6 @@ def decode_command(payload: bytes) -> CommandMessage:
     return _validate(CommandMessage, obj, "command", command_id)
 
 
-def label_map_from_mask(msg: MaskMessage) -> np.ndarray:
-    """The uint8 (h, w) class map at ``mask_resolution`` (model resolution when ``scale`` is 1)."""
-    width, height = msg.mask_resolution
-    try:
-        if msg.mask_format == "rle":
-            return rle.decode_classes([item.model_dump() for item in msg.rle or []], height, width)
-        return rle.decode_png(b64decode(msg.png or ""), width, height)
-    except (rle.RLEError, ValueError) as err:
-        raise MessageError(f"bad mask message: {err}") from None
-
-
-def class_map_from_mask(msg: MaskMessage) -> np.ndarray:
-    """The uint8 frame-size class map: exactly the device's ``Segmentation.class_map`` when ``scale`` is 1."""
-    return resize_to_frame(label_map_from_mask(msg), tuple(msg.frame_size), cv2.INTER_NEAREST)
-
-
-def crop_class_map(msg: CropMessage) -> np.ndarray:
-    """The uint8 (h, w) class map inside the crop's bbox."""
-    width, height = msg.mask_resolution
-    try:
-        return rle.decode_classes([item.model_dump() for item in msg.rle], height, width)
-    except rle.RLEError as err:
-        raise MessageError(f"bad crop message: {err}") from None
-
-
 def model_identity(info: ModelInfo | None) -> ModelIdentity | None:
     """The ``ModelIdentity`` a message names."""
     return None if info is None else ModelIdentity(info.name, info.version, info.sha256)
@@ -431,6 +392,5 @@ __all__ = ["COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "Co
            "CropMessage", "Encoded", "INSTANCES_SCHEMA", "INSTANCE_CROP_SCHEMA", "InstanceCropMessage",
            "InstancesMessage", "JSON_CONTENT_TYPE", "MASK_SCHEMA", "METRICS_SCHEMA", "MaskMessage", "Message",
            "MessageError", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage",
-           "class_map_from_mask", "crop_class_map", "decode", "decode_command", "encode_command_result", "encode_crop",
-           "encode_instances", "encode_mask", "encode_metrics", "encode_status", "instance_masks",
-           "label_map_from_mask", "model_identity", "new_msg_id"]
+           "decode", "decode_command", "encode_command_result", "encode_crop",
+           "encode_instances", "encode_mask", "encode_metrics", "encode_status", "model_identity", "new_msg_id"]
