@@ -233,9 +233,10 @@ class _Progress:
     _first = _last = 0.0
 
     def steady_fps(self) -> float:
-        """Frames per second after the first ``SKIP`` frames (0 when too few frames)."""
+        """Frames per second after the first ``SKIP`` frames (0 below ``10 * SKIP`` frames)."""
         span = self._last - self._first
-        return (self.frames - self.SKIP) / span if self.frames > self.SKIP + 1 and span > 0 else 0.0
+        # a short run is mostly warm-up and the sink's last burst: no steady state to speak of
+        return (self.frames - self.SKIP) / span if self.frames >= 10 * self.SKIP and span > 0 else 0.0
 
 
 @contextmanager
