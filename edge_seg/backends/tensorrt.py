@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_seg.backends.base import BackendOptions, LoadedSpecs, TensorSpec
 from edge_seg.errors import BackendUnavailable, ModelError
+from edge_seg.manifest import sha256_file
 
 if TYPE_CHECKING:
     from edge_seg.manifest import Manifest
@@ -212,14 +213,6 @@ def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mb: int = 1
     return bytes(serialized)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_engine_dir(model_path: Path) -> Path:
     """``engines/`` beside the model when writable, else the user's cache folder."""
     beside = Path(model_path).parent / "engines"
@@ -235,7 +228,7 @@ def ensure_engine(onnx_path: Path, cache_dir: Path | None = None, precision: str
     onnx_path = Path(onnx_path)
     cache_dir = Path(cache_dir or default_engine_dir(onnx_path))
     gpu, cc = gpu_identity()
-    key = engine_key(trt.__version__, gpu, cc, precision, sha256_of(onnx_path), dla_core)
+    key = engine_key(trt.__version__, gpu, cc, precision, sha256_file(onnx_path), dla_core)
     found = None if force else lookup(cache_dir, key)
     if found is not None:
         return found, False
