@@ -74,21 +74,33 @@ def query_options(uri: str, allowed: dict[str, type]) -> dict[str, Any]:
     return out
 
 
+def timed_grab(grab: Callable[[], Any], name: str) -> tuple[Any, float, float]:
+    """``(grab(), capture time, CPU ms of the grab)``; an error other than ``SourceEnded``/``SourceError``
+    becomes a one-line ``SourceError`` named after ``name``."""
+    cpu0 = time.thread_time()
+    try:
+        payload = grab()
+    except (SourceEnded, SourceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a driver error becomes the source's one-line error
+        raise SourceError(f"{name}: capture failed: {exc}") from None
+    return payload, time.time(), (time.thread_time() - cpu0) * 1e3
+
+
 class CaptureThread:
     """Runs ``grab()`` over and over on a daemon thread and hands results over through one slot.
 
     ``grab`` returns a payload or raises ``SourceEnded``/``SourceError`` (anything else becomes a
     ``SourceError``); the first exception ends the thread and is raised by ``get`` once every
-    frame before it was taken. ``keep_all=False`` (live cameras) overwrites a frame nobody took,
-    so ``get`` returns the newest; ``keep_all=True`` (unpaced files) makes the thread wait until
-    the frame was taken, so no frame is lost. ``on_exit`` (e.g. release the device) runs on the
-    capture thread when it ends, so ``stop()`` never waits on a hung driver for long.
+    frame before it was taken. A frame nobody took is overwritten, so ``get`` returns the newest
+    (live cameras, paced files; an unpaced file is read without a thread). ``on_exit`` (e.g.
+    release the device) runs on the capture thread when it ends, so ``stop()`` never waits on a
+    hung driver for long.
     """
 
-    def __init__(self, name: str, grab: Callable[[], Any], *, keep_all: bool = False,
+    def __init__(self, name: str, grab: Callable[[], Any], *,
                  pacer: Pacer | None = None, on_exit: Callable[[], None] | None = None) -> None:
         self._grab = grab
-        self._keep_all = keep_all
         self._pacer = pacer
         self._on_exit = on_exit
         self._cond = threading.Condition()
@@ -100,8 +112,6 @@ class CaptureThread:
 
     def _put(self, item: tuple[Any, float, float]) -> bool:
         with self._cond:
-            if self._keep_all:
-                self._cond.wait_for(lambda: self._item is None or self._stopping)
             if self._stopping:
                 return False
             self._item = item
@@ -115,18 +125,13 @@ class CaptureThread:
                     with self._cond:
                         if self._cond.wait_for(lambda: self._stopping, self._pacer.delay()):
                             break
-                cpu0 = time.thread_time()
-                payload = self._grab()
-                ts = time.time()
-                grab_cpu_ms = (time.thread_time() - cpu0) * 1e3
+                item = timed_grab(self._grab, self._thread.name)
                 if self._pacer is not None:
                     self._pacer.tick()
-                if not self._put((payload, ts, grab_cpu_ms)):
+                if not self._put(item):
                     break
         except (SourceEnded, SourceError) as exc:
             self._finish(exc)
-        except Exception as exc:  # noqa: BLE001 - a driver error becomes the source's one-line error
-            self._finish(SourceError(f"{self._thread.name}: capture failed: {exc}"))
         finally:
             if self._on_exit is not None:
                 try:

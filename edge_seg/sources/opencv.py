@@ -20,13 +20,12 @@ RTSP over TCP: set ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp`` in the e
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_seg.sources._common import CaptureThread, Pacer, query_options, redact
+from edge_seg.sources._common import CaptureThread, Pacer, query_options, redact, timed_grab
 from edge_seg.sources.base import Frame, SourceEnded, SourceError
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class OpenCVSource:
         self._seq = 0
         self.lossless = not live and pacer is None  # see base.Source
         # an unpaced file is decoded in read() itself: its reader is already a loop thread, and a file does not hang
-        self._thread = None if self.lossless else CaptureThread(f"capture {redact(uri)}", self._grab, keep_all=False,
+        self._thread = None if self.lossless else CaptureThread(f"capture {redact(uri)}", self._grab,
                                                                 pacer=pacer, on_exit=self._release)
         self._closed = False
 
@@ -107,14 +106,7 @@ class OpenCVSource:
     def _decode_here(self) -> tuple[np.ndarray, float, float]:
         if self._closed:
             raise SourceEnded(f"{self.uri}: closed")
-        cpu0 = time.thread_time()
-        try:
-            image = self._grab()
-        except (SourceEnded, SourceError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a decoder error becomes the source's one-line error
-            raise SourceError(f"{redact(self.uri)}: decoding failed: {exc}") from None
-        return image, time.time(), (time.thread_time() - cpu0) * 1e3
+        return timed_grab(self._grab, f"capture {redact(self.uri)}")
 
     def close(self) -> None:
         """Stop the capture thread; the device is released on that thread. Safe to call twice."""
