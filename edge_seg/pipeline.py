@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_seg.pipeline_stats import CPU_SAMPLE_EVERY, LoopStats, StageClock
+from edge_seg.pipeline_stats import LoopStats, StageClock
 from edge_seg.segmentation import Segmentation
 from edge_seg.segmenter import Segmenter
 from edge_seg.sources.base import Frame, Source, SourceEnded
@@ -216,7 +216,7 @@ class Pipeline:
         segmenter = self.segmenter
         if self.tiler is not None:
             return None
-        clock = StageClock(cpu=frame.seq % CPU_SAMPLE_EVERY == 0)
+        clock = StageClock.for_frame(frame.seq)
         try:
             with clock.stage("preprocess"):
                 batch, transform = segmenter.prepare(self._region(frame))
@@ -225,7 +225,7 @@ class Pipeline:
         return segmenter, batch, transform, clock
 
     def _infer_one(self, frame: Frame, prepared: tuple | None = None) -> None:
-        clock = StageClock({"capture_age": (time.time() - frame.ts) * 1e3}, cpu=frame.seq % CPU_SAMPLE_EVERY == 0)
+        clock = StageClock.for_frame(frame.seq, {"capture_age": (time.time() - frame.ts) * 1e3})
         if self.tiler is not None:
             with clock.stage("tiles"):
                 raw, transform, invoke_ms = self.tiler.run(self._region(frame))

@@ -25,19 +25,18 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if not self._measure_cpu:
-            w0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.wall[name] = (time.perf_counter() - w0) * 1e3
-            return
-        w0, c0 = time.perf_counter(), time.thread_time()
+        w0, c0 = time.perf_counter(), time.thread_time() if self._measure_cpu else 0.0
         try:
             yield
         finally:
             self.wall[name] = (time.perf_counter() - w0) * 1e3
-            self.cpu[name] = (time.thread_time() - c0) * 1e3
+            if self._measure_cpu:
+                self.cpu[name] = (time.thread_time() - c0) * 1e3
+
+    @classmethod
+    def for_frame(cls, seq: int, wall: dict[str, float] | None = None) -> "StageClock":
+        """A clock for frame ``seq`` of the loop: CPU time on one frame in ``CPU_SAMPLE_EVERY``."""
+        return cls(wall, cpu=seq % CPU_SAMPLE_EVERY == 0)
 
 
 CPU_SAMPLE_EVERY = 8  # frames per CPU-time sample in the loop
