@@ -96,14 +96,14 @@ def bench_frame_path(segmenter: Segmenter, images: list[np.ndarray], frames: int
     return {s: _pcts(v) for s, v in ms.items()}, float(np.median(outside))
 
 
-def _spin(seconds: float, cpus: set[int] | None = None) -> None:
-    """Copies 720p frames over and over for ``seconds`` (on ``cpus``): the memory traffic of a loop's CPU side."""
+def _spin(ready, stop, cpus: set[int] | None) -> None:
+    """Copies 720p frames over and over (on ``cpus``) until ``stop``: the memory traffic of a loop's CPU side."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     src = np.full((720, 1280, 3), 7, np.uint8)
     dst = np.empty_like(src)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    ready.set()
+    while not stop.is_set():
         np.copyto(dst, src)
 
 
@@ -114,24 +114,20 @@ def bench_invoke_contended(segmenter: Segmenter, image: np.ndarray, frames: int)
     share execution units or memory bandwidth (SMT siblings, shared VMs) it does, and then no loop
     that keeps the other core busy can reach bare-invoke FPS. This measures by how much.
     """
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     if len(cpus) < 2:
         return None
-    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        pool.submit(_spin, 0.0).result()  # the worker is up before the clock starts
+    ready, stop = context.Event(), context.Event()
+    with one_core_infers() as others:  # others: None where affinity cannot be set (the copier then runs anywhere)
+        copier = context.Process(target=_spin, args=(ready, stop, others), name="edge-seg-bench-copier", daemon=True)
+        copier.start()
         try:
-            if mine is not None:
-                os.sched_setaffinity(0, {cpus[0]})
-            busy = pool.submit(_spin, 2.0 + frames * 0.01, set(cpus[1:]) if mine is not None else None)
-            time.sleep(0.2)
-            result = bench_invoke(segmenter, image, frames)
-            busy.cancel()
+            ready.wait(60)  # the copier is up before the clock starts
+            return bench_invoke(segmenter, image, frames)
         finally:
-            if mine is not None:
-                os.sched_setaffinity(0, mine)
-    return result
+            stop.set()
+            copier.join(10)
 
 
 def bench_invoke(segmenter: Segmenter, image: np.ndarray, frames: int, warmup: int = 20) -> dict[str, float]:

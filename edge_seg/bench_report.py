@@ -58,7 +58,7 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
                          f"p50 {busy['p50']:.3f} ms = "
                          f"{busy['p50'] / inv['p50']:.2f} x idle (> 1: the cores share clocks, caches or memory "
                          "bandwidth, so a busy second core slows invoke); loop FPS / this invoke's FPS = "
-                         f"{loop['fps'] * busy['p50'] / 1e3:.2f}")
+                         f"{loop['fps_ratio_to_invoke_with_other_cpus_busy']:.2f}")
         lines.append(f"peak RSS of the loop process {loop['peak_rss_mb']:.0f} MB;  CPU {loop['cpu_percent']:.0f} %")
     th = report.system.get("thermals", {})
     lines.append(f"thermals: {th.get('zones_c', 'n/a')}; throttled: {th.get('pi_throttled', 'n/a')}; "
