@@ -96,7 +96,8 @@ class Overlay:
         small_colour, small_mask, big_colour, big_mask = self._buffers[key]
         boxes = None
         if self.background_transparent:
-            boxes = _foreground_boxes(labels, (width, height))
+            cv2.compare(labels, 0, cv2.CMP_NE, dst=small_mask)
+            boxes = _foreground_boxes(small_mask, (width, height))
             if not boxes:
                 return frame.copy()
             if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > _BOXES_UP_TO * width * height:
@@ -104,7 +105,6 @@ class Overlay:
         cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut.reshape(256, 1, 3), dst=small_colour)  # ids → BGR
         if boxes is not None:
             out = frame.copy()
-            cv2.compare(labels, 0, cv2.CMP_NE, dst=small_mask)
             grid = self._nearest_map(labels.shape, (width, height))
             for x0, y0, x1, y1 in boxes:
                 cells = grid[y0:y1, x0:x1]
@@ -142,11 +142,11 @@ _BOXES_UP_TO = 0.3  # box-by-box blending pays while the boxes cover at most thi
 Box = tuple[int, int, int, int]
 
 
-def _foreground_boxes(labels: np.ndarray, frame_size: tuple[int, int], bands: int = 8) -> list[Box]:
-    """Frame-pixel boxes (x0, y0, x1, y1) covering every non-zero label, one per band of model rows."""
-    h, w = labels.shape
+def _foreground_boxes(fg: np.ndarray, frame_size: tuple[int, int], bands: int = 8) -> list[Box]:
+    """Frame-pixel boxes (x0, y0, x1, y1) covering every non-zero pixel of the model-resolution
+    mask ``fg``, one per band of model rows."""
+    h, w = fg.shape
     width, height = frame_size
-    fg = cv2.compare(labels, 0, cv2.CMP_NE)
     boxes = []
     step = max(1, -(-h // bands))
     for top in range(0, h, step):
