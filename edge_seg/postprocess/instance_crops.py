@@ -154,14 +154,20 @@ def _groups(flagged: dict[int, dict[str, float]], overlap: np.ndarray) -> list[l
     return list(groups.values())
 
 
+def pad_boxes(boxes: np.ndarray, frame_size: tuple[int, int], padding: float) -> np.ndarray:
+    """(n, 4) frame-pixel (x0, y0, x1, y1) grown by ``padding`` x their width/height on each side,
+    rounded outwards and clipped to the frame (int64). Semantic and instance crops share it."""
+    fw, fh = frame_size
+    pad = (boxes[:, 2:] - boxes[:, :2]) * padding  # (n, 2): padding * (width, height)
+    lo, hi = np.floor(boxes[:, :2] - pad), np.ceil(boxes[:, 2:] + pad)
+    return np.clip(np.concatenate([lo, hi], axis=1), 0, [fw, fh, fw, fh]).astype(np.int64)
+
+
 def _padded_box(instances, members: list[int], frame_size: tuple[int, int], padding: float) -> tuple[int, ...]:
     boxes = np.array([instances[k].bbox for k in members], np.float64)
-    x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
-    x1, y1 = (boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()
-    px, py = (x1 - x0) * padding, (y1 - y0) * padding
-    fw, fh = frame_size
-    return (int(np.clip(np.floor(x0 - px), 0, fw)), int(np.clip(np.floor(y0 - py), 0, fh)),
-            int(np.clip(np.ceil(x1 + px), 0, fw)), int(np.clip(np.ceil(y1 + py), 0, fh)))
+    union = np.array([[boxes[:, 0].min(), boxes[:, 1].min(),
+                       (boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()]])
+    return tuple(int(v) for v in pad_boxes(union, frame_size, padding)[0])
 
 
 def instance_regions(segmentation: Segmentation, config: InstanceCropConfig, *, padding: float = 0.15,
@@ -200,4 +206,4 @@ def crop_instances(instances: tuple[Instance, ...] | list[Instance], region: Ins
 
 
 __all__ = ["REASONS", "CropInstance", "InstanceCrop", "InstanceCropConfig", "InstanceRegion", "Reason",
-           "crop_instances", "flag_instances", "instance_regions", "mask_ious"]
+           "crop_instances", "flag_instances", "instance_regions", "mask_ious", "pad_boxes"]

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_seg.errors import EdgeSegError, InputError
-from edge_seg.postprocess.instance_crops import InstanceCrop, InstanceCropConfig, instance_regions
+from edge_seg.postprocess.instance_crops import InstanceCrop, InstanceCropConfig, instance_regions, pad_boxes
 from edge_seg.segmentation import Segmentation
 
 Method = Literal["confidence", "margin", "entropy"]
@@ -149,10 +149,7 @@ def _to_frame(boxes: np.ndarray, map_size: tuple[int, int], frame_size: tuple[in
               padding: float) -> np.ndarray:
     """Model-resolution (x0, y0, x1, y1) → padded frame pixels, clipped to the frame."""
     (mw, mh), (fw, fh) = map_size, frame_size
-    scaled = boxes * np.array([fw / mw, fh / mh, fw / mw, fh / mh])
-    pad = (scaled[:, 2:] - scaled[:, :2]) * padding  # (n, 2): padding * (width, height)
-    lo, hi = np.floor(scaled[:, :2] - pad), np.ceil(scaled[:, 2:] + pad)
-    return np.clip(np.concatenate([lo, hi], axis=1), 0, [fw, fh, fw, fh]).astype(np.int64)
+    return pad_boxes(boxes * np.array([fw / mw, fh / mh, fw / mw, fh / mh]), frame_size, padding)
 
 
 def _merge(regions: _Regions) -> _Regions:
