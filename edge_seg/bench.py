@@ -57,7 +57,7 @@ class BenchReport:
     invoke: dict[str, float] = field(default_factory=dict)
     loop: dict = field(default_factory=dict)
     system: dict = field(default_factory=dict)
-    contended_invoke: dict[str, float] | None = None  # bare invoke with the other CPUs busy
+    contended_invoke: dict[str, dict[str, float]] = field(default_factory=dict)  # BUSY_KINDS -> bare invoke
 
     @property
     def bare_fps(self) -> float:
@@ -96,38 +96,50 @@ def bench_frame_path(segmenter: Segmenter, images: list[np.ndarray], frames: int
     return {s: _pcts(v) for s, v in ms.items()}, float(np.median(outside))
 
 
-def _spin(ready, stop, cpus: set[int] | None) -> None:
-    """Copies 720p frames over and over (on ``cpus``) until ``stop``: the memory traffic of a loop's CPU side."""
+def _busy(kind: str, ready, stop, cpus: set[int] | None) -> None:
+    """Keeps ``cpus`` busy until ``stop``: an integer loop (no memory traffic) or 720p frame copies."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     src = np.full((720, 1280, 3), 7, np.uint8)
     dst = np.empty_like(src)
     ready.set()
+    total = 0
     while not stop.is_set():
-        np.copyto(dst, src)
+        if kind == "copy":
+            np.copyto(dst, src)
+        else:
+            for i in range(20000):
+                total += i
 
 
-def bench_invoke_contended(segmenter: Segmenter, image: np.ndarray, frames: int) -> dict[str, float] | None:
-    """Bare invoke while another process copies frames on the other CPUs (None on one CPU).
+# What the probe's other process does: kind -> what it loads on the other CPUs.
+BUSY_KINDS = {"integer": "an integer loop (no memory traffic)", "copy": "a loop copying 720p frames"}
 
-    On a device the accelerator does not slow down when the CPU works; on a machine whose cores
-    share execution units or memory bandwidth (SMT siblings, shared VMs) it does, and then no loop
-    that keeps the other core busy can reach bare-invoke FPS. This measures by how much.
+
+def bench_invoke_contended(segmenter: Segmenter, image: np.ndarray, frames: int,
+                           kind: str = "integer") -> dict[str, float] | None:
+    """Bare invoke while another process keeps the other CPUs busy (``BUSY_KINDS``); None on one CPU.
+
+    On a device the accelerator does not slow down when the CPU works. On a machine whose CPUs
+    share execution units or clocks (SMT siblings of a VM's host: even an integer loop slows
+    invoke) or memory bandwidth (copying does), it does, and then no loop that keeps the other
+    CPU busy can reach bare-invoke FPS. This measures by how much.
     """
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     if len(cpus) < 2:
         return None
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()
-    with one_core_infers() as others:  # others: None where affinity cannot be set (the copier then runs anywhere)
-        copier = context.Process(target=_spin, args=(ready, stop, others), name="edge-seg-bench-copier", daemon=True)
-        copier.start()
+    with one_core_infers() as others:  # others: None where affinity cannot be set (the load then runs anywhere)
+        load = context.Process(target=_busy, args=(kind, ready, stop, others), name="edge-seg-bench-load",
+                               daemon=True)
+        load.start()
         try:
-            ready.wait(60)  # the copier is up before the clock starts
+            ready.wait(60)  # the load is up before the clock starts
             return bench_invoke(segmenter, image, frames)
         finally:
             stop.set()
-            copier.join(10)
+            load.join(10)
 
 
 def bench_invoke(segmenter: Segmenter, image: np.ndarray, frames: int, warmup: int = 20) -> dict[str, float]:
@@ -326,21 +338,25 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 pool.submit(write_clip, clip, 60, frame_size, 30.0, clip_codec).result()
             uri = f"file://{clip}"
+        # the loop first, so its peak RSS is its own (the frame path's buffers come later)
+        first = read_frames(uri, 1)[0]
+        before = bench_invoke(segmenter, first, frames)
+        report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress)
+        after = bench_invoke(segmenter, first, frames)
+        report.invoke = {q: (before[q] + after[q]) / 2 for q in before}
+        report.loop["bare_invoke_p50_before_after_ms"] = [before["p50"], after["p50"]]
         images = read_frames(uri, 4)
         report.frame_size = (images[0].shape[1], images[0].shape[0])
         report.frame_path, report.outside_invoke_ms = bench_frame_path(segmenter, images, frames)
-        before = bench_invoke(segmenter, images[0], frames)
-        report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress)
-        after = bench_invoke(segmenter, images[0], frames)
-        report.invoke = {q: (before[q] + after[q]) / 2 for q in before}
-        report.contended_invoke = bench_invoke_contended(segmenter, images[0], frames)
-        report.loop["bare_invoke_p50_before_after_ms"] = [before["p50"], after["p50"]]
+        for kind in BUSY_KINDS:
+            busy = bench_invoke_contended(segmenter, first, frames, kind)
+            if busy is not None:
+                report.contended_invoke[kind] = busy
         if clip is not None:
             report.loop["clip"] = {"codec": clip_codec, "emulates": CLIP_CODECS[clip_codec][2],
                                    "decode_alone": bench_decode(clip, min(frames, 120))}
     report.loop["fps_ratio_to_bare_invoke"] = report.loop["fps"] / report.bare_fps
-    if report.contended_invoke:
-        busy_ms = report.contended_invoke["p50"]
-        report.loop["fps_ratio_to_invoke_with_other_cpus_busy"] = report.loop["fps"] * busy_ms / 1e3
+    report.loop["fps_ratio_to_invoke_with_other_cpus_busy"] = {
+        kind: report.loop["fps"] * busy["p50"] / 1e3 for kind, busy in report.contended_invoke.items()}
     report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
     return report

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_seg.bench import FRAME_STAGES, BenchReport
+from edge_seg.bench import BUSY_KINDS, FRAME_STAGES, BenchReport
 
 
 def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
@@ -52,14 +52,16 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
         lines.append(f"invoke occupancy {loop['invoke_occupancy']:.2f} (share of the loop's time spent in invoke: "
                      f"what an accelerator would be kept busy); invoke in the loop p50 {infer_p50:.3f} ms = "
                      f"{infer_p50 / inv['p50']:.2f} x bare")
-        busy = report.contended_invoke
-        if busy:
-            lines.append("bare invoke while another process copies 720p frames on the other CPUs: "
-                         f"p50 {busy['p50']:.3f} ms = "
-                         f"{busy['p50'] / inv['p50']:.2f} x idle (> 1: the cores share clocks, caches or memory "
-                         "bandwidth, so a busy second core slows invoke); loop FPS / this invoke's FPS = "
-                         f"{loop['fps_ratio_to_invoke_with_other_cpus_busy']:.2f}")
-        lines.append(f"peak RSS of the loop process {loop['peak_rss_mb']:.0f} MB;  CPU {loop['cpu_percent']:.0f} %")
+        ratios = loop.get("fps_ratio_to_invoke_with_other_cpus_busy", {})
+        for kind, busy in report.contended_invoke.items():
+            lines.append(f"bare invoke with {BUSY_KINDS[kind]} running on the other CPUs: "
+                         f"p50 {busy['p50']:.3f} ms = {busy['p50'] / inv['p50']:.2f} x idle; "
+                         f"loop FPS / this invoke's FPS = {ratios[kind]:.2f}")
+        if report.contended_invoke:
+            lines.append("  (> 1 x idle: the CPUs share execution units or clocks (an integer loop) or memory "
+                         "bandwidth (copying), so a busy second CPU slows invoke and no loop can reach bare FPS)")
+        lines.append(f"peak RSS of the process up to the loop's end {loop['peak_rss_mb']:.0f} MB (10^6 bytes);  "
+                     f"CPU {loop['cpu_percent']:.0f} %")
     th = report.system.get("thermals", {})
     lines.append(f"thermals: {th.get('zones_c', 'n/a')}; throttled: {th.get('pi_throttled', 'n/a')}; "
                  f"jetson: {th.get('jetson', 'n/a')}")

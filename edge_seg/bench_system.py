@@ -11,12 +11,12 @@ THERMAL_ROOT = Path("/sys/class/thermal")
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process in MB of 10^6 bytes (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def current_rss_mb() -> float:
-    """Resident set size now, in MB (Linux /proc; 0 where not available)."""
+    """Resident set size now, in MB of 10^6 bytes (Linux /proc; 0 where not available)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize() / 1e6
