@@ -102,15 +102,16 @@ class Overlay:
                 return frame.copy()
             if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > _BOXES_UP_TO * width * height:
                 boxes = None
-        cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), lut.reshape(256, 1, 3), dst=small_colour)  # ids → BGR
+        cv2.applyColorMap(labels, lut.reshape(256, 1, 3), dst=small_colour)  # ids → BGR (one table lookup)
         if boxes is not None:
             out = frame.copy()
             grid = self._nearest_map(labels.shape, (width, height))
-            for x0, y0, x1, y1 in boxes:
+            for x0, y0, x1, y1 in boxes:  # each box is upscaled and blended inside the frame-size scratch buffers
                 cells = grid[y0:y1, x0:x1]
-                colour = cv2.remap(small_colour, cells, None, cv2.INTER_NEAREST)
-                blended = cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0)
-                cv2.copyTo(blended, cv2.remap(small_mask, cells, None, cv2.INTER_NEAREST), out[y0:y1, x0:x1])
+                colour = cv2.remap(small_colour, cells, None, cv2.INTER_NEAREST, dst=big_colour[y0:y1, x0:x1])
+                mask = cv2.remap(small_mask, cells, None, cv2.INTER_NEAREST, dst=big_mask[y0:y1, x0:x1])
+                colour = cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0, dst=colour)
+                cv2.copyTo(colour, mask, out[y0:y1, x0:x1])
             return out
         cv2.resize(small_colour, (width, height), dst=big_colour, interpolation=cv2.INTER_NEAREST)
         out = np.empty_like(frame)
