@@ -41,8 +41,13 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
         before, after = loop.get("bare_invoke_p50_before_after_ms", (inv["p50"], inv["p50"]))
         lines.append(f"bare invoke p50 just before / after the loop: {before:.3f} / {after:.3f} ms")
         lines.append(f"loop FPS {loop['fps']:.1f} / bare invoke FPS {report.bare_fps:.1f} = "
-                     f"{loop['fps_ratio_to_bare_invoke']:.2f};  frames {loop['frames']}, captured {loop['captured']}, "
-                     f"dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
+                     f"{loop['fps_ratio_to_bare_invoke_before_after']:.2f};  frames {loop['frames']}, "
+                     f"captured {loop['captured']}, dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
+        pairs = loop.get("paired")
+        if pairs:
+            lines.append(f"loop FPS / bare-invoke FPS, paired in {pairs['windows']} windows of {pairs['every']} frames "
+                         f"(bare invoke timed on the inference thread after each): median "
+                         f"{pairs['ratio_median']:.2f} (min {pairs['ratio_min']:.2f}, max {pairs['ratio_max']:.2f})")
         by_thread = loop.get("cpu_ms_per_frame_by_thread")
         if by_thread:
             where = "inference thread pinned to one CPU, the rest to the others" if loop.get("pinned") else "unpinned"

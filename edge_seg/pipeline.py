@@ -104,7 +104,7 @@ class Pipeline:
     def __init__(self, source: Source, segmenter: Segmenter, stages: list[Stage] | None = None,
                  every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
                  tiler=None, sink_queue: int = 2, stats: LoopStats | None = None,
-                 other_cpus: set[int] | None = None):
+                 other_cpus: set[int] | None = None, after_frame: Callable[[], None] | None = None):
         self.source = source
         self.segmenter = segmenter
         self.stages = list(stages or [])
@@ -114,6 +114,7 @@ class Pipeline:
         self.tiler = tiler
         self.stats = stats or LoopStats()
         self.other_cpus = other_cpus  # where the capture and sink threads run (None: anywhere); see bench
+        self.after_frame = after_frame  # called on the inference thread after each segmented frame (bench)
         self._slot = LatestSlot()
         self._queue: queue.Queue = queue.Queue(maxsize=sink_queue)
         self._stop = threading.Event()
@@ -275,6 +276,8 @@ class Pipeline:
                     log.error("inference on frame %d failed: %s", frame.seq, err)
                     continue
                 self.stats.segmented += 1
+                if self.after_frame is not None:
+                    self.after_frame()
                 if self.max_frames is not None and self.stats.segmented >= self.max_frames:
                     break
         finally:

@@ -13,8 +13,8 @@ from edge_seg.cli import main
 
 def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
     plot, table = tmp_path / "cmp.png", tmp_path / "rows.csv"
-    assert main(["bench", "--frames", "20", "--width", "320", "--height", "180", "--threads", "1", "--json",
-                 "--csv", str(table), "--compare", "@litert", "--plot", str(plot)]) == 0
+    assert main(["bench", "--frames", "20", "--loop-frames", "60", "--width", "320", "--height", "180",
+                 "--threads", "1", "--json", "--csv", str(table), "--compare", "@litert", "--plot", str(plot)]) == 0
     reports = json.loads(capsys.readouterr().out)
     assert len(reports) == 2
     for report in reports:
@@ -35,6 +35,12 @@ def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
             assert set(busy) == set(loop["fps_ratio_to_invoke_with_other_cpus_busy"]) == {"integer", "copy"}
             assert all(b["p50"] > 0 for b in busy.values())
             assert all(r > 0 for r in loop["fps_ratio_to_invoke_with_other_cpus_busy"].values())
+        # bare invoke timed after each window of 10 frames (the first window, start-up, not counted)
+        pairs = loop["paired"]
+        assert pairs["every"] == 10 and pairs["windows"] == 4 == len(pairs["ratios"]) == len(pairs["loop_fps"])
+        assert min(pairs["bare_invoke_p50_ms"]) > 0
+        assert pairs["ratio_min"] <= pairs["ratio_median"] <= pairs["ratio_max"]
+        assert loop["fps_ratio_to_bare_invoke"] == pairs["ratio_median"]
         before_after = loop["bare_invoke_p50_before_after_ms"]
         assert len(before_after) == 2 and min(before_after) > 0
     rows = list(csv.DictReader(table.open()))
