@@ -48,6 +48,9 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
             lines.append(f"loop FPS / bare-invoke FPS, paired in {pairs['windows']} windows of {pairs['every']} frames "
                          f"(bare invoke timed on the inference thread after each): median "
                          f"{pairs['ratio_median']:.2f} (min {pairs['ratio_min']:.2f}, max {pairs['ratio_max']:.2f})")
+            pairs_text = ", ".join(f"{bare:.2f}->{ratio:.2f}" for bare, ratio in zip(pairs["bare_invoke_p50_ms"],
+                                                                                  pairs["ratios"]))
+            lines.append(f"  per window, bare invoke p50 ms -> ratio: {pairs_text}")
         by_thread = loop.get("cpu_ms_per_frame_by_thread")
         if by_thread:
             where = "inference thread pinned to one CPU, the rest to the others" if loop.get("pinned") else "unpinned"
