@@ -55,7 +55,7 @@ class Overlay:
         self.palette = None if palette is None else tuple(tuple(int(v) for v in c) for c in palette)
         self._luts: dict[tuple, np.ndarray] = {}
         self._buffers: dict[tuple, tuple[np.ndarray, ...]] = {}
-        self._grid: tuple[tuple, np.ndarray] | None = None  # the nearest-upscaling remap grid of one frame size
+        self._nearest: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # model row/column per frame pixel
 
     def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
         """Return a copy of ``frame_bgr`` with the segmentation drawn on it.
@@ -83,10 +83,11 @@ class Overlay:
 
         With a transparent background, a frame whose objects cover little of it is blended box by
         box (one box per band of model rows holding non-background pixels): inside each box the
-        model-resolution colours and foreground mask are upscaled with ``cv2.remap`` through the
-        nearest-neighbour map of the whole frame (the same pixels ``cv2.resize`` gives), so a few
-        objects cost a copy plus their area. Otherwise (boxes over ``_BOXES_UP_TO`` of the frame, or
-        an opaque background) the whole frame is blended in three passes. Both give the same pixels.
+        model-resolution colours and foreground mask are upscaled by taking, for every frame column
+        then every frame row, the model column and row that ``cv2.resize(INTER_NEAREST)`` maps it to
+        (the same pixels), so a few objects cost a copy plus their area. Otherwise (boxes over
+        ``_BOXES_UP_TO`` of the frame, or an opaque background) the whole frame is blended in three
+        passes. Both give the same pixels.
         """
         height, width = frame.shape[:2]
         key = (labels.shape, height, width)
@@ -105,12 +106,11 @@ class Overlay:
         cv2.applyColorMap(labels, lut.reshape(256, 1, 3), dst=small_colour)  # ids → BGR (one table lookup)
         if boxes is not None:
             out = frame.copy()
-            grid = self._nearest_map(labels.shape, (width, height))
-            for x0, y0, x1, y1 in boxes:  # each box is upscaled and blended inside the frame-size scratch buffers
-                cells = grid[y0:y1, x0:x1]
-                colour = cv2.remap(small_colour, cells, None, cv2.INTER_NEAREST, dst=big_colour[y0:y1, x0:x1])
-                mask = cv2.remap(small_mask, cells, None, cv2.INTER_NEAREST, dst=big_mask[y0:y1, x0:x1])
-                colour = cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0, dst=colour)
+            rows, cols = self._nearest_indices(labels.shape, (width, height))
+            for x0, y0, x1, y1 in boxes:  # each box is upscaled and blended in the frame-size scratch buffers
+                colour = _upscale(small_colour, rows[y0:y1], cols[x0:x1], big_colour)
+                mask = _upscale(small_mask, rows[y0:y1], cols[x0:x1], big_mask)
+                cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0, dst=colour)
                 cv2.copyTo(colour, mask, out[y0:y1, x0:x1])
             return out
         cv2.resize(small_colour, (width, height), dst=big_colour, interpolation=cv2.INTER_NEAREST)
@@ -124,17 +124,28 @@ class Overlay:
             cv2.copyTo(frame, big_mask, out)
         return out
 
-    def _nearest_map(self, shape: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
-        """(H, W, 2) int16 remap grid: frame pixel → model pixel, as ``cv2.resize(INTER_NEAREST)`` maps it."""
+    def _nearest_indices(self, shape: tuple[int, int], frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(model row of each frame row, model column of each frame column), as ``cv2.resize(INTER_NEAREST)`` maps."""
         key = (shape, frame_size)
-        if self._grid is None or self._grid[0] != key:
+        if self._nearest is None or self._nearest[0] != key:
             (h, w), (width, height) = shape, frame_size
             # OpenCV's nearest resize: src = min(floor(dst * (1 / (dst_size / src_size))), src_size - 1)
-            xs = np.minimum(np.floor(np.arange(width) * (1.0 / (width / w))), w - 1).astype(np.float32)
-            ys = np.minimum(np.floor(np.arange(height) * (1.0 / (height / h))), h - 1).astype(np.float32)
-            grid, _ = cv2.convertMaps(*np.meshgrid(xs, ys), cv2.CV_16SC2)
-            self._grid = (key, grid)
-        return self._grid[1]
+            cols = np.minimum(np.floor(np.arange(width) * (1.0 / (width / w))), w - 1).astype(np.intp)
+            rows = np.minimum(np.floor(np.arange(height) * (1.0 / (height / h))), h - 1).astype(np.intp)
+            self._nearest = (key, (rows, cols))
+        return self._nearest[1]
+
+
+def _upscale(small: np.ndarray, rows: np.ndarray, cols: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``small`` at the model rows ``rows`` and columns ``cols``, written to the start of ``scratch``.
+
+    Columns first, on the few model rows the box shows, then rows (whole-row copies). The result is
+    a contiguous view of ``scratch``, so ``take`` writes it in place.
+    """
+    top = rows[0]
+    out = scratch.reshape(-1)[:rows.size * cols.size * small[0, 0].size].reshape(rows.size, cols.size, *small.shape[2:])
+    np.take(small[top:rows[-1] + 1].take(cols, axis=1), rows - top, axis=0, out=out, mode="clip")
+    return out
 
 
 _BOXES_UP_TO = 0.3  # box-by-box blending pays while the boxes cover at most this share of the frame
