@@ -254,8 +254,9 @@ class _PairedWindows:
     ``invokes`` bare invokes of one prepared input (the capture thread waits with the next frame,
     the sink thread drains its queue), then the loop goes on. Each window's loop FPS is paired with
     the bare invoke timed right after it, so their ratio holds when the machine's speed drifts
-    within seconds (shared VMs, thermal throttling). The first window (start-up) is not counted. The
-    few frames that wait through a pause show in the loop's end-to-end p99.
+    within seconds (shared VMs, thermal throttling). The first window (start-up) is not counted.
+    ``after_pause`` lists, per pause, the index of the first frame segmented after it: that frame
+    and the next (captured before the pause ended) waited through it.
     """
 
     def __init__(self, segmenter: Segmenter, image: np.ndarray, every: int, invokes: int = 100, settle: int = 3):
@@ -264,11 +265,13 @@ class _PairedWindows:
         self.every, self.invokes, self.settle = every, invokes, settle
         self.windows: list[tuple[int, float, float]] = []  # (frames, loop seconds, bare invoke p50 ms)
         self.paused_wall = self.paused_cpu = 0.0  # time spent timing bare invokes (taken out of the loop's figures)
-        self._frames = 0
+        self.after_pause: list[int] = []
+        self._frames = self._total = 0
         self._start: float | None = None
 
     def __call__(self) -> None:
         now = time.perf_counter()
+        self._total += 1
         if self._start is None:
             self._start = now
             return
@@ -287,7 +290,15 @@ class _PairedWindows:
         end = time.perf_counter()
         self.paused_wall += end - now
         self.paused_cpu += time.thread_time() - cpu0
+        self.after_pause.append(self._total)
         self._frames, self._start = 0, end
+
+    def steady_end_to_end(self, samples: np.ndarray) -> np.ndarray:
+        """End-to-end ms of the loop's frames (in completion order) without the ones that waited through a pause."""
+        keep = np.ones(samples.size, bool)
+        for first in self.after_pause:
+            keep[first:first + 2] = False
+        return samples[keep]
 
     def summary(self) -> dict | None:
         """Per-window loop FPS, bare invoke and their ratio; None without a counted window."""
@@ -370,12 +381,19 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
     # steady state: from the first completed frame to the last (start-up and warm-up excluded)
     steady = pairs["fps"] if pairs else progress_stage.steady_fps()
     infer_ms = stats.samples("infer")
+
+    def wall_samples(stage: str) -> np.ndarray:
+        samples = stats.samples(stage)
+        if stage == "end_to_end" and paired is not None and samples.size == stats.completed:  # the whole run kept
+            return paired.steady_end_to_end(samples)
+        return samples
+
     # the share of the loop's time the inference thread spent in invoke: what an accelerator would be kept busy
     occupancy = float(infer_ms.mean() * stats.segmented / 1e3 / wall) if infer_ms.size and wall > 0 else float("nan")
     return {"source": source_uri, "frames": stats.completed, "captured": stats.captured, "dropped": stats.dropped,
             "sink_dropped": stats.sink_dropped, "fps": steady if steady > 0 else stats.completed / max(wall, 1e-9),
             "fps_with_startup": stats.completed / wall if wall > 0 else 0.0, "invoke_occupancy": occupancy,
-            "wall_ms": {s: _pcts(stats.samples(s)) for s in stage_names},
+            "wall_ms": {s: _pcts(wall_samples(s)) for s in stage_names},
             "cpu_ms_per_frame": {k: v for k, v in stats.cpu_means().items() if k != "progress"},
             "cpu_percent": 100.0 * cpu_s / wall if wall > 0 else 0.0, "pinned": other_cpus is not None,
             "cpu_ms_per_frame_by_thread": {"inference": mine * per_frame, "all_others": (cpu_s - mine) * per_frame},

@@ -7,6 +7,7 @@ import json
 import os
 
 import cv2
+import numpy as np
 
 from edge_seg.cli import main
 
@@ -59,3 +60,12 @@ def test_bench_table_names_the_target(capsys):
     assert "clip: mp4v" in out and "invoke occupancy" in out and "CPU ms per frame: inference thread" in out
     # affinity is restored after the pinned loop
     assert len(os.sched_getaffinity(0)) == os.cpu_count()
+
+
+def test_paired_windows_leave_the_frames_that_waited_out_of_end_to_end():
+    from edge_seg.bench import _PairedWindows
+
+    paired = object.__new__(_PairedWindows)  # only the pause bookkeeping is used here
+    paired.after_pause = [3, 7]
+    samples = np.arange(10, dtype=float)
+    assert paired.steady_end_to_end(samples).tolist() == [0, 1, 2, 5, 6, 9]
