@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_seg.bench import BUSY_KINDS, FRAME_STAGES, BenchReport
+from edge_seg.bench import FRAME_STAGES, BenchReport
+from edge_seg.bench_invoke import BUSY_KINDS
 
 
 def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:

@@ -63,9 +63,9 @@ def test_bench_table_names_the_target(capsys):
 
 
 def test_paired_windows_leave_the_frames_that_waited_out_of_end_to_end():
-    from edge_seg.bench import _PairedWindows
+    from edge_seg.bench_invoke import PairedWindows
 
-    paired = object.__new__(_PairedWindows)  # only the pause bookkeeping is used here
+    paired = object.__new__(PairedWindows)  # only the pause bookkeeping is used here
     paired.after_pause = [3, 7]
     samples = np.arange(10, dtype=float)
     assert paired.steady_end_to_end(samples).tolist() == [0, 1, 2, 5, 6, 9]
