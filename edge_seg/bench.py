@@ -38,7 +38,7 @@ from edge_seg.bench_invoke import (
     one_core_infers,
     percentiles,
 )
-from edge_seg.bench_system import current_rss_mb, peak_rss_mb, thermals
+from edge_seg.bench_system import current_memory_mb, peak_rss_mb, thermals
 from edge_seg.errors import InputError
 from edge_seg.overlay import Overlay
 from edge_seg.segmenter import Segmenter
@@ -160,14 +160,16 @@ def read_frames(uri_or_path: str, count: int) -> list[np.ndarray]:
 
 
 class _Progress:
-    """Advances the progress bar and samples the resident memory every 10 frames."""
+    """Advances the progress bar and samples the resident memory every 10 frames (peak RSS and
+    peak anonymous memory, the process's own, with the file-backed pages at that peak)."""
 
     name = "progress"
 
     def __init__(self, bar: tqdm):
         self.bar = bar
         self.frames = 0
-        self.peak_rss_mb = current_rss_mb()
+        self.peak_rss_mb = self.peak_anon_mb = self.file_at_anon_peak_mb = 0.0
+        self._sample()
 
     def __call__(self, result) -> None:
         self.bar.update(1)
@@ -177,7 +179,13 @@ class _Progress:
             self._first = now
         self._last = now
         if self.frames % 10 == 0:
-            self.peak_rss_mb = max(self.peak_rss_mb, current_rss_mb())
+            self._sample()
+
+    def _sample(self) -> None:
+        rss, file_backed = current_memory_mb()
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        if rss - file_backed > self.peak_anon_mb:
+            self.peak_anon_mb, self.file_at_anon_peak_mb = rss - file_backed, file_backed
 
     SKIP = 10  # frames of warm-up not counted in the steady FPS
     _first = _last = 0.0
@@ -243,7 +251,9 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
             "cpu_ms_per_frame": {k: v for k, v in stats.cpu_means().items() if k != "progress"},
             "cpu_percent": 100.0 * cpu_s / wall if wall > 0 else 0.0, "pinned": other_cpus is not None,
             "cpu_ms_per_frame_by_thread": {"inference": mine * per_frame, "all_others": (cpu_s - mine) * per_frame},
-            "peak_rss_mb": peak_rss_mb(), "sampled_rss_mb": progress_stage.peak_rss_mb, "paired": pairs}
+            "peak_rss_mb": peak_rss_mb(), "sampled_rss_mb": progress_stage.peak_rss_mb,
+            "sampled_peak_anonymous_mb": progress_stage.peak_anon_mb,
+            "sampled_file_backed_at_that_peak_mb": progress_stage.file_at_anon_peak_mb, "paired": pairs}
 
 
 def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, int] = (1280, 720),

@@ -71,6 +71,12 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
                          "bandwidth (copying), so a busy second CPU slows invoke and no loop can reach bare FPS)")
         lines.append(f"peak RSS of the process up to the loop's end {loop['peak_rss_mb']:.0f} MB (10^6 bytes);  "
                      f"CPU {loop['cpu_percent']:.0f} %")
+        if loop.get("sampled_peak_anonymous_mb"):
+            lines.append(f"  of which, sampled in the loop: the process's own (anonymous) memory peaked at "
+                         f"{loop['sampled_peak_anonymous_mb']:.0f} MB, beside "
+                         f"{loop['sampled_file_backed_at_that_peak_mb']:.0f} MB of mapped library pages "
+                         "(clean, shared; more resident right after an install, when the page cache holds "
+                         "every page of the freshly written libraries)")
     th = report.system.get("thermals", {})
     lines.append(f"thermals: {th.get('zones_c', 'n/a')}; throttled: {th.get('pi_throttled', 'n/a')}; "
                  f"jetson: {th.get('jetson', 'n/a')}")

@@ -17,11 +17,23 @@ def peak_rss_mb() -> float:
 
 def current_rss_mb() -> float:
     """Resident set size now, in MB of 10^6 bytes (Linux /proc; 0 where not available)."""
+    return current_memory_mb()[0]
+
+
+def current_memory_mb() -> tuple[float, float]:
+    """(resident, of which file-backed) now, in MB of 10^6 bytes (Linux /proc; zeros where not available).
+
+    File-backed pages are the mapped libraries and model: clean, shared and reclaimable, and how many
+    are resident depends on the page cache (right after an install every page of the freshly written
+    libraries is cached, and a fault maps its cached neighbours too). The rest is the process's own.
+    """
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+            fields = f.read().split()
+        page = resource.getpagesize()
+        return int(fields[1]) * page / 1e6, int(fields[2]) * page / 1e6
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0.0, 0.0
 
 
 def _read(path: Path) -> str | None:
