@@ -141,7 +141,7 @@ def register(subparsers) -> None:
     q.set_defaults(func=_cmd_report)
 
     q = sub.add_parser("lint", help="check an int8 .tflite against the Edge TPU rules")
-    q.add_argument("model", type=Path, metavar="MODEL")
+    q.add_argument("model", type=Path, metavar="MODEL", help="the int8 .tflite file to check")
     q.add_argument("--edgetpu", action="store_true", help="also run edgetpu_compiler when it is on PATH")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=_cmd_lint)

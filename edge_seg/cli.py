@@ -114,16 +114,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_seg.bench import run_bench
     from edge_seg.bench_report import plot_compare, table, write_csv
+    from edge_seg.checks import bench_specs
+    from edge_seg.segmenter import Segmenter
 
-    specs = [(args.model, args.backend)]
-    if args.compare:
-        other_model, _, other_backend = args.compare.partition("@")
-        specs.append((Path(other_model) if other_model else args.model, other_backend or args.backend))
     reports = []
-    for model, backend in specs:
-        from edge_seg.segmenter import Segmenter
-
-        with Segmenter.create(model=model, backend=backend, num_threads=args.threads) as seg:
+    for model, backend, mean, std in bench_specs(args):  # checks every argument before the first bench
+        with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std) as seg:
             label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
             reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
                                      source=args.source, loop_frames=args.loop_frames, progress=not args.json,
@@ -164,6 +160,8 @@ def _preview_address(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, e.g. :8080 or 0.0.0.0:8080, got '{text}'") from None
+    if host.startswith("[") and host.endswith("]"):  # [::1]:8080, the URL form of an IPv6 address
+        host = host[1:-1]
     return host or "127.0.0.1", number
 
 
@@ -271,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("infer", help="segment an image or a directory of images")
-    p.add_argument("target", type=Path, metavar="IMAGE|DIR")
+    p.add_argument("target", type=Path, metavar="IMAGE|DIR", help="an image, or a directory of images")
     _model_args(p)
     p.add_argument("--out", "-o", type=Path, default=Path("out/infer"), help="output directory (default out/infer)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
@@ -310,19 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
     p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",
                    help="bench a second model and/or backend side by side, e.g. other_model/ or @litert")
-    p.add_argument("--plot", type=Path, default=Path("out/bench_compare.png"), help="comparison plot path")
+    p.add_argument("--plot", type=Path, default=None, help="with --compare: the comparison plot "
+                   "(default out/bench_compare.png)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("manifest", help="model manifest tools")
     msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
     q = msub.add_parser("init", help="write the manifest inferred from a model's tensors, to edit")
-    q.add_argument("model", type=Path, metavar="MODEL")
+    q.add_argument("model", type=Path, metavar="MODEL", help="model file (.tflite, .onnx, .engine)")
     q.add_argument("--output", "-o", type=Path, default=None,
                    help="where to write (default: manifest.json beside MODEL)")
     q.add_argument("--force", action="store_true", help="overwrite an existing file")
-    q.add_argument("--backend", "-b", default=None)
-    q.add_argument("--mean", type=_floats, default=None)
-    q.add_argument("--std", type=_floats, default=None)
+    q.add_argument("--backend", "-b", default=None, help="runtime that reads the tensors (default: by file suffix)")
+    q.add_argument("--mean", type=_floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
+                   "(default: inferred from the input tensor)")
+    q.add_argument("--std", type=_floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
     q.set_defaults(func=cmd_manifest_init)
 
     p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", "-s", default=None, help="source URI, e.g. file://clip.mp4, rtsp://..., "
                    "v4l2:///dev/video0, csi://0, picam://0, images://DIR, synthetic:// (default)")
     p.add_argument("--model", "-m", type=Path, default=None, help="model (default: the bundled model)")
-    p.add_argument("--backend", "-b", default=None)
+    p.add_argument("--backend", "-b", default=None, help="runtime to use: litert, edgetpu, onnxruntime, tensorrt "
+                   "(default: by model file suffix)")
     p.add_argument("--threads", type=int, default=None, help="inference threads")
     p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
                    help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given)")
@@ -352,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the same GROUP split the stream")
     p.add_argument("--prefix", default=None, help="topic prefix (default edge_seg)")
     p.add_argument("--client-id", default=None, help="stable id: a persistent session keeps messages while away")
-    p.add_argument("--password-file", type=Path, default=None)
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="file holding the broker password (default: $EDGE_SEG_MQTT_PASSWORD)")
     p.add_argument("--ca", type=Path, default=None, help="CA certificate for mqtts://")
     p.add_argument("--cert", type=Path, default=None, help="client certificate (mutual TLS)")
     p.add_argument("--key", type=Path, default=None, help="client key (mutual TLS)")
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="device config tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     q = csub.add_parser("check", help="validate a device config file")
-    q.add_argument("file", type=Path, metavar="FILE")
+    q.add_argument("file", type=Path, metavar="FILE", help="the device YAML config to check")
     q.set_defaults(func=cmd_config_check)
     q = csub.add_parser("schema", help="print the config's JSON Schema")
     q.set_defaults(func=cmd_config_schema)

@@ -197,19 +197,19 @@ def register_model(sub) -> None:
     q.set_defaults(func=cmd_keygen)
 
     q = msub.add_parser("pack", help="bundle a model directory (manifest.json + files) and sign it")
-    q.add_argument("dir", type=Path, metavar="DIR")
+    q.add_argument("dir", type=Path, metavar="DIR", help="model directory: manifest.json and the files it lists")
     q.add_argument("--key", "-k", type=Path, required=True, help="private key (from 'model keygen')")
     q.add_argument("--out", "-o", type=Path, required=True, help="bundle file to write (.tar, or .tar.gz)")
     q.set_defaults(func=cmd_pack)
 
     q = msub.add_parser("verify", help="check a bundle's signature and file hashes (writes nothing)")
-    q.add_argument("bundle", type=Path, metavar="BUNDLE")
+    q.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle file (from 'model pack')")
     q.add_argument("--pubkey", "-p", type=Path, action="append", required=True, help="trusted public key (repeatable)")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_verify)
 
     q = msub.add_parser("install", help="verify, smoke-test and switch to a bundle (atomic, keeps previous)")
-    q.add_argument("bundle", type=Path, metavar="FILE")
+    q.add_argument("bundle", type=Path, metavar="FILE", help="signed bundle file (from 'model pack')")
     _store_args(q, keys=True)
     _install_args(q)
     q.set_defaults(func=cmd_install)

@@ -8,13 +8,14 @@ rejected, so a typo never passes silently. ``edge-seg config schema`` prints the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge_seg.errors import EdgeSegError
+from edge_seg.errors import EdgeSegError, FieldValueError
 from edge_seg.postprocess.uncertainty import CropConfig
 from edge_seg.publish.mqtt_config import MqttConfig
 
@@ -38,6 +39,15 @@ class ModelConfig(_Section):
     num_threads: int | None = Field(default=None, ge=1, le=64)
     entropy: bool = False
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str | None) -> str | None:
+        from edge_seg.backends.registry import available  # names only: no runtime is imported
+
+        if name is not None and name not in available():
+            raise ValueError(f"unknown backend (valid: {', '.join(available())})")
+        return name
+
 
 class SourceConfig(_Section):
     uri: str = Field(default="synthetic://", description="file://, rtsp://, v4l2:///dev/videoN, csi://N, "
@@ -46,6 +56,20 @@ class SourceConfig(_Section):
     fps: float | None = Field(default=None, gt=0, description="pace file/image/synthetic sources")
     deadline_s: float = Field(default=2.0, gt=0, description="no frame for this long: reopen the source")
     backoff_cap_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        from edge_seg.sources import SCHEMES  # the scheme table only: no capture module is imported
+        from edge_seg.sources._common import redact
+
+        valid = ", ".join(f"{s}://" for s in SCHEMES) + " or a file/directory path"
+        if not uri.strip():
+            raise ValueError(f"empty source URI (valid: {valid})")
+        match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+        if match is not None and match.group(1).lower() not in SCHEMES:
+            raise ValueError(f"unknown scheme {match.group(1)}:// (valid: {valid}), got {redact(uri)!r}")
+        return uri
 
 
 class TilingConfig(_Section):
@@ -60,6 +84,13 @@ class PipelineConfig(_Section):
     tiling: TilingConfig = TilingConfig()
     max_frames: int | None = Field(default=None, ge=1, description="stop after this many segmented frames")
 
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if roi is not None and (roi[0] < 0 or roi[1] < 0 or roi[2] <= 0 or roi[3] <= 0):
+            raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height > 0, got {list(roi)}")
+        return roi
+
 
 class SmoothingConfig(_Section):
     enabled: bool = False
@@ -71,7 +102,8 @@ class SmoothingConfig(_Section):
     @model_validator(mode="after")
     def _ordered(self) -> "SmoothingConfig":
         if self.hysteresis_low > self.hysteresis_high:
-            raise ValueError("hysteresis_low must not exceed hysteresis_high")
+            raise FieldValueError("hysteresis_low", f"must not exceed hysteresis_high ({self.hysteresis_high}), "
+                                                    f"got {self.hysteresis_low}")
         return self
 
 
@@ -147,16 +179,26 @@ class Config(_Section):
     service: ServiceConfig = ServiceConfig()
 
 
+_SCALAR = (int, float, str, bool, type(None))
+
+
 def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    raised = (err.get("ctx") or {}).get("error")  # the exception a validator raised (type value_error)
+    loc = [str(p) for p in err["loc"]] + ([raised.field] if isinstance(raised, FieldValueError) else [])
+    where = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown field"
-    if "input" in err and err["type"] not in ("missing",):
-        got = err["input"]
-        got_text = json.dumps(got) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__
-        return f"{where}: {msg[0].lower()}{msg[1:]}, got {got_text}"
-    return f"{where}: {msg[0].lower()}{msg[1:]}"
+    msg = str(raised) if err["type"] == "value_error" and raised is not None else err["msg"]
+    msg = f"{msg[0].lower()}{msg[1:]}"
+    got = err.get("input")
+    if err["type"] == "missing" or "input" not in err or "got " in msg or (isinstance(got, dict)
+                                                                             and err["type"] == "value_error"):
+        return f"{where}: {msg}"  # the message says what it got, or the input is a whole section
+    if isinstance(got, (list, tuple)) and all(isinstance(v, _SCALAR) for v in got) and len(got) <= 8:
+        got_text = json.dumps(list(got))
+    else:
+        got_text = json.dumps(got) if isinstance(got, _SCALAR) else type(got).__name__
+    return f"{where}: {msg}, got {got_text}"
 
 
 def parse_config(data: dict | None, source: str = "config") -> Config:
@@ -172,11 +214,14 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a YAML device config."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}): "
+                          "save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -26,3 +26,12 @@ class BackendUnavailable(EdgeSegError):
 
 class InputError(EdgeSegError):
     """An input (image, directory, dataset) cannot be read or has the wrong layout."""
+
+
+class FieldValueError(ValueError):
+    """Raised by a config model's validator about one of its fields: the config error then names that field's
+    path (``smoothing.hysteresis_low: ...``) instead of the section's. The message says what it got."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field

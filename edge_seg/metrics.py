@@ -2,6 +2,12 @@
 
 One ``Metrics`` object owns its own ``CollectorRegistry`` (never the global one), so several
 pipelines or tests can live in one process. Every metric name starts with ``edge_seg_``.
+
+Latency: ``edge_seg_stage_seconds{stage=...}`` has one series per stage the loop times (capture,
+decode, preprocess, infer, postprocess and every sink stage, wherever it sits in the sink list:
+``MetricsStage`` listens to the loop's ``LoopStats``), plus ``capture_age`` (how old the frame was
+when inference took it: a wait, not a stage) and ``total``: end to end, from the frame's capture
+timestamp to the end of its last sink stage (what the latency SLO counts).
 The per-frame calls (``observe_stages``, ``frame_processed``, ``observe_segmentation``) cost a
 few microseconds: label children are cached, drift is a handful of ``math.log2`` calls over the
 class list, and nothing is formatted until ``exposition()`` / ``snapshot()`` is asked for.
@@ -21,11 +27,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["DEFAULT_STAGES", "LATENCY_BUCKETS", "Metrics", "js_distance"]
+__all__ = ["DEFAULT_STAGES", "DROP_POINTS", "LATENCY_BUCKETS", "Metrics", "js_distance"]
 
 # Seconds. 0.5 ms .. 1 s; 0.2 s is an edge on purpose: the latency SLO counts frames over 200 ms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_STAGES = ("preprocess", "infer", "postprocess", "total")
+DROP_POINTS = ("capture", "sink")  # the ``where`` label of edge_seg_frames_dropped_total
 _RECENT = 256  # per-stage samples kept for the p50 that the preview page shows
 
 
@@ -68,10 +75,15 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.device = device
         r = self.registry
-        self._stage_hist = Histogram("edge_seg_stage_seconds", "Per-stage latency of one frame (total = whole frame)",
+        self._stage_hist = Histogram("edge_seg_stage_seconds",
+                                     "Per-stage latency of one frame (total: capture to the end of its last stage; "
+                                     "capture_age: frame age when inference took it)",
                                      ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self._processed = Counter("edge_seg_frames_processed", "Frames fully processed", registry=r)
-        self._dropped = Counter("edge_seg_frames_dropped", "Frames dropped (overwritten or queue full)", registry=r)
+        self._dropped = Counter("edge_seg_frames_dropped",
+                                "Frames dropped (where=capture: overwritten before inference took them; "
+                                "where=sink: segmented, but the sink queue was full)", ["where"], registry=r)
+        self._dropped_at = {where: self._dropped.labels(where=where) for where in DROP_POINTS}
         self._skipped = Counter("edge_seg_frames_skipped", "Frames skipped on purpose (every-n)", registry=r)
         self._reconnects = Counter("edge_seg_source_reconnects", "Times the source was reopened", registry=r)
         self._area = Gauge("edge_seg_class_area_fraction", "Fraction of the last frame covered by each class",
@@ -98,7 +110,7 @@ class Metrics:
         self._sums: list[float] = []
         self._since_resum = 0
         self._baseline: dict[str, float] | None = None
-        self._counts = {"processed": 0, "dropped": 0, "skipped": 0, "reconnects": 0}
+        self._counts = {"processed": 0, "skipped": 0, "reconnects": 0, **{f"dropped_{w}": 0 for w in DROP_POINTS}}
         self._values: dict[str, float | None] = {"fps": None, "source_up": None, "mean_uncertainty": None,
                                                  "drift_js": None}
         self._model: dict[str, str] | None = None
@@ -106,25 +118,30 @@ class Metrics:
 
     # -- per-frame calls (hot path) -------------------------------------------------------------
 
-    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
-        """Record one frame's per-stage milliseconds; ``total`` is their sum when not given."""
+    def observe_stages(self, timings_ms: Mapping[str, float], end_to_end_ms: float | None = None) -> None:
+        """Record per-stage milliseconds; ``end_to_end_ms`` (capture to the end of the frame's last stage)
+        goes to ``stage="total"``. A ``LoopStats`` listener: ``stats.listeners.append(m.observe_stages)``."""
         for stage, ms in timings_ms.items():
             self._observe(stage, ms)
-        if "total" not in timings_ms and timings_ms:
-            self._observe("total", sum(timings_ms.values()))
+        if end_to_end_ms is not None:
+            self._observe("total", end_to_end_ms)
 
     def frame_processed(self) -> None:
         self._processed.inc()
         self._counts["processed"] += 1
 
-    def frames_dropped(self, n: int = 1) -> None:
+    def frames_dropped(self, n: int = 1, where: str = "capture") -> None:
+        """``where``: ``capture`` (overwritten in the latest-frame slot) or ``sink`` (the sink queue was full)."""
+        if where not in self._dropped_at:
+            raise ValueError(f"unknown drop point {where!r} (valid: {', '.join(DROP_POINTS)})")
         if n > 0:
-            self._dropped.inc(n)
-            self._counts["dropped"] += n
+            self._dropped_at[where].inc(n)
+            self._counts[f"dropped_{where}"] += n
 
-    def frame_skipped(self) -> None:
-        self._skipped.inc()
-        self._counts["skipped"] += 1
+    def frame_skipped(self, n: int = 1) -> None:
+        if n > 0:
+            self._skipped.inc(n)
+            self._counts["skipped"] += n
 
     def source_reconnect(self) -> None:
         self._reconnects.inc()
@@ -141,6 +158,10 @@ class Metrics:
     def set_outbox(self, messages: int) -> None:
         """Messages waiting in the on-disk MQTT outbox (set by the publisher)."""
         self.outbox_messages.set(messages)
+
+    def watch_outbox(self, depth) -> None:
+        """Read the outbox depth at each scrape from ``depth()`` (e.g. ``lambda: outbox.stats().depth``)."""
+        self.outbox_messages.set_function(depth)
 
     def observe_segmentation(self, area_fractions: Mapping[str, float], mean_uncertainty: float) -> None:
         """Set the per-class area and uncertainty gauges; update the rolling distribution and drift."""
@@ -207,7 +228,9 @@ class Metrics:
         with self._lock:
             p50 = {stage: _median(recent) for stage, (_, recent) in self._stage_children.items() if recent}
         return {"device": self.device, "fps": self._values["fps"], "source_up": self._values["source_up"],
-                "frames_processed": self._counts["processed"], "frames_dropped": self._counts["dropped"],
+                "frames_processed": self._counts["processed"],
+                "frames_dropped": sum(self._counts[f"dropped_{w}"] for w in DROP_POINTS),
+                "frames_dropped_by": {w: self._counts[f"dropped_{w}"] for w in DROP_POINTS},
                 "frames_skipped": self._counts["skipped"], "source_reconnects": self._counts["reconnects"],
                 "mean_uncertainty": self._values["mean_uncertainty"], "drift_js": self._values["drift_js"],
                 "stages_p50_ms": p50, "model": self._model}

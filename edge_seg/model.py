@@ -11,9 +11,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from edge_seg import backends
 from edge_seg.backends.base import Backend, BackendOptions
-from edge_seg.errors import ManifestError, ModelError
+from edge_seg.errors import BackendUnavailable, InputError, ManifestError, ModelError
 from edge_seg.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -96,6 +98,18 @@ def _resolve(path: Path, backend: str | None) -> tuple[Path, Manifest | None, st
     return path, None, None
 
 
+def check_model(path: str | Path, backend: str | None = None) -> Path:
+    """The model file ``load_model`` would open, checked without loading it (path, manifest, backend name)."""
+    model_file, _, _ = _resolve(Path(path), backend)
+    if not model_file.is_file():
+        raise ModelError(f"model not found: {model_file}")
+    name = backend or backends.backend_for_path(model_file)
+    if name not in backends.available():
+        raise BackendUnavailable(
+            f"backend '{name}' is not available in this version (available: {', '.join(backends.available())})")
+    return model_file
+
+
 def load_model(path: str | Path, backend: str | None = None, options: BackendOptions | None = None,
                mean: list[float] | None = None, std: list[float] | None = None) -> LoadedModel:
     """Load a model for inference and validate its manifest against its tensors.
@@ -119,8 +133,13 @@ def load_model(path: str | Path, backend: str | None = None, options: BackendOpt
         if mean is not None or std is not None:
             overrides = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
             new_input = manifest.input.model_copy(update=overrides)
-            manifest = manifest.model_copy(update={"input": type(manifest.input).model_validate(
-                new_input.model_dump())})
+            try:
+                checked = type(manifest.input).model_validate(new_input.model_dump())
+            except ValidationError as err:
+                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+                given = ", ".join(f"--{key} {','.join(f'{v:g}' for v in value)}" for key, value in overrides.items())
+                raise InputError(f"input normalisation: {problems}, got {given}") from None
+            manifest = manifest.model_copy(update={"input": checked})
         validate(manifest, runtime.input_spec, runtime.output_specs)
     except Exception:
         runtime.close()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_seg.errors import InputError
 from edge_seg.pipeline_stats import LoopStats, StageClock
 from edge_seg.segmentation import Segmentation
 from edge_seg.segmenter import Segmenter
@@ -120,6 +121,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self._roi_checked: tuple | None = None  # the frame shape the ROI was last found to fit
         self._swap: tuple | None = None  # (segmenter, applied event) waiting for the next frame boundary
         self._swap_lock = threading.Lock()
         self._running = False
@@ -168,7 +170,7 @@ class Pipeline:
             try:
                 with clock.stage("postprocess"):
                     if tiler is not None:
-                        segmentation = tiler.decode(raw, transform, clock.wall)
+                        segmentation = tiler.decode(raw, transform, clock.wall, frame=frame.image)
                     else:
                         segmentation = segmenter.decode(raw, transform, clock.wall, frame=frame.image)
             except Exception as err:  # noqa: BLE001 - a bad model's output must not end the sink thread
@@ -212,6 +214,25 @@ class Pipeline:
         x, y, w, h = self.roi
         return frame.image[y:y + h, x:x + w]
 
+    def _check_roi(self, frame: Frame) -> None:
+        """Raise ``InputError`` (recorded in ``self.error``) when the ROI does not lie inside the frame; checked
+        on the first frame and whenever the frame size changes."""
+        shape = frame.image.shape[:2]
+        if self.roi is None or shape == self._roi_checked:
+            return
+        x, y, w, h = self.roi
+        height, width = shape
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+            self.error = InputError(f"pipeline.roi [x, y, width, height] = {list(self.roi)} does not lie inside the "
+                                    f"{width}x{height} frame: make it fit (x + width <= "
+                                    f"{width}, y + height <= {height})")
+            raise self.error
+        self._roi_checked = shape
+
+    def _lores(self, frame: Frame):
+        """The camera's model-size copy of the frame (picamera2 lores), unless a region of interest is cut."""
+        return frame.lores if self.roi is None else None
+
     def _prepare(self, frame: Frame) -> tuple | None:
         """The model input of ``frame`` (on the capture thread): (segmenter, batch, transform, clock)."""
         segmenter = self.segmenter
@@ -220,7 +241,7 @@ class Pipeline:
         clock = StageClock.for_frame(frame.seq)
         try:
             with clock.stage("preprocess"):
-                batch, transform = segmenter.prepare(self._region(frame))
+                batch, transform = segmenter.prepare(self._region(frame), self._lores(frame))
         except Exception:  # noqa: BLE001 - the inference thread prepares again and reports the error
             return None
         return segmenter, batch, transform, clock
@@ -238,7 +259,7 @@ class Pipeline:
                 clock.cpu.update(pre.cpu)
             else:
                 with clock.stage("preprocess"):
-                    batch, transform = self.segmenter.prepare(self._region(frame))
+                    batch, transform = self.segmenter.prepare(self._region(frame), self._lores(frame))
             with clock.stage("infer"):
                 raw = self.segmenter.invoke(batch)
         self._handoff((frame, raw, transform, clock, self.segmenter, self.tiler))
@@ -264,6 +285,7 @@ class Pipeline:
                         break
                     continue
                 frame, prepared = item
+                self._check_roi(frame)
                 seen += 1
                 if (seen - 1) % self.every_n:
                     self.stats.skipped += 1

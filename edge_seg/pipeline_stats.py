@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+# told every timing LoopStats records: (stage -> wall ms, the frame's end-to-end ms or None for a sample)
+TimingListener = Callable[[Mapping[str, float], float | None], None]
 
 
 class StageClock:
@@ -61,6 +67,7 @@ class LoopStats:
         self._cpu: dict[str, deque] = {}
         self._done_at: deque = deque(maxlen=64)
         self._window = window
+        self.listeners: list[TimingListener] = []  # e.g. the Prometheus stage histograms (MetricsStage)
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -69,15 +76,18 @@ class LoopStats:
         self.finished = time.monotonic()
 
     def record(self, timings: dict[str, float], capture_ts: float, cpu: dict[str, float] | None = None) -> None:
-        """One completed frame's per-stage wall ms (and CPU ms), called from the sink thread."""
+        """One completed frame's per-stage wall ms (and CPU ms), called from the sink thread after its
+        last stage; ``end_to_end`` is capture time to now."""
+        end_to_end = (time.time() - capture_ts) * 1e3
         with self._lock:
             self.completed += 1
             for stage, ms in timings.items():
                 self._stages.setdefault(stage, deque(maxlen=self._window)).append(ms)
             for stage, ms in (cpu or {}).items():
                 self._cpu.setdefault(stage, deque(maxlen=self._window)).append(ms)
-            self._stages.setdefault("end_to_end", deque(maxlen=self._window)).append((time.time() - capture_ts) * 1e3)
+            self._stages.setdefault("end_to_end", deque(maxlen=self._window)).append(end_to_end)
             self._done_at.append(time.monotonic())
+        self._tell(timings, end_to_end)
 
     def percentiles(self, q: float = 50) -> dict[str, float]:
         with self._lock:
@@ -89,6 +99,14 @@ class LoopStats:
             self._stages.setdefault(stage, deque(maxlen=self._window)).append(wall_ms)
             if cpu_ms is not None:
                 self._cpu.setdefault(stage, deque(maxlen=self._window)).append(cpu_ms)
+        self._tell({stage: wall_ms}, None)
+
+    def _tell(self, timings: Mapping[str, float], end_to_end: float | None) -> None:
+        for listener in self.listeners:
+            try:
+                listener(timings, end_to_end)
+            except Exception as err:  # noqa: BLE001 - a listener must not end the capture or sink thread
+                log.error("timing listener failed: %s", err)
 
     def samples(self, stage: str, cpu: bool = False) -> np.ndarray:
         with self._lock:

@@ -86,21 +86,27 @@ class Preprocessor:
         self._lut = build_lut(spec, tensor)
         self._dtype = np.dtype(tensor.dtype)
 
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
-        """BGR uint8 frame (H, W, 3) → (batch of one in the tensor's dtype, Transform)."""
-        if frame is None or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            shape = None if frame is None else (frame.shape, frame.dtype)
-            raise InputError(f"expected a BGR uint8 image of shape (H, W, 3), got {shape}")
+    def __call__(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 frame (H, W, 3) → (batch of one in the tensor's dtype, Transform).
+
+        ``lores``: the same view already scaled down by the camera (picamera2's lores stream at the
+        model input size); it is used instead of resizing ``frame`` (resized again only if its size
+        differs from what the model needs), while the Transform still describes ``frame``.
+        """
+        _check_bgr(frame)
         frame_size = (frame.shape[1], frame.shape[0])
+        source = frame
+        if lores is not None:
+            _check_bgr(lores)
+            source = lores
         iw, ih = self.input_size
         if self.spec.resize == "letterbox":
             x, y, w, h = letterbox_geometry(frame_size, self.input_size)
-            scaled = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            scaled = _resized(source, (w, h))
             image = cv2.copyMakeBorder(scaled, y, ih - h - y, x, iw - w - x, cv2.BORDER_CONSTANT, value=0)
             content = (x, y, w, h)
         else:
-            image = frame if frame_size == self.input_size else \
-                cv2.resize(frame, self.input_size, interpolation=cv2.INTER_LINEAR)
+            image = _resized(source, self.input_size)
             content = (0, 0, iw, ih)
         if self.spec.color_order == "rgb":
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -109,3 +115,16 @@ class Preprocessor:
             if self._dtype == np.int8:
                 image = image.view(np.int8)
         return image[None, ...], Transform(frame_size, self.input_size, content)
+
+
+def _check_bgr(image: np.ndarray | None) -> None:
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = None if image is None else (image.shape, image.dtype)
+        raise InputError(f"expected a BGR uint8 image of shape (H, W, 3), got {shape}")
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height): itself when it already is, else a bilinear resize."""
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)

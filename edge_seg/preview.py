@@ -13,6 +13,7 @@ Routes: ``/`` page, ``/stream.mjpg``, ``/snapshot.jpg``, ``/stats.json``, ``/met
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from edge_seg.errors import EdgeSegError
 
 if TYPE_CHECKING:
     from edge_seg.metrics import Metrics
@@ -65,7 +68,13 @@ class PreviewServer:
         if self._httpd is not None:
             raise RuntimeError("preview server already started")
         self._stopping.clear()
-        self._httpd = _Server((self.host, self._port), _Handler, self)
+        try:
+            self._httpd = _Server((self.host, self._port), _Handler, self)
+        except OSError as err:  # the port is taken, no permission, or HOST is not an address of this machine
+            where = f"[{self.host}]:{self._port}" if ":" in self.host else f"{self.host}:{self._port}"
+            hint = ("another program listens there: pick another port" if err.errno == errno.EADDRINUSE
+                    else "HOST must be an address or name of this machine, e.g. 127.0.0.1, 0.0.0.0 or [::1]")
+            raise EdgeSegError(f"preview: cannot listen on {where}: {err.strerror or err} ({hint})") from None
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="preview-http", daemon=True)
         self._thread.start()

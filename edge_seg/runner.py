@@ -32,14 +32,20 @@ class Built:
     events: list = field(default_factory=list)
 
 
-def _source(config: Config, stats: LoopStats, events: list, listeners: list):
-    from edge_seg.sources import open_source
+def _source(config: Config, stats: LoopStats, events: list, listeners: list, lores: tuple[int, int] | None = None):
+    """The configured source behind a reconnect watchdog; ``lores``: the model input size, for a
+    camera that can scale a second stream to it (picamera2).
+
+    The source is opened here, so a bad URI fails before any thread starts; a live camera or stream
+    that is only unavailable (unplugged, busy, not up yet at boot) is retried with backoff instead.
+    """
+    from edge_seg.sources import SourceUnavailable, open_source
     from edge_seg.sources.reconnect import ResilientSource
 
     src = config.source
 
     def factory():
-        return open_source(src.uri, loop=src.loop, fps=src.fps)
+        return open_source(src.uri, loop=src.loop, fps=src.fps, lores=lores)
 
     def on_event(event) -> None:
         events.append(event)
@@ -49,8 +55,21 @@ def _source(config: Config, stats: LoopStats, events: list, listeners: list):
             listener(event)
         log.warning("source %s: %s", event.kind, event.detail)
 
-    factory().close()  # fail fast on a bad URI, before any thread starts
-    return ResilientSource(factory, deadline=src.deadline_s, backoff_cap=src.backoff_cap_s, on_event=on_event)
+    try:
+        first = factory()
+    except SourceUnavailable as exc:
+        log.warning("source unavailable: %s; retrying with backoff (at most every %g s)", exc, src.backoff_cap_s)
+        first = None
+    return ResilientSource(factory, deadline=src.deadline_s, backoff_cap=src.backoff_cap_s, on_event=on_event,
+                           first=first)
+
+
+def _source_state(metrics, event) -> None:
+    """``source_up``: 1 from the first frame after a reopen (a reopen alone proves nothing), 0 on a failure."""
+    if event.kind == "recovered":
+        metrics.set_source_up(True)
+    elif event.kind in ("stalled", "open_failed", "ended"):
+        metrics.set_source_up(False)
 
 
 def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> list:
@@ -118,6 +137,8 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model)
+    outbox = built.publisher.outbox
+    built.metrics.watch_outbox(lambda: outbox.stats().depth)  # read at each scrape (the outbox-growing alert)
     return built.publisher
 
 
@@ -126,12 +147,18 @@ def build(config: Config) -> Built:
     m = config.model
     segmenter = Segmenter.create(model=m.path or DEFAULT_MODEL, backend=m.backend, num_threads=m.num_threads,
                                  entropy=m.entropy or config.uncertainty.crops.method == "entropy",
+                                 margin=config.uncertainty.crops.method == "margin",
                                  smoothing=config.smoothing if config.smoothing.enabled else None)
+    if config.pipeline.tiling.enabled and segmenter.manifest.task == "instance":
+        name = f"{segmenter.manifest.name} {segmenter.manifest.version}"
+        segmenter.close()
+        raise EdgeSegError(f"pipeline.tiling works with semantic and binary models only, and {name} is an instance "
+                           "model: set pipeline.tiling.enabled: false")
     stats = LoopStats()
     events: list = []
     try:
         listeners: list = []
-        source = _source(config, stats, events, listeners)
+        source = _source(config, stats, events, listeners, lores=segmenter.input_size)
     except Exception:
         segmenter.close()
         raise
@@ -148,9 +175,11 @@ def build(config: Config) -> Built:
     try:
         built.pipeline.stages = _stages(config, segmenter, stats, built)
         metrics = built.metrics
-        metrics.set_source_up(True)
-        listeners.append(lambda event: metrics.set_source_up(event.kind == "reopened"))
+        metrics.set_source_up(source.state == "live")
+        listeners.append(lambda event: _source_state(metrics, event))
     except Exception:
+        if built.preview is not None:  # a later stage failed (e.g. an output path): free the port again
+            built.preview.stop()
         built.pipeline.source.close()
         segmenter.close()
         raise
@@ -187,4 +216,6 @@ def run(config: Config) -> LoopStats:
         service.close()
         built.segmenter.close()  # the model in use at the end (the service updates it on a swap)
     print(stats.line(), flush=True)
+    if built.pipeline.error is not None:  # e.g. a source that can never deliver (SourceUnusable)
+        raise EdgeSegError(f"the loop stopped: {built.pipeline.error}")
     return stats

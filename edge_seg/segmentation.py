@@ -72,6 +72,9 @@ class Segmentation:
     # Instance models only: detections, highest score first. Their label_map is the class of the
     # top-scoring instance per pixel, 255 where no instance is (classes list real classes only).
     instances: tuple[Instance, ...] | None = field(default=None, compare=False)
+    # float32 (h, w): top-1 minus top-2 class probability, in [0, 1]; only when the Segmenter was
+    # created with ``margin=True`` (for the ``margin`` uncertainty method)
+    margin_map: np.ndarray | None = None
 
     @cached_property
     def class_map(self) -> np.ndarray:

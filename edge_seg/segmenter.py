@@ -7,6 +7,7 @@ backend's interpreter).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge_seg.preprocess import Preprocessor, Transform
 from edge_seg.segmentation import ModelIdentity, Segmentation
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,26 +36,39 @@ class SegmenterOptions:
     mean: list[float] | None = None  # override the input normalisation
     std: list[float] | None = None
     smoothing: object | None = None  # a config.SmoothingConfig to smooth over time (video); None: off
+    margin: bool = False  # also compute per-pixel top-1 minus top-2 probability (``margin_map``)
+
+
+def probability_decoder(manifest, entropy: bool = False, margin: bool = False) -> SemanticDecoder:
+    """A decoder of float32 (1, h, w, C) probabilities (1 channel: foreground) of ``manifest``'s model."""
+    kind = "sigmoid" if manifest.task == "binary" else "probabilities"
+    return SemanticDecoder(OutputSpec(kind=kind, threshold=manifest.output.threshold), float_spec(),
+                           manifest.num_classes, entropy=entropy, margin=margin)
 
 
 class TemporalSmoother:
-    """Decodes raw outputs through temporal smoothing: EMA of probabilities, hysteresis for binary masks."""
+    """Decodes raw outputs through temporal smoothing: EMA of probabilities, hysteresis for binary masks.
 
-    def __init__(self, manifest, tensor, config, entropy: bool = False):
+    ``decoder`` decodes the smoothed float probabilities (see ``probability_decoder``).
+    """
+
+    def __init__(self, manifest, tensor, config, decoder: SemanticDecoder):
         from edge_seg.postprocess.smoothing import BinaryHysteresis, ProbabilityEMA
 
         self.kind, self.tensor, self.num_classes = manifest.output.kind, tensor, manifest.num_classes
         self.ema = ProbabilityEMA(alpha=config.alpha, scene_cut=config.scene_cut)
         self.binary = manifest.task == "binary"
         self.hysteresis = BinaryHysteresis(config.hysteresis_high, config.hysteresis_low) if self.binary else None
-        kind = "sigmoid" if self.binary else "probabilities"
-        self.decoder = SemanticDecoder(OutputSpec(kind=kind, threshold=manifest.output.threshold), float_spec(),
-                                       manifest.num_classes, entropy=entropy)
+        self.decoder = decoder
 
     def __call__(self, raw: np.ndarray, frame: np.ndarray | None) -> Decoded:
+        """One raw model output (1, h, w, C), smoothed and decoded."""
+        return self.smooth(probabilities(raw, self.kind, self.tensor, self.num_classes), frame)
+
+    def smooth(self, probs: np.ndarray, frame: np.ndarray | None) -> Decoded:
+        """Float32 (h, w, C) probabilities (e.g. the tiler's stitched mosaic), smoothed and decoded."""
         from edge_seg.postprocess.smoothing import scene_thumbnail
 
-        probs = probabilities(raw, self.kind, self.tensor, self.num_classes)
         thumbnail = scene_thumbnail(frame) if frame is not None else None
         smoothed = self.ema.update(probs, thumbnail)
         decoded = self.decoder(smoothed[None])
@@ -61,7 +76,8 @@ class TemporalSmoother:
             return decoded
         labels = self.hysteresis.update(smoothed[..., 0])
         prob = smoothed[..., 0]
-        return Decoded(labels, np.where(labels == 1, prob, 1.0 - prob).astype(np.float32), decoded.entropy)
+        return Decoded(labels, np.where(labels == 1, prob, 1.0 - prob).astype(np.float32), decoded.entropy,
+                       decoded.margin)
 
 
 def _instance_decoder(manifest, specs: list):
@@ -79,9 +95,16 @@ def _instance_decoder(manifest, specs: list):
 
 
 class Segmenter:
-    """Segments BGR frames with one loaded model."""
+    """Segments BGR frames with one loaded model.
 
-    def __init__(self, loaded: LoadedModel, entropy: bool = False, smoothing=None):
+    ``entropy`` / ``margin``: also keep the per-pixel normalised entropy / top-1 minus top-2
+    probability (``Segmentation.entropy_map`` / ``margin_map``), for the uncertainty methods of
+    those names; both cost extra per frame, so they are off unless asked for. ``smoothing`` (a
+    ``config.SmoothingConfig``) smooths semantic and binary outputs over time, tiled or not;
+    instance models are not smoothed: a warning is logged once, at creation.
+    """
+
+    def __init__(self, loaded: LoadedModel, entropy: bool = False, smoothing=None, margin: bool = False):
         self.loaded = loaded
         manifest = loaded.manifest
         backend = loaded.backend
@@ -92,10 +115,15 @@ class Segmenter:
         self._instance = None  # an InstanceDecoder for yolo_seg models; invoke() then returns a list of outputs
         if manifest.output.kind == "yolo_seg":
             self._instance, self._instance_indices = _instance_decoder(manifest, backend.output_specs)
-            self._decode = self._smoother = None
+            self._decode = self._smoother = self._probability_decoder = None
+            if smoothing is not None:
+                log.warning("temporal smoothing is configured but %s is an instance (yolo_seg) model, which is "
+                            "not smoothed: its detections and masks are used frame by frame", manifest.name)
         else:
-            self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy)
-            self._smoother = TemporalSmoother(manifest, out, smoothing, entropy) if smoothing is not None else None
+            self._decode = SemanticDecoder(manifest.output, out, manifest.num_classes, entropy=entropy, margin=margin)
+            self._probability_decoder = probability_decoder(manifest, entropy=entropy, margin=margin)
+            self._smoother = (TemporalSmoother(manifest, out, smoothing, self._probability_decoder)
+                              if smoothing is not None else None)
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
         self._classes = tuple(manifest.classes)
         self._palette = tuple(tuple(c) for c in manifest.palette)
@@ -105,7 +133,7 @@ class Segmenter:
         loaded = load_model(options.model, backend=options.backend,
                             options=BackendOptions(num_threads=options.num_threads),
                             mean=options.mean, std=options.std)
-        return cls(loaded, entropy=options.entropy, smoothing=options.smoothing)
+        return cls(loaded, entropy=options.entropy, smoothing=options.smoothing, margin=options.margin)
 
     @classmethod
     def create(cls, **kwargs) -> "Segmenter":
@@ -116,9 +144,15 @@ class Segmenter:
     def manifest(self):
         return self.loaded.manifest
 
-    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
-        """Preprocess a BGR uint8 frame into the model's input tensor."""
-        return self._pre(frame)
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The model input (width, height)."""
+        return self._pre.input_size
+
+    def prepare(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
+        """Preprocess a BGR uint8 frame into the model's input tensor (from ``lores``, the camera's
+        model-size copy of the same view, when given)."""
+        return self._pre(frame, lores)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
         """Run the backend; the raw (possibly quantised) output tensor the manifest describes.
@@ -130,28 +164,46 @@ class Segmenter:
             return [outputs[i] for i in self._instance_indices]
         return outputs[self._out_index]
 
+    @property
+    def smoothing(self) -> bool:
+        """True when outputs are smoothed over time (never for instance models)."""
+        return self._smoother is not None
+
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-               decoder: SemanticDecoder | None = None, frame: np.ndarray | None = None) -> Segmentation:
+               frame: np.ndarray | None = None) -> Segmentation:
         """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame).
 
-        ``decoder`` replaces the model's own (the tiler decodes stitched float probabilities).
         With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts.
         """
         if self._instance is not None:
-            if decoder is not None:
-                from edge_seg.errors import ModelError
-
-                raise ModelError("tiling is not supported for instance (yolo_seg) models")
             return self._decode_instances(raw, transform, timings)
-        if self._smoother is not None and decoder is None:
-            decoded = self._smoother(raw, frame)
+        decoded = self._smoother(raw, frame) if self._smoother is not None else self._decode(raw)
+        return self._segmentation(decoded, transform, timings)
+
+    def decode_probabilities(self, probs: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
+                             frame: np.ndarray | None = None) -> Segmentation:
+        """Float32 probabilities (1, h, w, C) → ``Segmentation``, smoothed over time when smoothing is on.
+
+        For the tiler's stitched mosaic: ``transform`` maps the mosaic to the frame. Entropy and
+        margin maps are kept as for ``decode``.
+        """
+        if self._instance is not None:
+            from edge_seg.errors import ModelError
+
+            raise ModelError("tiling is not supported for instance (yolo_seg) models")
+        if self._smoother is not None:
+            decoded = self._smoother.smooth(probs[0], frame)
         else:
-            decoded = (decoder or self._decode)(raw)
+            decoded = self._probability_decoder(probs)
+        return self._segmentation(decoded, transform, timings)
+
+    def _segmentation(self, decoded: Decoded, transform: Transform, timings: dict | None) -> Segmentation:
         entropy = transform.crop(decoded.entropy) if decoded.entropy is not None else None
+        margin = transform.crop(decoded.margin) if decoded.margin is not None else None
         return Segmentation(
             label_map=transform.crop(decoded.label_map), confidence_map=transform.crop(decoded.confidence),
             frame_size=transform.frame_size, classes=self._classes, palette=self._palette, model=self._identity,
-            entropy_map=entropy, timings=timings if timings is not None else {})
+            entropy_map=entropy, timings=timings if timings is not None else {}, margin_map=margin)
 
     def _decode_instances(self, raw: list, transform: Transform, timings: dict | None) -> Segmentation:
         from edge_seg.postprocess.instance import label_map

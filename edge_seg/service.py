@@ -141,6 +141,7 @@ def _segmenter_factory(config) -> Callable:
     def create(path):
         return Segmenter.create(model=path, backend=m.backend, num_threads=m.num_threads,
                                 entropy=m.entropy or config.uncertainty.crops.method == "entropy",
+                                margin=config.uncertainty.crops.method == "margin",
                                 smoothing=config.smoothing if config.smoothing.enabled else None)
 
     return create

@@ -66,19 +66,29 @@ class VideoSink:
     name = "video"
 
     def __init__(self, path: Path, fps: float = 15.0):
-        self.path = Path(path)
+        from edge_seg.checks import writable_file
+
+        self.path = writable_file(path, "video output (output.video, --out)")
         self.fps = fps
-        self._writer: cv2.VideoWriter | None = None
         self.frames = 0
+        existed = self.path.exists()
+        self._open((64, 64)).release()  # fail now, not at the first frame, if no encoder can write there
+        if not existed:
+            self.path.unlink(missing_ok=True)  # the probe's stub; the first frame opens the real file
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
+        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
+        writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
+        if not writer.isOpened():
+            raise InputError(f"cannot write a video to {self.path}: OpenCV has no encoder for "
+                             f"'{self.path.suffix}' files there (use .mp4 or .avi)")
+        return writer
 
     def __call__(self, result: FrameResult) -> None:
         image = result.overlay if result.overlay is not None else result.frame.image
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
-            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (image.shape[1], image.shape[0]))
-            if not self._writer.isOpened():
-                raise InputError(f"cannot write a video to {self.path}")
+            self._writer = self._open((image.shape[1], image.shape[0]))
         self._writer.write(image)
         self.frames += 1
 
@@ -94,8 +104,9 @@ class JsonlSink:
     name = "jsonl"
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from edge_seg.checks import writable_file
+
+        self.path = writable_file(path, "JSONL output (output.jsonl, --jsonl)")
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def __call__(self, result: FrameResult) -> None:
@@ -167,26 +178,34 @@ class CropStage:
 
 
 class MetricsStage:
-    """Feeds the Prometheus metrics: stage latencies, counters, class areas, uncertainty, drift."""
+    """Feeds the Prometheus metrics: counters, class areas, uncertainty, drift on each frame.
+
+    Latencies come from the loop's ``stats`` instead (this stage listens to it): every timing the
+    loop records (capture, decode, every sink stage, including those after this one) and each
+    frame's end to end, once its last stage is done.
+    """
 
     name = "metrics"
 
     def __init__(self, metrics, stats):
         self.metrics = metrics
         self.stats = stats
-        self._dropped = self._skipped = self._reconnects = 0
+        self._dropped = self._sink_dropped = self._skipped = self._reconnects = 0
+        stats.listeners.append(metrics.observe_stages)
 
     def __call__(self, result: FrameResult) -> None:
         m, stats = self.metrics, self.stats
-        m.observe_stages(result.timings)
         m.frame_processed()
-        # the loop's counters only grow: pass on what changed since the last frame
-        m.frames_dropped(stats.dropped - self._dropped)
-        for _ in range(stats.skipped - self._skipped):
-            m.frame_skipped()
+        # the loop's counters only grow (on other threads): pass on what changed since the last frame,
+        # reading each once so an increment between the difference and the update is not lost
+        dropped, sink_dropped, skipped = stats.dropped, stats.sink_dropped, stats.skipped
+        m.frames_dropped(dropped - self._dropped, where="capture")
+        m.frames_dropped(sink_dropped - self._sink_dropped, where="sink")
+        m.frame_skipped(skipped - self._skipped)
+        self._dropped, self._sink_dropped, self._skipped = dropped, sink_dropped, skipped
         for _ in range(stats.reconnects - self._reconnects):
             m.source_reconnect()
-        self._dropped, self._skipped, self._reconnects = stats.dropped, stats.skipped, stats.reconnects
+        self._reconnects = stats.reconnects
         m.set_fps(self.stats.fps)
         seg = result.segmentation
         m.observe_segmentation(seg.area_fractions, 1.0 - seg.mean_confidence)

@@ -3,7 +3,9 @@
 Each tile is ``zoom`` times the model input in frame pixels (default 2: a tile is downscaled 2x,
 so small objects keep more pixels than with one 6x downscale of a 4K frame). Tile outputs are
 turned into probabilities and accumulated, weighted, on a mosaic at the model's output
-resolution; overlaps average. Argmax then runs on the mosaic, once.
+resolution; overlaps average. Argmax then runs on the mosaic, once, through the segmenter's
+``decode_probabilities``: temporal smoothing (when on) averages the mosaic over frames, and the
+entropy and margin maps the segmenter was asked for are computed from it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import time
 import cv2
 import numpy as np
 
-from edge_seg.manifest import OutputSpec
-from edge_seg.postprocess.semantic import SemanticDecoder, float_spec, probabilities
+from edge_seg.postprocess.semantic import probabilities
 from edge_seg.preprocess import Transform
 from edge_seg.segmentation import Segmentation
 from edge_seg.segmenter import Segmenter
@@ -47,9 +48,6 @@ class Tiler:
         self._kind = manifest.output.kind
         self._num_classes = manifest.num_classes
         self._input_size = (manifest.input.width, manifest.input.height)
-        kind = "sigmoid" if manifest.task == "binary" else "probabilities"
-        self._decoder = SemanticDecoder(OutputSpec(kind=kind, threshold=manifest.output.threshold), float_spec(),
-                                        manifest.num_classes)
 
     def tiles(self, frame_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
         """(x, y, w, h) of every tile in frame pixels."""
@@ -89,6 +87,8 @@ class Tiler:
         mosaic_size = (mosaic.shape[1], mosaic.shape[0])
         return mosaic[None], Transform(frame_size, mosaic_size, (0, 0, *mosaic_size)), invoke_ms
 
-    def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None) -> Segmentation:
-        """Stitched probabilities → ``Segmentation`` of the whole frame."""
-        return self.segmenter.decode(raw, transform, timings, decoder=self._decoder)
+    def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
+               frame: np.ndarray | None = None) -> Segmentation:
+        """Stitched probabilities → ``Segmentation`` of the whole frame (smoothed over time when the
+        segmenter smooths; ``frame``, the BGR image, lets it detect scene cuts)."""
+        return self.segmenter.decode_probabilities(raw, transform, timings, frame=frame)

@@ -37,7 +37,8 @@ def test_defaults_run_anywhere():
     ({"pipeline": {"every_n": "often"}}, "pipeline.every_n: input should be a valid integer"),
     ({"overlay": {"alpha": 2}}, "overlay.alpha: input should be less than or equal to 1, got 2"),
     ({"preview": {"colour": "red"}}, "preview.colour: unknown field"),
-    ({"smoothing": {"hysteresis_low": 0.9, "hysteresis_high": 0.5}}, "hysteresis_low must not exceed"),
+    ({"smoothing": {"hysteresis_low": 0.9, "hysteresis_high": 0.5}},
+     "smoothing.hysteresis_low: must not exceed hysteresis_high (0.5), got 0.9"),
     ({"device": {"name": "bad name!"}}, "device.name: string should match pattern"),
 ])
 def test_config_errors_name_the_field_path(data, expected):

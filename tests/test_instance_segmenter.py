@@ -101,3 +101,21 @@ def test_instance_overlay(instance_model_dir):
     small = InstanceOverlay(labels=False).annotate(np.zeros((48, 64, 3), np.uint8), result)  # smaller preview
     assert small.shape == (48, 64, 3) and small.any()
     assert len({instance_colour(k) for k in range(8)}) == 8
+
+
+def test_smoothing_an_instance_model_warns_once_and_segments_unsmoothed(instance_model_dir, caplog):
+    from edge_seg.config import SmoothingConfig
+
+    frame = np.zeros((FRAME[1], FRAME[0], 3), np.uint8)
+    with Segmenter.create(model=instance_model_dir) as plain:
+        want = plain.segment(frame)
+    with caplog.at_level("WARNING", logger="edge_seg.segmenter"):
+        with Segmenter.create(model=instance_model_dir, smoothing=SmoothingConfig(alpha=0.3)) as seg:
+            assert not seg.smoothing
+            results = [seg.segment(frame) for _ in range(3)]
+    warnings = [r for r in caplog.records if r.name == "edge_seg.segmenter"]
+    assert len(warnings) == 1 and "not smoothed" in warnings[0].getMessage()
+    assert "instance" in warnings[0].getMessage()
+    for result in results:
+        assert [(i.class_id, i.score) for i in result.instances] == [(i.class_id, i.score) for i in want.instances]
+        np.testing.assert_array_equal(result.label_map, want.label_map)

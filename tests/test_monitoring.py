@@ -100,3 +100,18 @@ def test_dashboard_covers_on_call_and_debug_signals():
                    "edge_seg_drift_js_distance", "edge_seg_outbox_messages", "histogram_quantile(0.5",
                    "histogram_quantile(0.95", "edge_seg_class_area_fraction", "edge_seg_mean_uncertainty"):
         assert needle in text, needle
+
+
+def test_label_values_in_rules_and_dashboard_are_ones_the_runtime_exports():
+    from edge_seg.metrics import DEFAULT_STAGES, DROP_POINTS
+
+    text = "\n".join((MONITORING / name).read_text() for name in ("alerts.yml", "alerts_test.yml",
+                                                                   "grafana-dashboard.json"))
+    text = text.replace('\\"', '"')
+    wheres = set(re.findall(r'\bwhere="([^"]+)"', text))
+    assert wheres and wheres <= set(DROP_POINTS), wheres
+    stages = set(re.findall(r'\bstage="([^"]+)"', text))
+    assert "total" in stages and stages <= set(DEFAULT_STAGES), stages
+    # the drops alert must add capture and sink drops up (a labelled counter cannot be divided as is)
+    rules = (MONITORING / "alerts.yml").read_text()
+    assert "sum without (where) (rate(edge_seg_frames_dropped_total" in rules

@@ -60,7 +60,8 @@ class Producer:
     def _run(self) -> None:
         while not self._stop.is_set():
             if self.metrics is not None:
-                self.metrics.observe_stages({"preprocess": 1.5, "infer": 12.0 + self.count % 3, "postprocess": 2.0})
+                self.metrics.observe_stages({"preprocess": 1.5, "infer": 12.0 + self.count % 3, "postprocess": 2.0},
+                                            end_to_end_ms=20.0 + self.count % 3)
                 self.metrics.frame_processed()
                 self.metrics.set_fps(1.0 / self.period)
             self.server.update(make_frame(self.count), {"seq": self.count})
@@ -153,9 +154,11 @@ def test_metrics_route_serves_parseable_prometheus_text(server, metrics):
     metrics.frames_dropped(4)
     code, ctype, body = get(server.url + "metrics")
     assert code == 200 and ctype.startswith("text/plain")
-    values = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
-    assert values["edge_seg_frames_dropped_total"] == 4
-    assert values["edge_seg_model_info"] == 1
+    values = {(s.name, s.labels.get("where")): s.value for f in text_string_to_metric_families(body.decode())
+              for s in f.samples}
+    assert values["edge_seg_frames_dropped_total", "capture"] == 4
+    assert values["edge_seg_frames_dropped_total", "sink"] == 0
+    assert values["edge_seg_model_info", None] == 1
 
 
 def test_metrics_route_is_404_without_metrics():

@@ -229,7 +229,7 @@ def test_csi_without_gstreamer_says_what_to_install():
 @pytest.mark.skipif(importlib.util.find_spec("picamera2") is not None, reason="picamera2 is installed")
 def test_picam_without_picamera2_says_what_to_install():
     with pytest.raises(SourceError) as info:
-        open_source("picam://0", size=(256, 256))
+        open_source("picam://0", lores=(256, 256))
     assert str(info.value) == MISSING
     assert "sudo apt install python3-picamera2" in MISSING and "edge-seg[pi]" in MISSING
 
@@ -257,7 +257,7 @@ def test_csi_camera_delivers_frames():
 @pytest.mark.hardware
 @pytest.mark.skipif(importlib.util.find_spec("picamera2") is None, reason="needs a Raspberry Pi camera and picamera2")
 def test_picam_delivers_main_and_lores():
-    source = open_source("picam://0", size=(256, 256))
+    source = open_source("picam://0", lores=(256, 256))
     try:
         frame = source.read(5.0)
         assert frame is not None and frame.image.shape == (720, 1280, 3)
@@ -334,7 +334,8 @@ def test_stalled_source_is_reopened_with_doubling_capped_backoff(image_dir):
         assert source.state == "live" and events == []
         link.go_silent(reopens=4)
         frame = _read_until_frame(source, 5.0)
-        assert [e.kind for e in events] == ["stalled", "reopened"] * 4
+        # a reopen that brings no frame is not a recovery: "recovered" only once frames flow again
+        assert [e.kind for e in events] == ["stalled", "reopened"] * 4 + ["recovered"]
         stalls = [e for e in events if e.kind == "stalled"]
         assert [e.delay for e in stalls] == pytest.approx([0.05, 0.1, 0.2, 0.2])  # doubling, capped
         assert [e.attempt for e in stalls] == [1, 2, 3, 4]
@@ -345,7 +346,8 @@ def test_stalled_source_is_reopened_with_doubling_capped_backoff(image_dir):
         events.clear()
         link.go_silent(reopens=1)
         _read_until_frame(source, 2.0)
-        assert [(e.kind, e.delay) for e in events] == [("stalled", pytest.approx(0.05)), ("reopened", 0.0)]
+        assert [(e.kind, e.delay) for e in events] == [("stalled", pytest.approx(0.05)), ("reopened", 0.0),
+                                                       ("recovered", 0.0)]
     finally:
         source.close()
     assert source.state == "ended"
@@ -378,7 +380,7 @@ def test_failed_opens_back_off_up_to_the_cap_then_recover():
     assert {e.kind for e in events} == {"open_failed"} and "camera unplugged" in events[0].detail
     frame = source.read(100.0)
     assert frame is not None and frame.seq == 0
-    assert [e.kind for e in events[-2:]] == ["open_failed", "reopened"] and source.reconnects == 1
+    assert [e.kind for e in events[-3:]] == ["open_failed", "reopened", "recovered"] and source.reconnects == 1
     source.close()
 
 
@@ -416,7 +418,7 @@ def test_a_source_error_reopens_and_end_of_stream_passes_through():
     assert [source.read(1.0).seq for _ in range(2)] == [0, 1]
     with pytest.raises(SourceEnded):
         source.read(1.0)
-    assert [e.kind for e in events] == ["stalled", "reopened", "ended"]
+    assert [e.kind for e in events] == ["stalled", "reopened", "recovered", "ended"]
     assert "lost the stream" in events[0].detail and source.state == "ended"
     with pytest.raises(SourceEnded):
         source.read(0.1)

@@ -10,7 +10,9 @@ from pydantic import ValidationError
 
 from edge_seg import Segmenter
 from edge_seg.errors import EdgeSegError, InputError
-from edge_seg.postprocess.uncertainty import CropConfig, CropExtractor, uncertainty_map
+from edge_seg.manifest import OutputSpec
+from edge_seg.postprocess.semantic import SemanticDecoder, argmax_top2, float_spec
+from edge_seg.postprocess.uncertainty import CropConfig, CropExtractor, _max_uncertainty, uncertainty_map
 from edge_seg.segmentation import ModelIdentity, Segmentation
 
 # A 320x320 frame for the 32x32 colour model (10 frame pixels per model pixel, region edges on
@@ -35,7 +37,7 @@ def _uncertain_frame() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_models):
-    with Segmenter.create(model=tiny_models["colour_logits_float"], entropy=True) as seg:
+    with Segmenter.create(model=tiny_models["colour_logits_float"], entropy=True, margin=True) as seg:
         yield seg
 
 
@@ -51,19 +53,24 @@ def _overlap(bbox, region) -> int:
     return max(0, min(x + w, x1) - max(x, x0)) * max(0, min(y + h, y1) - max(y, y0))
 
 
-def _synthetic(confidence: np.ndarray, frame_size=(640, 480), entropy=None) -> Segmentation:
+def _synthetic(confidence: np.ndarray, frame_size=(640, 480), entropy=None, margin=None) -> Segmentation:
     return Segmentation(label_map=(confidence > 0.7).astype(np.uint8), confidence_map=confidence.astype(np.float32),
                         frame_size=frame_size, classes=("a", "b"), palette=((0, 0, 0), (255, 255, 255)),
-                        model=ModelIdentity("test", "1", "0" * 64), entropy_map=entropy)
+                        model=ModelIdentity("test", "1", "0" * 64), entropy_map=entropy, margin_map=margin)
 
 
 def test_uncertainty_map_methods():
     conf = np.array([[1.0, 0.9, 0.6, 0.25]], np.float32)
     seg = _synthetic(conf)
     np.testing.assert_allclose(uncertainty_map(seg, "confidence"), [[0.0, 0.1, 0.4, 0.75]], atol=1e-6)
-    np.testing.assert_allclose(uncertainty_map(seg, "margin"), [[0.0, 0.2, 0.8, 1.0]], atol=1e-6)
-    with pytest.raises(EdgeSegError, match="entropy=True"):
-        uncertainty_map(seg, "entropy")
+    for method in ("margin", "entropy"):  # no map kept: a clear error, not an approximation
+        with pytest.raises(EdgeSegError, match=f"{method}=True"):
+            uncertainty_map(seg, method)
+        with pytest.raises(EdgeSegError, match=f"{method}=True"):
+            _max_uncertainty(seg, method)
+    margin = np.array([[1.0, 0.8, 0.2, 0.05]], np.float32)
+    np.testing.assert_allclose(uncertainty_map(_synthetic(conf, margin=margin), "margin"), [[0.0, 0.2, 0.8, 0.95]],
+                               atol=1e-6)
     entropy = np.array([[0.0, 0.3, 0.7, 1.0]], np.float32)
     np.testing.assert_array_equal(uncertainty_map(_synthetic(conf, entropy=entropy), "entropy"), entropy)
     assert uncertainty_map(seg).dtype == np.float32
@@ -201,3 +208,101 @@ def test_quantised_models_find_the_same_uncertain_regions(tiny_models, name):
     assert len(crops) == 2
     for region in UNCERTAIN:
         assert sum(_overlap(c.bbox, region) > 0 for c in crops) == 1, region
+
+
+# Three-class probability vectors with known top-2 gaps: (p, 1 - (p1 - p2)). The old bound
+# min(1, 2 (1 - p1)) gave 1.0, 1.0, 0.8 and 1.0 for them.
+KNOWN_MARGINS = [((0.4, 0.35, 0.25), 0.95), ((0.25, 0.5, 0.25), 0.75), ((0.1, 0.3, 0.6), 0.7),
+                 ((0.34, 0.33, 0.33), 0.99)]
+
+
+@pytest.mark.parametrize("kind", ["probabilities", "logits"])
+def test_margin_is_top1_minus_top2_for_more_than_two_classes(kind):
+    probs = np.array([p for p, _ in KNOWN_MARGINS], np.float32).reshape(1, 2, 2, 3)
+    raw = probs if kind == "probabilities" else np.log(probs) + 1.5  # softmax is shift-invariant
+    decoded = SemanticDecoder(OutputSpec(kind=kind), float_spec(), 3, margin=True)(raw)
+    expected = np.array([u for _, u in KNOWN_MARGINS], np.float32).reshape(2, 2)
+    np.testing.assert_allclose(1.0 - decoded.margin, expected, atol=1e-5)
+    np.testing.assert_array_equal(decoded.label_map, [[0, 1], [2, 0]])
+    seg = _synthetic(decoded.confidence, margin=decoded.margin)
+    np.testing.assert_allclose(uncertainty_map(seg, "margin"), expected, atol=1e-5)
+    assert _max_uncertainty(seg, "margin") == pytest.approx(0.99, abs=1e-5)
+    assert SemanticDecoder(OutputSpec(kind=kind), float_spec(), 3)(raw).margin is None  # off unless asked for
+
+
+def test_binary_margin_is_the_gap_between_foreground_and_background():
+    prob = np.array([[0.5, 0.7, 0.1, 1.0]], np.float32)[None, ..., None]
+    decoded = SemanticDecoder(OutputSpec(kind="sigmoid"), float_spec(), 2, margin=True)(prob)
+    np.testing.assert_allclose(decoded.margin, [[0.0, 0.4, 0.8, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.float32, np.int16])
+@pytest.mark.parametrize("channels", [2, 5, 40])
+def test_argmax_top2_matches_a_sort(dtype, channels):
+    rng = np.random.default_rng(channels)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind == "i" or dtype == np.uint8 else None
+    raw = (rng.integers(info.min, info.max, (17, 23, channels), endpoint=True).astype(dtype) if info
+           else rng.standard_normal((17, 23, channels)).astype(dtype))
+    raw[0, :, :2] = raw[0, :, 2:3] if channels > 2 else raw[0, :, :1]  # ties: top-2 equal, first wins
+    idx, top, second = argmax_top2(raw)
+    ordered = np.sort(raw, axis=-1)
+    np.testing.assert_array_equal(top, ordered[..., -1])
+    np.testing.assert_array_equal(second, ordered[..., -2])
+    np.testing.assert_array_equal(idx, raw.argmax(axis=-1))
+
+
+def test_real_model_margin_map_matches_its_probabilities(segmenter):
+    """The 4-class colour model: the map is p1 - p2 of the model's own softmax, not a bound from p1."""
+    frame = _uncertain_frame()
+    batch, transform = segmenter.prepare(frame)
+    logits = segmenter.invoke(batch)[0].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    ordered = np.sort(probs, axis=-1)
+    seg = segmenter.segment(frame)
+    assert seg.margin_map.shape == seg.label_map.shape and seg.margin_map.dtype == np.float32
+    np.testing.assert_allclose(seg.margin_map, transform.crop(ordered[..., -1] - ordered[..., -2]), atol=1e-5)
+    red = seg.margin_map[20, 2]  # pure red: logits (4, 0, 0, 2), p1 = 0.853, p2 = 0.116
+    assert red == pytest.approx((np.exp(4) - np.exp(2)) / (np.exp(4) + 2 + np.exp(2)), abs=1e-4)
+    assert 1.0 - red < 0.27 < min(1.0, 2.0 * (1.0 - seg.confidence_map[20, 2]))  # the old bound was 0.294
+
+
+def test_margin_crops_appear_where_two_classes_tie(segmenter):
+    """Yellow is red and green at once: p1 = p2 = 0.465. Its confidence uncertainty (0.535) stays below a
+    0.6 threshold, its margin uncertainty (1.0) does not; pure red (margin uncertainty 0.26) gives nothing."""
+    frame = np.zeros((320, 320, 3), np.uint8)
+    frame[:] = tflite_builders.BGR["red"]
+    tie = (200, 40, 280, 120)
+    frame[tie[1]:tie[3], tie[0]:tie[2]] = (0, 255, 255)
+    seg = segmenter.segment(frame)
+    x0, y0, x1, y1 = (v // 10 for v in tie)
+    assert (np.abs(seg.margin_map[y0:y1, x0:x1]) < 1e-3).all()
+    assert CropExtractor(CropConfig(method="confidence", threshold=0.6)).extract(frame, seg, now=0.0) == []
+    crops = CropExtractor(CropConfig(method="margin", threshold=0.6)).extract(frame, seg, now=0.0)
+    assert len(crops) == 1 and crops[0].score > 0.99
+    assert _overlap(crops[0].bbox, tie) == (tie[2] - tie[0]) * (tie[3] - tie[1])
+    x, y, w, h = crops[0].bbox
+    assert x >= 150 and y + h <= 170  # around the square only, not the red background
+
+
+@pytest.mark.parametrize("method", ["confidence", "margin", "entropy"])
+def test_the_runner_and_the_service_keep_the_map_the_crop_method_needs(tiny_models, method):
+    from edge_seg.config import parse_config
+    from edge_seg.runner import build
+    from edge_seg.service import _segmenter_factory
+
+    config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
+                           "uncertainty": {"enabled": True, "crops": {"method": method}}})
+    frame = _uncertain_frame()
+    built = build(config)
+    try:
+        first = built.segmenter.segment(frame)
+    finally:
+        built.pipeline.source.close()
+        built.segmenter.close()
+    with _segmenter_factory(config)(tiny_models["colour_probs_uint8"]) as reloaded:  # the OTA hot-reload path
+        second = reloaded.segment(frame)
+    for seg in (first, second):
+        assert (seg.margin_map is not None) == (method == "margin")  # the default path pays for neither map
+        assert (seg.entropy_map is not None) == (method == "entropy")
+        assert len(CropExtractor(CropConfig(method=method)).extract(frame, seg, now=0.0)) == 2

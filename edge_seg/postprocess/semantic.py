@@ -23,6 +23,7 @@ class Decoded:
     label_map: np.ndarray  # uint8 (h, w)
     confidence: np.ndarray  # float32 (h, w)
     entropy: np.ndarray | None = None  # float32 (h, w) in [0, 1]
+    margin: np.ndarray | None = None  # float32 (h, w): top-1 minus top-2 probability, in [0, 1]
 
 
 def argmax_max(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,28 @@ def argmax_max(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = (idx & ~better) | (better & np.uint8(c))
         cv2.max(best, planes[c], dst=best)
     return idx, best
+
+
+def argmax_top2(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(argmax as uint8, max, second largest value) over the last axis of (h, w, C), C >= 2.
+
+    Same plane-by-plane OpenCV loop as ``argmax_max`` plus one running second maximum
+    (``second = max(second, min(best, plane))``): two more element-wise ops per channel.
+    """
+    channels = raw.shape[-1]
+    if channels > 32 or raw.dtype not in (np.uint8, np.int8, np.float32):
+        part = np.partition(raw, channels - 2, axis=-1)
+        return raw.argmax(axis=-1).astype(np.uint8), part[..., -1], part[..., -2]
+    planes = cv2.split(np.ascontiguousarray(raw))
+    better = cv2.compare(planes[1], planes[0], cv2.CMP_GT)
+    idx = better & np.uint8(1)
+    best, second = cv2.max(planes[0], planes[1]), cv2.min(planes[0], planes[1])
+    for c in range(2, channels):
+        better = cv2.compare(planes[c], best, cv2.CMP_GT)
+        idx = (idx & ~better) | (better & np.uint8(c))
+        cv2.max(second, cv2.min(best, planes[c]), dst=second)
+        cv2.max(best, planes[c], dst=best)
+    return idx, best, second
 
 
 def _softmax_stats(values: np.ndarray, top: np.ndarray, want_entropy: bool):
@@ -68,11 +91,13 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
 class SemanticDecoder:
     """Decodes one output tensor according to the manifest's output kind."""
 
-    def __init__(self, output: OutputSpec, tensor: TensorSpec, num_classes: int, entropy: bool = False):
+    def __init__(self, output: OutputSpec, tensor: TensorSpec, num_classes: int, entropy: bool = False,
+                 margin: bool = False):
         self.kind = output.kind
         self.tensor = tensor
         self.threshold = output.threshold
         self.entropy = entropy
+        self.margin = margin  # also the top-1 minus top-2 probability (off the default path: one more pass)
         self.num_classes = num_classes
         if self.kind == "yolo_seg":
             raise ModelError("output kind 'yolo_seg' (instance segmentation) is not supported by this version")
@@ -82,21 +107,37 @@ class SemanticDecoder:
         raw = raw[0]
         if self.kind == "class_map":
             labels = raw[..., 0] if raw.ndim == 3 else raw
-            return Decoded(labels.astype(np.uint8, copy=False), np.ones(labels.shape, np.float32))
+            ones = np.ones(labels.shape, np.float32)
+            return Decoded(labels.astype(np.uint8, copy=False), ones, margin=ones if self.margin else None)
         if raw.shape[-1] == 1:
             return self._binary(raw[..., 0])
         return self._semantic(raw)
 
     def _semantic(self, raw: np.ndarray) -> Decoded:
-        idx, top_raw = argmax_max(raw)
+        """Argmax and top value on the raw values; with ``margin`` also the runner-up, in the same pass.
+
+        Dequantisation is affine and increasing, so the raw top-2 are the dequantised top-2. For
+        logits, p1 - p2 = p1 (1 - exp(l2 - l1)): one exp over a single plane, no full softmax.
+        """
+        second_raw = margin = None
+        if self.margin:
+            idx, top_raw, second_raw = argmax_top2(raw)
+        else:
+            idx, top_raw = argmax_max(raw)
         if self.kind == "probabilities":
-            confidence = self.tensor.dequantize(top_raw)
+            confidence = np.clip(self.tensor.dequantize(top_raw), 0.0, 1.0)
             entropy = _entropy(self.tensor.dequantize(raw)) if self.entropy else None
-            return Decoded(idx, np.clip(confidence, 0.0, 1.0), entropy)
+            if second_raw is not None:
+                margin = np.subtract(confidence, self.tensor.dequantize(second_raw), dtype=np.float32)
+                np.clip(margin, 0.0, 1.0, out=margin)
+            return Decoded(idx, confidence, entropy, margin)
         values = self.tensor.dequantize(raw)
         top = self.tensor.dequantize(top_raw)
         confidence, entropy = _softmax_stats(values, top, self.entropy)
-        return Decoded(idx, confidence, entropy)
+        if second_raw is not None:
+            gap = np.exp(self.tensor.dequantize(second_raw) - top, dtype=np.float32)
+            margin = (confidence * (1.0 - gap)).astype(np.float32)
+        return Decoded(idx, confidence, entropy, margin)
 
     def _binary(self, raw: np.ndarray) -> Decoded:
         values = self.tensor.dequantize(raw)
@@ -106,7 +147,8 @@ class SemanticDecoder:
         entropy = None
         if self.entropy:
             entropy = _entropy(np.stack([1.0 - prob, prob], axis=-1))
-        return Decoded(labels, confidence, entropy)
+        margin = np.abs(2.0 * prob - 1.0).astype(np.float32) if self.margin else None  # |p - (1 - p)|
+        return Decoded(labels, confidence, entropy, margin)
 
 
 def probabilities(raw: np.ndarray, kind: str, tensor: TensorSpec, num_classes: int) -> np.ndarray:

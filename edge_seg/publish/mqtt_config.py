@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_seg.errors import EdgeSegError
+from edge_seg.errors import EdgeSegError, FieldValueError
 
 PASSWORD_ENV = "EDGE_SEG_MQTT_PASSWORD"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -129,9 +129,13 @@ class MqttConfig(_Section):
     def _check(self) -> "MqttConfig":
         # checked here, not in a field validator, so a bad URL is never echoed back (it may hold a password)
         if self.url is not None:
-            parse_broker_url(self.url)
+            try:
+                parse_broker_url(self.url)
+            except BrokerURLError as err:
+                raise FieldValueError("url", str(err)) from None
         if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+            raise FieldValueError("reconnect_min_s", f"must not exceed reconnect_max_s ({self.reconnect_max_s}), "
+                                                     f"got {self.reconnect_min_s}")
         return self
 
 

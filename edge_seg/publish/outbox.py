@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from edge_seg.errors import EdgeSegError
+
 Sync = Literal["normal", "full"]
 _SYNC_PRAGMA = {"normal": "NORMAL", "full": "FULL"}
 
@@ -110,11 +112,19 @@ class Outbox:
         if sync not in _SYNC_PRAGMA:
             raise ValueError(f"outbox sync must be one of {', '.join(_SYNC_PRAGMA)}, got {sync!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        hint = "the outbox lives in the state directory: set device.state_dir (--state-dir) to a writable one"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise EdgeSegError(f"cannot create the MQTT outbox directory {self.path.parent}: "
+                               f"{err.strerror or err}; {hint}") from None
         self.ttl_s, self.max_bytes, self.audit, self._clock = ttl_s, max_bytes, audit, clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as err:
+            raise EdgeSegError(f"cannot open the MQTT outbox {self.path}: {err}; {hint}") from None
         self._db.execute(f"PRAGMA synchronous={_SYNC_PRAGMA[sync]}")
         self._db.execute("PRAGMA journal_size_limit=8388608")  # keep the WAL file small after a backlog
         self._db.executescript(_SCHEMA)

@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 from edge_seg.sources._common import redact
-from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError
+from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError, SourceUnavailable, SourceUnusable
 
-__all__ = ["Frame", "Source", "SourceEnded", "SourceError", "SCHEMES", "open_source"]
+__all__ = ["Frame", "Source", "SourceEnded", "SourceError", "SourceUnavailable", "SourceUnusable", "SCHEMES",
+           "open_source"]
 
 SCHEMES: dict[str, tuple[str, str]] = {  # scheme -> (module, opener function)
     "file": ("edge_seg.sources.opencv", "open_file"),
@@ -24,19 +25,23 @@ SCHEMES: dict[str, tuple[str, str]] = {  # scheme -> (module, opener function)
     "images": ("edge_seg.sources.images", "open_images"),
     "synthetic": ("edge_seg.sources.synthetic", "open_synthetic"),
 }
+LORES_SCHEMES = {"picam"}  # cameras that deliver a second, model-size stream (``lores``)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def open_source(uri: str, *, loop: bool = False, fps: float | None = None, size: tuple[int, int] | None = None,
-                **options) -> Source:
+                lores: tuple[int, int] | None = None, **options) -> Source:
     """Open the source ``uri`` names; a bare path is a video file, or ``images://`` for a directory.
 
     ``loop``: start again at the end of a file or image directory (else ``SourceEnded``).
     ``fps``: pace files, image directories and synthetic scenes (default: as fast as they are
-    read); a mode request for cameras. ``size`` (width, height): the capture size for v4l2/csi,
-    the frame size of ``synthetic://``, the lores (model input) stream of ``picam://``; files and
-    image directories ignore it. ``options`` go to the scheme's opener (e.g. ``realtime=True``
-    for ``file://``, ``open_timeout=`` for ``rtsp://``). Errors are one-line ``SourceError``\\ s.
+    read); a mode request for cameras. ``size`` (width, height): the capture size for v4l2/csi/picam,
+    the frame size of ``synthetic://``; files and image directories ignore it. ``lores`` (width,
+    height): the model input size, for a camera whose ISP can scale a second stream to it
+    (``picam://``: ``Frame.lores``, so inference needs no CPU resize); the others ignore it.
+    ``options`` go to the scheme's opener (e.g. ``realtime=True`` for ``file://``, ``open_timeout=``
+    for ``rtsp://``). Errors are one-line ``SourceError``\\ s: ``SourceUnavailable`` for a live
+    source that may come back (worth retrying), ``SourceUnusable`` for one that never will.
     """
     match = _SCHEME.match(uri)
     if match is None:
@@ -49,6 +54,8 @@ def open_source(uri: str, *, loop: bool = False, fps: float | None = None, size:
             raise SourceError(f"unknown source scheme {scheme}:// in {redact(uri)!r}; valid: {_valid()}")
     module_name, function = SCHEMES[scheme]
     opener = getattr(importlib.import_module(module_name), function)
+    if lores is not None and scheme in LORES_SCHEMES:
+        options["lores"] = lores
     return opener(uri, loop=loop, fps=fps, size=size, **options)
 
 

@@ -27,6 +27,20 @@ class SourceError(EdgeSegError):
     """A source cannot be opened (bad URI, missing device, missing package)."""
 
 
+class SourceUnavailable(SourceError):
+    """A well-formed live source that cannot deliver now (camera unplugged or busy, stream unreachable).
+
+    Worth retrying: the loop starts anyway and reopens it with backoff.
+    """
+
+
+class SourceUnusable(SourceError):
+    """A source that opened but can never deliver a frame (no readable image, no decodable frame).
+
+    Reopening would not help: the loop ends with this error.
+    """
+
+
 @dataclass(frozen=True)
 class Frame:
     """One captured image: BGR uint8 (H, W, 3), wall-clock capture time, sequence number."""

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge_seg.sources._common import query_options
-from edge_seg.sources.base import Frame, SourceEnded, SourceError
+from edge_seg.sources.base import Frame, SourceEnded, SourceError, SourceUnavailable
 
 DEFAULT_SIZE = (1280, 720)
 DEFAULT_FPS = 30.0
@@ -69,7 +69,8 @@ class AppSinkSource:
         if self._pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
             error = self._bus_error()
             self._pipeline.set_state(gst.State.NULL)
-            raise SourceError(f"cannot start {uri}: {error or 'pipeline failed to start (is the camera connected?)'}")
+            raise SourceUnavailable(f"cannot start {uri}: "
+                                    f"{error or 'pipeline failed to start (is the camera connected?)'}")
 
     def _bus_error(self) -> str | None:
         message = self._pipeline.get_bus().pop_filtered(self._gst.MessageType.ERROR)
@@ -84,7 +85,7 @@ class AppSinkSource:
         if sample is None:
             error = self._bus_error()
             if error:
-                raise SourceError(f"lost {self.uri}: {error}")
+                raise SourceUnavailable(f"lost {self.uri}: {error}")
             if self._sink.get_property("eos"):
                 raise SourceEnded(f"end of {self.uri}")
             return None

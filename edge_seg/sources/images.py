@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 
 from edge_seg.sources._common import Pacer, wait_until_due
-from edge_seg.sources.base import Frame, SourceEnded, SourceError
+from edge_seg.sources.base import Frame, SourceEnded, SourceError, SourceUnusable
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ImageDirSource:
                 return image
             self._bad.add(path)
             log.warning("skipping unreadable image: %s", path)
-        raise SourceError(f"no readable images in {self.uri}")
+        raise SourceUnusable(f"no readable images in {self.uri}")
 
     def read(self, timeout: float) -> Frame | None:
         """The next image; ``None`` if pacing makes it due later than ``timeout`` s from now."""

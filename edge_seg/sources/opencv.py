@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from edge_seg.sources._common import CaptureThread, Pacer, query_options, redact, timed_grab
-from edge_seg.sources.base import Frame, SourceEnded, SourceError
+from edge_seg.sources.base import Frame, SourceEnded, SourceError, SourceUnavailable, SourceUnusable
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class OpenCVSource:
         cap = cv2.VideoCapture(self._target, self._api, self._params)
         if not cap.isOpened():
             cap.release()
-            what = "video file (not a format FFmpeg can decode?)" if not self._live else "stream or device"
-            raise SourceError(f"cannot open {what}: {redact(self.uri)}")
+            if self._live:
+                raise SourceUnavailable(f"cannot open stream or device: {redact(self.uri)}")
+            raise SourceError(f"cannot open video file (not a format FFmpeg can decode?): {redact(self.uri)}")
         return cap
 
     def _configure_camera(self, fps: float | None) -> None:
@@ -77,14 +78,14 @@ class OpenCVSource:
         if ok:
             return image
         if self._live:
-            raise SourceError(f"lost {redact(self.uri)}: no frame from the stream")
+            raise SourceUnavailable(f"lost {redact(self.uri)}: no frame from the stream")
         if not self._loop:
             raise SourceEnded(f"end of {self.uri}")
         self._cap.release()
         self._cap = self._open()
         ok, image = self._cap.read()
         if not ok:
-            raise SourceError(f"no decodable frame in {self.uri}")
+            raise SourceUnusable(f"no decodable frame in {self.uri}")
         return image
 
     def _release(self) -> None:
@@ -157,7 +158,7 @@ def open_v4l2(uri: str, *, loop: bool = False, fps: float | None = None, size: t
     if device.isdigit():
         device = f"/dev/video{device}"
     if not Path(device).exists():
-        raise SourceError(f"no such camera device: {device} (list them with: ls /dev/video*)")
+        raise SourceUnavailable(f"no such camera device: {device} (list them with: ls /dev/video*)")
     if "width" in query or "height" in query:
         if "width" not in query or "height" not in query:
             raise SourceError(f"{uri}: give both width and height")

@@ -1,8 +1,8 @@
 """``picam://N[?width=&height=&fps=]``: a Raspberry Pi camera through picamera2 (imported only here).
 
-Two streams from one capture: ``main`` (BGR, the URI's width x height, default 1280x720) for
-overlays and crops, and ``lores`` scaled by the ISP to the model's input size (the ``size``
-argument), so inference needs no CPU resize; it becomes ``Frame.lores``. ``lores`` is YUV420
+Two streams from one capture: ``main`` (BGR, the URI's width x height, else the ``size``
+argument, default 1280x720) for overlays and crops, and ``lores`` scaled by the ISP to the model's
+input size (the ``lores`` argument), so inference needs no CPU resize; it becomes ``Frame.lores``. ``lores`` is YUV420
 (the only lores format a Pi 4 offers) and is converted to BGR here. ``capture_request`` blocks,
 so it runs on a capture thread and ``read(timeout)`` waits on the newest-frame slot.
 """
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from edge_seg.sources._common import CaptureThread, query_options
-from edge_seg.sources.base import Frame, SourceError
+from edge_seg.sources.base import Frame, SourceError, SourceUnavailable
 
 MISSING = ("picamera2 is not installed: sudo apt install python3-picamera2 (Raspberry Pi OS) "
            "or pip install edge-seg[pi]")
@@ -55,7 +55,7 @@ class PicameraSource:
         try:
             self._cam = picamera2(camera)
         except Exception as exc:  # noqa: BLE001 - picamera2 raises IndexError/RuntimeError for a missing camera
-            raise SourceError(f"cannot open {uri}: camera {camera} not found or busy ({exc})") from None
+            raise SourceUnavailable(f"cannot open {uri}: camera {camera} not found or busy ({exc})") from None
         try:
             streams = {"main": {"size": main, "format": "RGB888"}}  # libcamera RGB888 is B,G,R in memory
             if lores is not None:
@@ -101,13 +101,15 @@ class PicameraSource:
 
 
 def open_picam(uri: str, *, loop: bool = False, fps: float | None = None, size: tuple[int, int] | None = None,
-               **options) -> PicameraSource:
-    """``picam://N``: ``size`` is the lores (model input) size; the URI's width/height/fps set the main stream."""
+               lores: tuple[int, int] | None = None, **options) -> PicameraSource:
+    """``picam://N``: ``lores`` is the model input size; the URI's width/height/fps (else ``size``/``fps``)
+    set the main stream."""
     if options:
         raise SourceError(f"picam:// does not take option(s) {', '.join(sorted(options))}")
     camera = uri[len("picam://"):].split("?", 1)[0].strip("/") or "0"
     if not camera.isdigit():
         raise SourceError(f"{uri}: expected picam://N with N the camera number, e.g. picam://0")
     query = query_options(uri, {"width": int, "height": int, "fps": float})
-    main = (query.get("width", DEFAULT_MAIN[0]), query.get("height", DEFAULT_MAIN[1]))
-    return PicameraSource(uri, int(camera), main=main, lores=size, fps=query.get("fps", fps))
+    width, height = size or DEFAULT_MAIN
+    main = (query.get("width", width), query.get("height", height))
+    return PicameraSource(uri, int(camera), main=main, lores=lores, fps=query.get("fps", fps))

@@ -1,10 +1,13 @@
 """``ResilientSource``: a deadline watchdog that reopens a stalled or lost source with backoff.
 
 Wraps any ``Source`` made by ``factory()``. When no frame arrives for ``deadline`` seconds, or the
-source raises anything but ``SourceEnded``, it is closed and reopened after a delay that doubles
-from ``backoff_initial`` up to ``backoff_cap`` (reset by the next frame). Failed opens back off
-the same way. Every step is reported as a ``SourceEvent``. ``SourceEnded`` passes through (loop
-or end is the inner source's policy). Frames are renumbered so ``seq`` stays monotonic.
+source raises anything but ``SourceEnded`` or ``SourceUnusable`` (both pass through: the end, and
+a source that can never deliver), it is closed and reopened after a delay that doubles from
+``backoff_initial`` up to ``backoff_cap`` (reset by the next frame). Failed opens back off the
+same way. Every step is reported as a ``SourceEvent``: ``stalled``, ``open_failed``, ``reopened``
+(an open succeeded), ``recovered`` (the first frame after a reopen: the source is back, which a
+reopen alone does not prove) and ``ended`` (loop or end is the inner source's policy). Frames are
+renumbered so ``seq`` stays monotonic.
 
 Timeouts: ``read(timeout)`` never blocks much longer than ``timeout``: the inner read gets the
 remaining time, backoff waits are cut at the caller's deadline, ``factory()`` runs on a
@@ -22,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError
+from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError, SourceUnusable
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["stalled", "reopened", "open_failed", "ended"]
+EventKind = Literal["stalled", "reopened", "recovered", "open_failed", "ended"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,15 @@ class ResilientSource:
 
     ``state``: "reconnecting" while no source is open (backoff, opening, also before the first
     open), "live" while one is open, "ended" after ``SourceEnded`` or ``close()``. ``reconnects``
-    counts successful reopens. ``uri`` is the inner source's unless given.
+    counts successful reopens. ``uri`` is the inner source's unless given. ``first``: a source
+    already opened by ``factory`` (e.g. to fail fast on a bad URI), used before any reopen, so a
+    camera is not opened twice at start.
     """
 
     def __init__(self, factory: Callable[[], Source], deadline: float = 2.0, backoff_initial: float = 0.5,
                  backoff_cap: float = 30.0, on_event: Callable[[SourceEvent], None] | None = None, *,
                  uri: str = "", clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, first: Source | None = None) -> None:
         if deadline <= 0 or backoff_initial <= 0 or backoff_cap < backoff_initial:
             raise SourceError("ResilientSource needs deadline > 0 and 0 < backoff_initial <= backoff_cap")
         self.uri = uri
@@ -116,6 +121,12 @@ class ResilientSource:
         self._closed = False
         self._closers: list[threading.Thread] = []
         self._lossless = False
+        self._recovering = False  # reopened, no frame yet
+        if first is not None:
+            self._inner, self.state = first, "live"
+            self._lossless = bool(getattr(first, "lossless", False))
+            self.uri = self.uri or getattr(first, "uri", "")
+        self._unread = first is not None  # the deadline of ``first`` runs from the first read, not from here
 
     def _emit(self, kind: EventKind, detail: str, delay: float = 0.0) -> None:
         event = SourceEvent(kind, detail, self._attempt, delay)
@@ -163,6 +174,7 @@ class ResilientSource:
         self._last_frame = self._clock()  # the deadline runs from the open
         if self._attempt:
             self.reconnects += 1
+            self._recovering = True
             self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
 
     @property
@@ -173,6 +185,8 @@ class ResilientSource:
     def read(self, timeout: float) -> Frame | None:
         """The next frame, ``None`` after ``timeout`` s (also while reconnecting); ``SourceEnded`` at the end."""
         end = self._clock() + max(0.0, timeout)
+        if self._unread:
+            self._unread, self._last_frame = False, self._clock()
         while True:
             if self._closed or self.state == "ended":
                 raise SourceEnded(f"{self.uri}: ended")
@@ -190,11 +204,19 @@ class ResilientSource:
                 self._inner, self.state = None, "ended"
                 self._emit("ended", str(exc) or f"{self.uri}: end of stream")
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure of the inner source means reopen
+            except SourceUnusable as exc:  # it will never deliver: reopening would loop forever
+                _close_quietly(self._inner)
+                self._inner, self.state = None, "ended"
+                self._emit("ended", str(exc))
+                raise
+            except Exception as exc:  # noqa: BLE001 - any other failure of the inner source means reopen
                 self._fail("stalled", f"{self.uri}: {exc}")
                 continue
             now = self._clock()
             if frame is not None:
+                if self._recovering:
+                    self._recovering = False
+                    self._emit("recovered", f"{self.uri}: frames again after {self._attempt} attempt(s)")
                 self._last_frame, self._backoff, self._attempt, self.state = now, self._initial, 0, "live"
                 frame = replace(frame, seq=self._seq)
                 self._seq += 1
