@@ -222,18 +222,12 @@ def _stage_counts(m: Metrics) -> dict[str, float]:
 
 
 def test_real_loop_exports_every_timed_stage_and_an_end_to_end_total(tiny_models, tmp_path):
-    import cv2
-    from conftest import write_manifest
+    from conftest import write_manifest, write_scene_clip
 
     from edge_seg.config import parse_config
     from edge_seg.runner import build
-    from edge_seg.scenes import render_clip
 
-    clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 96))
-    for scene in render_clip(5, 40, (160, 96)):
-        writer.write(scene.image)
-    writer.release()
+    clip = write_scene_clip(tmp_path / "clip.mp4", seed=5, frames=40)
     baseline = {"red": 0.25, "green": 0.25, "blue": 0.25, "dark": 0.25}
     model = write_manifest(tiny_models["colour_probs_uint8"], tmp_path / "model", baseline=baseline).parent
     # paced at 100 FPS: a live-like (not lossless) file, so the 25 ms sink makes the sink queue drop

@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import write_scene_clip
 
 from edge_seg.config import parse_config
 from edge_seg.pipeline import LatestSlot, Pipeline
@@ -67,11 +68,7 @@ def test_loop_on_synthetic_source_writes_jsonl_and_video(colour_config, tmp_path
 
 def test_loop_on_a_file_ends_at_eof_having_segmented_every_frame(colour_config, tmp_path):
     """An unpaced file is lossless: the capture thread waits for inference instead of dropping."""
-    clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 96))
-    for scene in render_clip(5, 15, (160, 96)):
-        writer.write(scene.image)
-    writer.release()
+    clip = write_scene_clip(tmp_path / "clip.mp4", seed=5, frames=15)
     config = colour_config(source={"uri": f"file://{clip}", "loop": False}, output={"jsonl": str(tmp_path / "f.jsonl")})
     built = build(config)
     stats = built.pipeline.run()
