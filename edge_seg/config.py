@@ -54,7 +54,8 @@ class SourceConfig(_Section):
                                                          "picam://N, images://DIR, synthetic://")
     loop: bool = Field(default=True, description="at end of a file or image dir: start again (else stop)")
     fps: float | None = Field(default=None, gt=0, description="pace file/image/synthetic sources")
-    deadline_s: float = Field(default=2.0, gt=0, description="no frame for this long: reopen the source")
+    deadline_s: float = Field(default=2.0, gt=0, description="no frame for this long (at least 3 frame periods "
+                                                            "of a slower source): reopen the source")
     backoff_cap_s: float = Field(default=30.0, gt=0)
 
     @field_validator("uri")

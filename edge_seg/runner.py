@@ -107,7 +107,8 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
                                                            "source_state": built.pipeline.source.state},
                                   draw=drawer.draw if drawer is not None else None))
     if config.output.video:
-        stages.append(VideoSink(config.output.video, fps=config.source.fps or 15.0))
+        rate = config.source.fps or getattr(built.pipeline.source, "nominal_fps", None) or 15.0
+        stages.append(VideoSink(config.output.video, fps=rate))  # the source's own rate where it has one
     if config.output.jsonl:
         stages.append(JsonlSink(config.output.jsonl))
     if config.mqtt.url:

@@ -187,3 +187,34 @@ def test_a_source_that_can_never_deliver_ends_the_run_with_its_error(tiny_models
     assert proc.returncode == 2, proc.stderr
     assert "no readable images" in proc.stderr and "Traceback" not in proc.stderr
     assert "stats: " in proc.stdout  # the stats line still comes first
+
+
+def test_a_slow_source_is_not_called_stalled_between_its_frames():
+    events = []
+    source = ResilientSource(lambda: open_source("synthetic://?width=32&height=32&fps=5"), deadline=0.1,
+                             on_event=events.append)  # a frame every 0.2 s, a deadline of 0.1 s
+    try:
+        frames = [source.read(1.0) for _ in range(4)]
+        assert all(f is not None for f in frames) and [f.seq for f in frames] == [0, 1, 2, 3]
+        assert events == [] and source.nominal_fps == 5
+    finally:
+        source.close()
+
+
+def test_the_overlay_video_keeps_the_file_s_frame_rate(tiny_models, tmp_path):
+    import cv2
+    from conftest import write_scene_clip
+
+    clip = write_scene_clip(tmp_path / "clip.mp4", seed=2, frames=8)  # 10 FPS
+    out = tmp_path / "overlay.mp4"
+    config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
+                           "source": {"uri": f"file://{clip}", "loop": False}, "output": {"video": str(out)}})
+    built = build(config)
+    try:
+        stats = built.pipeline.run()
+    finally:
+        built.segmenter.close()
+    video = cv2.VideoCapture(str(out))
+    assert stats.completed == 8 and video.get(cv2.CAP_PROP_FPS) == 10.0
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 8
+    video.release()

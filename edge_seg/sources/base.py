@@ -7,6 +7,10 @@ image directory that does not loop). ``close()`` releases the device; it is safe
 An optional attribute ``lossless`` (default False) says that every frame must be segmented: an
 unpaced file, image directory or synthetic clip has no "newest" frame in real time, so the loop
 waits for inference instead of dropping frames (live cameras and paced sources: newest frame wins).
+
+An optional attribute ``nominal_fps`` (default None: unknown) is the rate frames are meant to come
+at: a paced source's pace, a video file's or stream's own rate, a camera's mode. The loop writes
+its video at that rate, and the reconnect deadline never runs shorter than a few frame periods.
 """
 
 from __future__ import annotations

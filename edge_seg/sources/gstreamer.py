@@ -120,13 +120,17 @@ def open_csi(uri: str, *, loop: bool = False, fps: float | None = None, size: tu
         raise SourceError(f"{uri}: expected csi://N with N the sensor id, e.g. csi://0")
     query = query_options(uri, {"width": int, "height": int, "fps": float, "flip": int})
     width, height = size or DEFAULT_SIZE
-    pipeline = csi_pipeline(int(sensor), query.get("width", width), query.get("height", height),
-                            query.get("fps", fps or DEFAULT_FPS), query.get("flip", 0))
+    rate = query.get("fps", fps or DEFAULT_FPS)
+    pipeline = csi_pipeline(int(sensor), query.get("width", width), query.get("height", height), rate,
+                            query.get("flip", 0))
     if opencv_has_gstreamer():
         from edge_seg.sources.opencv import OpenCVSource
 
-        return OpenCVSource(uri, pipeline, cv2.CAP_GSTREAMER, live=True)
-    gst = _import_gst()
-    if gst is None:
-        raise SourceError(_NO_GSTREAMER)
-    return AppSinkSource(uri, pipeline, gst)
+        source = OpenCVSource(uri, pipeline, cv2.CAP_GSTREAMER, live=True)
+    else:
+        gst = _import_gst()
+        if gst is None:
+            raise SourceError(_NO_GSTREAMER)
+        source = AppSinkSource(uri, pipeline, gst)
+    source.nominal_fps = rate  # see base.Source
+    return source

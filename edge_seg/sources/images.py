@@ -45,6 +45,7 @@ class ImageDirSource:
         self._loop = loop
         self._pacer = Pacer(fps) if fps else None
         self.lossless = self._pacer is None  # see base.Source
+        self.nominal_fps = fps or None
         self._sleep = sleep
         self._index = 0
         self._seq = 0

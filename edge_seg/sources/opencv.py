@@ -48,6 +48,8 @@ class OpenCVSource:
         if api == cv2.CAP_V4L2:
             self._configure_camera(fps)
         pacer = Pacer(fps) if fps and not live else None
+        reported = self._cap.get(cv2.CAP_PROP_FPS)  # the file's or stream's own rate (0 when unknown)
+        self.nominal_fps = fps or (reported if 0 < reported <= 1000 else None)  # see base.Source
         self._seq = 0
         self.lossless = not live and pacer is None  # see base.Source
         # an unpaced file is decoded in read() itself: its reader is already a loop thread, and a file does not hang

@@ -50,6 +50,7 @@ class PicameraSource:
             raise SourceError(f"{uri}: lores (model) size {lores[0]}x{lores[1]} is larger than "
                               f"main {main[0]}x{main[1]}; raise width/height in the URI")
         self.uri = uri
+        self.nominal_fps = fps or None  # see base.Source (None: the sensor mode's own rate)
         self._lores = lores
         self._seq = 0
         try:

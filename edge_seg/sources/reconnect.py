@@ -29,6 +29,7 @@ from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError, Sourc
 
 log = logging.getLogger(__name__)
 
+PERIODS_PER_DEADLINE = 3  # frame periods a deadline never runs shorter than (see ``_adopt``)
 EventKind = Literal["stalled", "reopened", "recovered", "open_failed", "ended"]
 
 
@@ -121,11 +122,12 @@ class ResilientSource:
         self._closed = False
         self._closers: list[threading.Thread] = []
         self._lossless = False
+        self._base_deadline = deadline
+        self.nominal_fps: float | None = None  # the open source's (see base.Source)
         self._recovering = False  # reopened, no frame yet
         if first is not None:
             self._inner, self.state = first, "live"
-            self._lossless = bool(getattr(first, "lossless", False))
-            self.uri = self.uri or getattr(first, "uri", "")
+            self._adopt(first)
         self._unread = first is not None  # the deadline of ``first`` runs from the first read, not from here
 
     def _emit(self, kind: EventKind, detail: str, delay: float = 0.0) -> None:
@@ -169,13 +171,22 @@ class ResilientSource:
             self._fail("open_failed", f"{self.uri or 'source'}: {opener.error}")
             return
         self._inner, self.state = opener.source, "live"
-        self._lossless = bool(getattr(self._inner, "lossless", False))
-        self.uri = self.uri or getattr(self._inner, "uri", "")
+        self._adopt(self._inner)
         self._last_frame = self._clock()  # the deadline runs from the open
         if self._attempt:
             self.reconnects += 1
             self._recovering = True
             self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
+
+    def _adopt(self, source: Source) -> None:
+        """Take on what the newly opened ``source`` says of itself; a slow source (a frame every few
+        seconds) gets a deadline of at least ``PERIODS_PER_DEADLINE`` frame periods, so it is not called stalled."""
+        self._lossless = bool(getattr(source, "lossless", False))
+        self.uri = self.uri or getattr(source, "uri", "")
+        self.nominal_fps = getattr(source, "nominal_fps", None)
+        self._deadline = self._base_deadline
+        if self.nominal_fps:
+            self._deadline = max(self._base_deadline, PERIODS_PER_DEADLINE / self.nominal_fps)
 
     @property
     def lossless(self) -> bool:

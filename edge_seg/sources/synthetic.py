@@ -42,6 +42,7 @@ class SyntheticSource:
         self._seed, self._clip, self._frames, self._loop = seed, clip, frames, loop
         self._pacer = Pacer(fps) if fps else None
         self.lossless = self._pacer is None  # see base.Source
+        self.nominal_fps = fps or None
         self._sleep = sleep
         self._seq = 0
         self._pos = 0  # frame index within the (possibly looped) stream
