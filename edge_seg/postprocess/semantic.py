@@ -32,39 +32,39 @@ def argmax_max(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     For up to 32 channels the channels are split into planes and compared plane by plane with
     OpenCV (about 15x faster than ``np.argmax`` over a short last axis).
     """
-    channels = raw.shape[-1]
-    if channels > 32 or raw.dtype not in (np.uint8, np.int8, np.float32):
-        idx = raw.argmax(axis=-1)
-        top = np.take_along_axis(raw, idx[..., None], axis=-1)[..., 0]
-        return idx.astype(np.uint8), top
-    planes = cv2.split(np.ascontiguousarray(raw))
-    best = planes[0].copy()
-    idx = np.zeros(best.shape, dtype=np.uint8)
-    for c in range(1, channels):
-        better = cv2.compare(planes[c], best, cv2.CMP_GT)  # 255 where channel c wins
-        idx = (idx & ~better) | (better & np.uint8(c))
-        cv2.max(best, planes[c], dst=best)
+    idx, best, _ = _argmax(raw, runner_up=False)
     return idx, best
 
 
 def argmax_top2(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(argmax as uint8, max, second largest value) over the last axis of (h, w, C), C >= 2.
 
-    Same plane-by-plane OpenCV loop as ``argmax_max`` plus one running second maximum
-    (``second = max(second, min(best, plane))``): two more element-wise ops per channel.
+    The loop of ``argmax_max`` plus a running second maximum (``second = max(second, min(best,
+    plane))``): two more element-wise ops per channel.
     """
+    return _argmax(raw, runner_up=True)
+
+
+def _argmax(raw: np.ndarray, runner_up: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     channels = raw.shape[-1]
     if channels > 32 or raw.dtype not in (np.uint8, np.int8, np.float32):
-        part = np.partition(raw, channels - 2, axis=-1)
-        return raw.argmax(axis=-1).astype(np.uint8), part[..., -1], part[..., -2]
+        idx = raw.argmax(axis=-1)
+        if runner_up:
+            part = np.partition(raw, channels - 2, axis=-1)
+            return idx.astype(np.uint8), part[..., -1], part[..., -2]
+        return idx.astype(np.uint8), np.take_along_axis(raw, idx[..., None], axis=-1)[..., 0], None
     planes = cv2.split(np.ascontiguousarray(raw))
-    better = cv2.compare(planes[1], planes[0], cv2.CMP_GT)
-    idx = better & np.uint8(1)
-    best, second = cv2.max(planes[0], planes[1]), cv2.min(planes[0], planes[1])
-    for c in range(2, channels):
-        better = cv2.compare(planes[c], best, cv2.CMP_GT)
+    best = planes[0].copy()
+    idx = np.zeros(best.shape, dtype=np.uint8)
+    second = None
+    if runner_up:
+        lowest = -np.inf if raw.dtype == np.float32 else np.iinfo(raw.dtype).min
+        second = np.full_like(best, lowest)
+    for c in range(1, channels):
+        better = cv2.compare(planes[c], best, cv2.CMP_GT)  # 255 where channel c wins
         idx = (idx & ~better) | (better & np.uint8(c))
-        cv2.max(second, cv2.min(best, planes[c]), dst=second)
+        if second is not None:
+            cv2.max(second, cv2.min(best, planes[c]), dst=second)
         cv2.max(best, planes[c], dst=best)
     return idx, best, second
 
