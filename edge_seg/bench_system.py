@@ -15,11 +15,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
-def current_rss_mb() -> float:
-    """Resident set size now, in MB of 10^6 bytes (Linux /proc; 0 where not available)."""
-    return current_memory_mb()[0]
-
-
 def current_memory_mb() -> tuple[float, float]:
     """(resident, of which file-backed) now, in MB of 10^6 bytes (Linux /proc; zeros where not available).
 

@@ -143,9 +143,10 @@ class Metrics:
             self._skipped.inc(n)
             self._counts["skipped"] += n
 
-    def source_reconnect(self) -> None:
-        self._reconnects.inc()
-        self._counts["reconnects"] += 1
+    def source_reconnect(self, n: int = 1) -> None:
+        if n > 0:
+            self._reconnects.inc(n)
+            self._counts["reconnects"] += n
 
     def set_source_up(self, up: bool) -> None:
         self._source_up.set(1 if up else 0)

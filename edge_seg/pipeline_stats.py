@@ -99,7 +99,8 @@ class LoopStats:
             self._stages.setdefault(stage, deque(maxlen=self._window)).append(wall_ms)
             if cpu_ms is not None:
                 self._cpu.setdefault(stage, deque(maxlen=self._window)).append(cpu_ms)
-        self._tell({stage: wall_ms}, None)
+        if self.listeners:
+            self._tell({stage: wall_ms}, None)
 
     def _tell(self, timings: Mapping[str, float], end_to_end: float | None) -> None:
         for listener in self.listeners:

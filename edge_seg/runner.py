@@ -73,10 +73,26 @@ def _source_state(metrics, event) -> None:
 
 
 def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> list:
+    """The sink stages ``config`` asks for; if one cannot be made, those already made are closed."""
+    stages: list = []
+    try:
+        _add_stages(stages, config, segmenter, stats, built)
+    except Exception:
+        for stage in stages:
+            close = getattr(stage, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as err:  # noqa: BLE001 - the first error is the one to report
+                    log.warning("closing %s after a failed start: %s", getattr(stage, "name", stage), err)
+        raise
+    return stages
+
+
+def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> None:
     from edge_seg.overlay import Overlay, Redactor
     from edge_seg.sinks import JsonlSink, MetricsStage, OverlayStage, PreviewSink, VideoSink
 
-    stages: list = []
     ov = config.overlay
     drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
     if (ov.enabled or ov.redact_classes) and (config.preview.enabled or config.output.video):
@@ -113,7 +129,6 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
         stages.append(JsonlSink(config.output.jsonl))
     if config.mqtt.url:
         stages.append(_publisher(config, segmenter, stats, built))
-    return stages
 
 
 def _reload_active_service() -> dict:
@@ -145,11 +160,9 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
 
 def build(config: Config) -> Built:
     """Open the model, the source and the sinks described by ``config``."""
-    m = config.model
-    segmenter = Segmenter.create(model=m.path or DEFAULT_MODEL, backend=m.backend, num_threads=m.num_threads,
-                                 entropy=m.entropy or config.uncertainty.crops.method == "entropy",
-                                 margin=config.uncertainty.crops.method == "margin",
-                                 smoothing=config.smoothing if config.smoothing.enabled else None)
+    from edge_seg.service import _segmenter_factory
+
+    segmenter = _segmenter_factory(config)(config.model.path or DEFAULT_MODEL)  # as the OTA hot reload makes it
     if config.pipeline.tiling.enabled and segmenter.manifest.task == "instance":
         name = f"{segmenter.manifest.name} {segmenter.manifest.version}"
         segmenter.close()
@@ -159,7 +172,8 @@ def build(config: Config) -> Built:
     events: list = []
     try:
         listeners: list = []
-        source = _source(config, stats, events, listeners, lores=segmenter.input_size)
+        whole_frame = config.pipeline.roi is None and not config.pipeline.tiling.enabled  # lores shows the whole view
+        source = _source(config, stats, events, listeners, lores=segmenter.input_size if whole_frame else None)
     except Exception:
         segmenter.close()
         raise
@@ -176,7 +190,7 @@ def build(config: Config) -> Built:
     try:
         built.pipeline.stages = _stages(config, segmenter, stats, built)
         metrics = built.metrics
-        metrics.set_source_up(source.state == "live")
+        metrics.set_source_up(False)  # until the first frame ("recovered")
         listeners.append(lambda event: _source_state(metrics, event))
     except Exception:
         if built.preview is not None:  # a later stage failed (e.g. an output path): free the port again

@@ -137,11 +137,11 @@ def _segmenter_factory(config) -> Callable:
     from edge_seg.segmenter import Segmenter
 
     m = config.model
+    crops = config.uncertainty.crops.method if config.uncertainty.enabled else None  # the map the crops need
 
     def create(path):
         return Segmenter.create(model=path, backend=m.backend, num_threads=m.num_threads,
-                                entropy=m.entropy or config.uncertainty.crops.method == "entropy",
-                                margin=config.uncertainty.crops.method == "margin",
+                                entropy=m.entropy or crops == "entropy", margin=crops == "margin",
                                 smoothing=config.smoothing if config.smoothing.enabled else None)
 
     return create

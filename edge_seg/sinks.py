@@ -198,14 +198,12 @@ class MetricsStage:
         m.frame_processed()
         # the loop's counters only grow (on other threads): pass on what changed since the last frame,
         # reading each once so an increment between the difference and the update is not lost
-        dropped, sink_dropped, skipped = stats.dropped, stats.sink_dropped, stats.skipped
+        dropped, sink_dropped, skipped, reconnects = stats.dropped, stats.sink_dropped, stats.skipped, stats.reconnects
         m.frames_dropped(dropped - self._dropped, where="capture")
         m.frames_dropped(sink_dropped - self._sink_dropped, where="sink")
         m.frame_skipped(skipped - self._skipped)
-        self._dropped, self._sink_dropped, self._skipped = dropped, sink_dropped, skipped
-        for _ in range(stats.reconnects - self._reconnects):
-            m.source_reconnect()
-        self._reconnects = stats.reconnects
+        m.source_reconnect(reconnects - self._reconnects)
+        self._dropped, self._sink_dropped, self._skipped, self._reconnects = dropped, sink_dropped, skipped, reconnects
         m.set_fps(self.stats.fps)
         seg = result.segmentation
         m.observe_segmentation(seg.area_fractions, 1.0 - seg.mean_confidence)

@@ -136,7 +136,8 @@ def test_a_source_opened_up_front_is_used_and_its_deadline_starts_at_the_first_r
         time.sleep(0.3)  # start-up work longer than the deadline (loading sinks, connecting)
         frame = source.read(1.0)
         assert frame is not None and frame.seq == 0
-        assert len(opens) == 1 and events == [] and source.state == "live"
+        assert len(opens) == 1 and source.state == "live"
+        assert [e.kind for e in events] == ["recovered"]  # frames flow: no stall, no reopen
     finally:
         source.close()
 
@@ -196,7 +197,7 @@ def test_a_slow_source_is_not_called_stalled_between_its_frames():
     try:
         frames = [source.read(1.0) for _ in range(4)]
         assert all(f is not None for f in frames) and [f.seq for f in frames] == [0, 1, 2, 3]
-        assert events == [] and source.nominal_fps == 5
+        assert [e.kind for e in events] == ["recovered"] and source.nominal_fps == 5  # no stall between frames
     finally:
         source.close()
 
@@ -218,3 +219,17 @@ def test_the_overlay_video_keeps_the_file_s_frame_rate(tiny_models, tmp_path):
     assert stats.completed == 8 and video.get(cv2.CAP_PROP_FPS) == 10.0
     assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 8
     video.release()
+
+
+def test_source_up_turns_on_with_the_first_frame_whoever_opened_the_source():
+    for first in (None, open_source("synthetic://?width=32&height=32")):  # opened by the loop, or up front
+        metrics = Metrics(device="cam")
+        metrics.set_source_up(False)  # as build() starts it
+        source = ResilientSource(lambda: open_source("synthetic://?width=32&height=32"),
+                                 on_event=lambda event, m=metrics: _source_state(m, event), first=first)
+        try:
+            assert metrics.registry.get_sample_value("edge_seg_source_up") == 0
+            assert source.read(2.0) is not None
+            assert metrics.registry.get_sample_value("edge_seg_source_up") == 1
+        finally:
+            source.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 from pathlib import Path
@@ -157,6 +158,21 @@ def test_unwritable_state_dir_is_named(tmp_path, capsys):
                                       "--state-dir", "/proc/xx"])
     assert message.startswith("cannot create the MQTT outbox directory /proc/xx: ")
     assert "device.state_dir (--state-dir)" in message
+
+
+def test_a_failed_start_closes_the_outputs_already_opened(tmp_path):
+    from edge_seg.config import parse_config
+    from edge_seg.errors import EdgeSegError
+    from edge_seg.runner import build
+
+    jsonl = tmp_path / "frames.jsonl"
+    config = parse_config({"output": {"jsonl": str(jsonl)}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
+                           "device": {"state_dir": "/proc/xx"}})  # the publisher, made after the JSONL sink, fails
+    with pytest.raises(EdgeSegError, match="outbox directory") as failed:
+        build(config)
+    # the traceback (still held) keeps the failed start's frames alive: only an explicit close frees the file
+    assert failed.traceback and jsonl.exists()
+    assert not any(os.path.realpath(fd) == str(jsonl.resolve()) for fd in Path("/proc/self/fd").iterdir())
 
 
 def test_tiling_an_instance_model_is_refused_at_start(tmp_path, capsys):

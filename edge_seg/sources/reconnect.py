@@ -5,8 +5,8 @@ source raises anything but ``SourceEnded`` or ``SourceUnusable`` (both pass thro
 a source that can never deliver), it is closed and reopened after a delay that doubles from
 ``backoff_initial`` up to ``backoff_cap`` (reset by the next frame). Failed opens back off the
 same way. Every step is reported as a ``SourceEvent``: ``stalled``, ``open_failed``, ``reopened``
-(an open succeeded), ``recovered`` (the first frame after a reopen: the source is back, which a
-reopen alone does not prove) and ``ended`` (loop or end is the inner source's policy). Frames are
+(an open succeeded after a failure), ``recovered`` (the first frame after any open: the source
+delivers, which an open alone does not prove) and ``ended`` (loop or end is the inner source's policy). Frames are
 renumbered so ``seq`` stays monotonic.
 
 Timeouts: ``read(timeout)`` never blocks much longer than ``timeout``: the inner read gets the
@@ -124,9 +124,9 @@ class ResilientSource:
         self._lossless = False
         self._base_deadline = deadline
         self.nominal_fps: float | None = None  # the open source's (see base.Source)
-        self._recovering = False  # reopened, no frame yet
+        self._recovering = False  # opened, no frame yet
         if first is not None:
-            self._inner, self.state = first, "live"
+            self._inner, self.state, self._recovering = first, "live", True
             self._adopt(first)
         self._unread = first is not None  # the deadline of ``first`` runs from the first read, not from here
 
@@ -173,9 +173,9 @@ class ResilientSource:
         self._inner, self.state = opener.source, "live"
         self._adopt(self._inner)
         self._last_frame = self._clock()  # the deadline runs from the open
+        self._recovering = True
         if self._attempt:
             self.reconnects += 1
-            self._recovering = True
             self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
 
     def _adopt(self, source: Source) -> None:
@@ -227,7 +227,8 @@ class ResilientSource:
             if frame is not None:
                 if self._recovering:
                     self._recovering = False
-                    self._emit("recovered", f"{self.uri}: frames again after {self._attempt} attempt(s)")
+                    again = f" again after {self._attempt} attempt(s)" if self._attempt else ""
+                    self._emit("recovered", f"{self.uri}: frames flowing{again}")
                 self._last_frame, self._backoff, self._attempt, self.state = now, self._initial, 0, "live"
                 frame = replace(frame, seq=self._seq)
                 self._seq += 1
