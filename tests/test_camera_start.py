@@ -108,7 +108,8 @@ def test_picam_lores_is_the_model_size_and_inference_reads_it(fake_picamera2, ti
     assert fake_picamera2.CONFIGS == [{"main": {"size": (320, 240), "format": "RGB888"},
                                        "lores": {"size": built.segmenter.input_size, "format": "YUV420"}}]
     assert len(fake_picamera2.OPENED) == 1 and fake_picamera2.OPENED[0].closed  # opened once, released at the end
-    assert len(seen) == 3
+    stats = built.pipeline.stats  # a live camera: the sink may drop a frame when it falls behind
+    assert stats.segmented == 3 and len(seen) == stats.completed >= 1
     green, blue = tflite_builders.COLOUR_CLASSES.index("green"), tflite_builders.COLOUR_CLASSES.index("blue")
     for labels in seen:  # the lores picture (green | blue), not the all-red main stream
         half = labels.shape[1] // 2
@@ -119,9 +120,12 @@ def test_a_region_of_interest_segments_the_main_stream(fake_picamera2, tiny_mode
     config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
                            "source": {"uri": "picam://0?width=320&height=240"},
                            "pipeline": {"max_frames": 3, "roi": [40, 40, 200, 120]}})
-    seen, _ = _segment_three(config)
+    seen, built = _segment_three(config)
     red = tflite_builders.COLOUR_CLASSES.index("red")
-    assert len(seen) == 3 and all((labels == red).all() for labels in seen)  # lores shows the whole view: unused
+    stats = built.pipeline.stats  # a live camera: the sink may drop a frame when it falls behind
+    assert stats.segmented == 3 and len(seen) == stats.completed >= 1
+    assert all((labels == red).all() for labels in seen)  # lores shows the whole view: not asked for, not used
+    assert "lores" not in fake_picamera2.CONFIGS[0]
 
 
 def test_a_source_opened_up_front_is_used_and_its_deadline_starts_at_the_first_read():
