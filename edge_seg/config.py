@@ -8,7 +8,6 @@ rejected, so a typo never passes silently. ``edge-seg config schema`` prints the
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -61,15 +60,14 @@ class SourceConfig(_Section):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
-        from edge_seg.sources import SCHEMES  # the scheme table only: no capture module is imported
+        from edge_seg.sources import SCHEMES, uri_scheme, valid_schemes  # no capture module is imported
         from edge_seg.sources._common import redact
 
-        valid = ", ".join(f"{s}://" for s in SCHEMES) + " or a file/directory path"
         if not uri.strip():
-            raise ValueError(f"empty source URI (valid: {valid})")
-        match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", uri)
-        if match is not None and match.group(1).lower() not in SCHEMES:
-            raise ValueError(f"unknown scheme {match.group(1)}:// (valid: {valid}), got {redact(uri)!r}")
+            raise ValueError(f"empty source URI (valid: {valid_schemes()})")
+        scheme = uri_scheme(uri)
+        if scheme is not None and scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {uri[:len(scheme)]}:// (valid: {valid_schemes()}), got {redact(uri)!r}")
         return uri
 
 

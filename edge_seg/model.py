@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from edge_seg import backends
 from edge_seg.backends.base import Backend, BackendOptions
-from edge_seg.errors import BackendUnavailable, InputError, ManifestError, ModelError
+from edge_seg.errors import InputError, ManifestError, ModelError
 from edge_seg.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -103,10 +103,7 @@ def check_model(path: str | Path, backend: str | None = None) -> Path:
     model_file, _, _ = _resolve(Path(path), backend)
     if not model_file.is_file():
         raise ModelError(f"model not found: {model_file}")
-    name = backend or backends.backend_for_path(model_file)
-    if name not in backends.available():
-        raise BackendUnavailable(
-            f"backend '{name}' is not available in this version (available: {', '.join(backends.available())})")
+    backends.require(backend or backends.backend_for_path(model_file))
     return model_file
 
 

@@ -40,21 +40,23 @@ def backend_for_path(path: Path) -> str:
     raise ModelError(f"unknown model file type '{Path(path).name}': expected one of {valid}")
 
 
-def probe(name: str) -> str:
-    """One line on what backend ``name`` would run on here; raises ``BackendUnavailable`` (naming the package
-    to install) when its runtime is missing. Imports the runtime, so it is for diagnostics, not start-up."""
+def require(name: str) -> str:
+    """The ``module:Class`` of backend ``name``; ``BackendUnavailable`` when this version has no such backend
+    (nothing is imported)."""
     target = _BACKENDS.get(name)
     if target is None:
         raise BackendUnavailable(
             f"backend '{name}' is not available in this version (available: {', '.join(available())})")
-    return importlib.import_module(target.split(":")[0]).probe()
+    return target
+
+
+def probe(name: str) -> str:
+    """One line on what backend ``name`` would run on here; raises ``BackendUnavailable`` (naming the package
+    to install) when its runtime is missing. Imports the runtime, so it is for diagnostics, not start-up."""
+    return importlib.import_module(require(name).split(":")[0]).probe()
 
 
 def create(name: str) -> Backend:
     """A new, unloaded backend instance by name."""
-    target = _BACKENDS.get(name)
-    if target is None:
-        raise BackendUnavailable(
-            f"backend '{name}' is not available in this version (available: {', '.join(available())})")
-    module_name, cls_name = target.split(":")
+    module_name, cls_name = require(name).split(":")
     return getattr(importlib.import_module(module_name), cls_name)()

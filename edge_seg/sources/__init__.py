@@ -43,15 +43,14 @@ def open_source(uri: str, *, loop: bool = False, fps: float | None = None, size:
     for ``rtsp://``). Errors are one-line ``SourceError``\\ s: ``SourceUnavailable`` for a live
     source that may come back (worth retrying), ``SourceUnusable`` for one that never will.
     """
-    match = _SCHEME.match(uri)
-    if match is None:
+    scheme = uri_scheme(uri)
+    if scheme is None:
         if not uri.strip():
-            raise SourceError("empty source URI; valid schemes: " + _valid())
+            raise SourceError("empty source URI; valid schemes: " + valid_schemes())
         scheme = "images" if Path(uri).expanduser().is_dir() else "file"
     else:
-        scheme = match.group(1).lower()
         if scheme not in SCHEMES:
-            raise SourceError(f"unknown source scheme {scheme}:// in {redact(uri)!r}; valid: {_valid()}")
+            raise SourceError(f"unknown source scheme {scheme}:// in {redact(uri)!r}; valid: {valid_schemes()}")
     module_name, function = SCHEMES[scheme]
     opener = getattr(importlib.import_module(module_name), function)
     if lores is not None and scheme in LORES_SCHEMES:
@@ -59,5 +58,13 @@ def open_source(uri: str, *, loop: bool = False, fps: float | None = None, size:
     return opener(uri, loop=loop, fps=fps, size=size, **options)
 
 
-def _valid() -> str:
+def uri_scheme(uri: str) -> str | None:
+    """The lower-case scheme of ``uri`` (``file`` of ``file://x``), None for a bare path (not checked against
+    SCHEMES)."""
+    match = _SCHEME.match(uri)
+    return None if match is None else match.group(1).lower()
+
+
+def valid_schemes() -> str:
+    """The schemes ``open_source`` takes, for error messages."""
     return ", ".join(f"{s}://" for s in SCHEMES) + " or a file/directory path"
