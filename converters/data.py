@@ -1,7 +1,7 @@
 """Training data: the ``images/`` + ``masks/`` folder layout as NumPy arrays or a ``tf.data`` pipeline.
 
 A dataset folder holds ``images/<stem>.png`` (colour) and ``masks/<stem>.png`` (8-bit class ids,
-255 = ignore), the layout ``edge_seg.scenes.write_dataset`` writes and ``edge_seg evaluate``
+255 = ignore), the layout ``edge_seg.demo.scenes.write_dataset`` writes and ``edge_seg evaluate``
 reads. Images go to the model as RGB float32 in [0, 1] (``pixel / 255``), resized (stretch,
 bilinear) to the model size; masks are resized nearest-neighbour and batched as int32 (B, H, W, 1).
 """

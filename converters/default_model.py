@@ -2,7 +2,7 @@
 
     python -m converters.default_model [--out edge_seg/models/default] [--quick]
 
-Steps: render train / validation / held-out scene sets with ``edge_seg.scenes`` (disjoint seeds),
+Steps: render train / validation / held-out scene sets with ``edge_seg.demo.scenes`` (disjoint seeds),
 train the float network, fold its BatchNorm and fine-tune it quantisation-aware with one weight
 scale per tensor, export full-int8 TFLite (and, kept in the work folder for measurement only,
 float TFLite and per-tensor PTQ int8 of the float network), measure them on the held-out frames
@@ -38,8 +38,8 @@ import tf_keras as keras  # noqa: E402
 import edge_seg  # noqa: E402
 from converters import data, qat, tflite  # noqa: E402
 from converters.architectures import ArchConfig, build_model, fold_batchnorm  # noqa: E402
-from edge_seg.evaluate import evaluate_dataset  # noqa: E402
-from edge_seg.scenes import CLASSES, PALETTE, write_dataset  # noqa: E402
+from edge_seg.demo.scenes import CLASSES, PALETTE, write_dataset  # noqa: E402
+from edge_seg.evaluate.semantic import evaluate_dataset  # noqa: E402
 
 log = logging.getLogger("converters.default_model")
 

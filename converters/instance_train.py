@@ -2,7 +2,7 @@
 
     python -m converters.instance_train [--out edge_seg/models/instance] [--quick]
 
-Steps: render touching-object scenes (``edge_seg.scenes.render_touching_scene``: 3-6 objects of
+Steps: render touching-object scenes (``edge_seg.demo.scenes.render_touching_scene``: 3-6 objects of
 one class pressed together, 0-2 others behind) for training, build per-cell targets, train the
 float network (``converters.instance_model``), fine-tune it quantisation-aware (tfmot default
 8-bit scheme, ``quantize_model``: every layer of the network is covered, no custom config), export
@@ -49,7 +49,7 @@ from converters.instance_model import (  # noqa: E402
     build_instance_model,
     decode_boxes,
 )
-from edge_seg import scenes  # noqa: E402
+from edge_seg.demo import scenes  # noqa: E402
 from edge_seg.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, OutputSpec, sha256_file  # noqa: E402
 
 log = logging.getLogger("converters.instance_train")
@@ -267,7 +267,7 @@ def write_manifest(out_dir: Path, model_file: str, recipe: Recipe, metrics: dict
 def evaluate(model_dir: Path, data_dir: Path, progress: bool = False) -> dict:
     """COCO mask AP of the model in ``model_dir`` (manifest + tflite) through ``edge_seg.Segmenter``."""
     from edge_seg import Segmenter
-    from edge_seg.evaluate_instances import evaluate_instance_dataset
+    from edge_seg.evaluate.instances import evaluate_instance_dataset
 
     with Segmenter.create(model=model_dir) as seg:
         return evaluate_instance_dataset(lambda frame: seg.segment(frame).instances or (), data_dir, CLASSES,
@@ -278,7 +278,7 @@ def evaluate(model_dir: Path, data_dir: Path, progress: bool = False) -> dict:
 
 def build(out_dir: Path, work: Path, recipe: Recipe, verbose: bool = True) -> dict:
     """Run the whole recipe; write the int8 model and its manifest to ``out_dir``. Returns the summary."""
-    from edge_seg.evaluate_instances import write_instance_dataset
+    from edge_seg.evaluate.instances import write_instance_dataset
 
     start = time.perf_counter()
     keras.utils.set_random_seed(recipe.seed)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converters.formats import IGNORE_LABEL, SegDataset
-from edge_seg.evaluate import confusion_matrix, metrics_from_confusion, plot_confusion
+from edge_seg.evaluate.semantic import confusion_matrix, metrics_from_confusion, plot_confusion
 
 REFERENCE = "float32"
 

@@ -27,7 +27,7 @@ import tf_keras as keras  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from edge_seg.errors import ModelError  # noqa: E402
-from edge_seg.evaluate import confusion_matrix  # noqa: E402
+from edge_seg.evaluate.semantic import confusion_matrix  # noqa: E402
 from edge_seg.manifest import (  # noqa: E402
     MANIFEST_NAME,
     FileEntry,

@@ -85,7 +85,7 @@ class TrainOptions:
 
 
 def _palette(classes: tuple[str, ...]) -> list[tuple[int, int, int]]:
-    from edge_seg.scenes import CLASSES, PALETTE
+    from edge_seg.demo.scenes import CLASSES, PALETTE
 
     return [tuple(c) for c in PALETTE] if tuple(classes) == tuple(CLASSES) else default_palette(len(classes))
 

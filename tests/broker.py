@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_seg.local_broker import free_port, wait_listening
+from edge_seg.demo.broker import free_port, wait_listening
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 requires_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (make install adds it)")

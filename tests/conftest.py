@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import instance_builders as ib  # noqa: E402
 import tflite_builders  # noqa: E402
 
 from edge_seg.manifest import (  # noqa: E402
@@ -62,10 +63,23 @@ def write_scene_clip(path: Path, seed: int, frames: int, size: tuple[int, int] =
     """An mp4v clip of ``frames`` synthetic scenes (``scenes.render_clip(seed, ...)``) at 10 FPS."""
     import cv2
 
-    from edge_seg.scenes import render_clip
+    from edge_seg.demo.scenes import render_clip
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
     for scene in render_clip(seed, frames, size):
         writer.write(scene.image)
     writer.release()
     return path
+
+
+@pytest.fixture(scope="session")
+def instance_model_dir(tmp_path_factory):
+    """A float yolo_seg model with a letterbox manifest naming its two tensors."""
+    root = tmp_path_factory.mktemp("instance_model")
+    model = ib.build(root / "yolo_seg.tflite", "float32")
+    manifest = Manifest(name="yolo", version="1.0.0", task="instance", classes=["box", "bag"],
+                        input=InputSpec(width=64, height=64, resize="letterbox"),
+                        output=OutputSpec(kind="yolo_seg", tensors=["Identity_1", "Identity"]),
+                        files={"tflite": FileEntry(path=model.name, sha256=sha256_file(model))})
+    (root / "manifest.json").write_text(manifest.dump())
+    return root

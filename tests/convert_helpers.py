@@ -3,7 +3,7 @@
 ``write_blobs``: discs and boxes of three colour classes (red, green, blue, with noise) on a dark
 noisy background, as ``images/`` + ``masks/``. Parity between exported models only means something
 when the model predicts every class with some confidence; these sets give that with a few hundred
-training steps, which the synthetic scenes of ``edge_seg.scenes`` do not.
+training steps, which the synthetic scenes of ``edge_seg.demo.scenes`` do not.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tflite_builders
 
@@ -69,3 +70,48 @@ def build(path: Path, io: str = "float32", candidates=CANDIDATES) -> Path:
         return {"output0": det + zero, "output1": protos + zero}
 
     return tflite_builders.convert(model, path, io, SIZE, samples=4)
+
+
+# ---------------------------------------------------------------- an independent, loop-by-loop decoder
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def reference(det, protos, transform, nc, score_thr=0.25, iou_thr=0.5, mask_thr=0.5):
+    """det (C, N) and protos (mh, mw, nm) real values → [(class, score, bbox xywh frame px, mask)]."""
+    cands = []
+    for n in range(det.shape[1]):
+        col = det[:, n]
+        scores = col[4:4 + nc]
+        cls = int(np.argmax(scores))
+        if scores[cls] < score_thr:
+            continue
+        cx, cy, w, h = (float(v) for v in col[:4])
+        cands.append((float(scores[cls]), cls, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), col[4 + nc:]))
+    cands.sort(key=lambda c: -c[0])
+    kept = []
+    for cand in cands:
+        if all(k[1] != cand[1] or _iou(k[2], cand[2]) <= iou_thr for k in kept):
+            kept.append(cand)
+    fw, fh = transform.frame_size
+    iw, ih = transform.input_size
+    x, y, w, h = transform.content
+    out = []
+    yy, xx = np.mgrid[0:fh, 0:fw] + 0.5
+    for score, cls, box, coeff in kept:
+        logits = np.tensordot(protos, coeff, axes=([2], [0]))
+        prob = 1.0 / (1.0 + np.exp(-logits))
+        full = cv2.resize(prob.astype(np.float32), (iw, ih), interpolation=cv2.INTER_LINEAR)
+        frame_prob = cv2.resize(full[y:y + h, x:x + w], (fw, fh), interpolation=cv2.INTER_LINEAR)
+        fb = [(box[0] - x) * fw / w, (box[1] - y) * fh / h, (box[2] - x) * fw / w, (box[3] - y) * fh / h]
+        fb = [min(max(fb[0], 0), fw), min(max(fb[1], 0), fh), min(max(fb[2], 0), fw), min(max(fb[3], 0), fh)]
+        inside = (xx > fb[0]) & (xx <= fb[2]) & (yy > fb[1]) & (yy <= fb[3])
+        out.append((cls, score, (fb[0], fb[1], fb[2] - fb[0], fb[3] - fb[1]), (frame_prob > mask_thr) & inside))
+    return out
+
+
+FRAME = (128, 96)  # letterboxed into 64x64: content (0, 8, 64, 48)

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from edge_seg.config import parse_config
+from edge_seg.loop.runner import build, install_signal_handlers
 from edge_seg.publish.mqtt import Publisher
 from edge_seg.publish.mqtt_config import MqttConfig
-from edge_seg.runner import build, install_signal_handlers
 from edge_seg.segmentation import ModelIdentity
 
 

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_seg.pipeline import FrameResult
+from edge_seg.loop.pipeline import FrameResult
 from edge_seg.publish.messages import CommandResultMessage, decode
 from edge_seg.publish.mqtt import Publisher
 from edge_seg.publish.mqtt_config import MqttConfig

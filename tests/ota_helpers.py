@@ -13,7 +13,7 @@ from pathlib import Path
 import tflite_builders
 
 from edge_seg.manifest import FileEntry, InputSpec, Manifest, OutputSpec, sha256_file
-from edge_seg.ota_bundle import MANIFEST_NAME, SIG_NAME, generate_keypair, load_private_key, pack, sign_manifest
+from edge_seg.ota.bundle import MANIFEST_NAME, SIG_NAME, generate_keypair, load_private_key, pack, sign_manifest
 from edge_seg.segmenter import DEFAULT_MODEL
 
 

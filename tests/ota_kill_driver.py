@@ -20,10 +20,10 @@ import cv2  # noqa: F401 - imported before forking, so children start fast
 import numpy  # noqa: F401
 
 from edge_seg.backends.litert import interpreter_module
-from edge_seg.ota_bundle import load_public_keys
-from edge_seg.ota_install import InstallOptions, install_bundle
-from edge_seg.ota_store import Checkpoints, ModelStore
-from edge_seg.scenes import render_clip  # noqa: F401
+from edge_seg.demo.scenes import render_clip  # noqa: F401
+from edge_seg.ota.bundle import load_public_keys
+from edge_seg.ota.install import InstallOptions, install_bundle
+from edge_seg.ota.store import Checkpoints, ModelStore
 from edge_seg.segmenter import Segmenter  # noqa: F401
 
 

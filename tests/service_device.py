@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from edge_seg import sources
-from edge_seg.cli import main
+from edge_seg.cli.main import main
 
 GATE = Path(os.environ["EDGE_SEG_TEST_GATE"])
 _open = sources.open_source

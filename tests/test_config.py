@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_seg.cli import main
+from edge_seg.cli.main import main
 from edge_seg.config import ConfigError, load_config, parse_config
 
 BOARDS = sorted((Path(__file__).parent.parent / "firmware_configs" / "boards").glob("*.yaml"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from edge_seg import Segmenter
-from edge_seg.evaluate import confusion_matrix
+from edge_seg.demo.scenes import CLASSES, render_scene
+from edge_seg.evaluate.semantic import confusion_matrix
 from edge_seg.manifest import read_manifest
-from edge_seg.scenes import CLASSES, render_scene
 from edge_seg.segmenter import DEFAULT_MODEL
 
 # seeds no training, validation or held-out set of converters.default_model uses
@@ -22,7 +22,7 @@ def segmenter():
 
 
 def _per_class_iou(pred: np.ndarray, truth: np.ndarray, n: int) -> list[float]:
-    """Independent of edge_seg.evaluate: plain set counting per class."""
+    """Independent of edge_seg.evaluate.semantic: plain set counting per class."""
     out = []
     for c in range(n):
         inter = np.logical_and(pred == c, truth == c).sum()

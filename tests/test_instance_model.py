@@ -11,7 +11,8 @@ pytest.importorskip("tensorflow_model_optimization")
 
 from converters import instance_train  # noqa: E402
 from converters.instance_model import InstanceArch, InstanceLoss, build_instance_model, decode_outputs  # noqa: E402
-from edge_seg import Segmenter, scenes  # noqa: E402
+from edge_seg import Segmenter  # noqa: E402
+from edge_seg.demo import scenes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_int8_model_has_int8_convolutions_and_float_outputs(quick_model):
 
 def test_bundled_instance_model_scores_its_recorded_ap(tmp_path):
     """The bundled model on the 200 held-out touching-object frames scores what its manifest records."""
-    from edge_seg.evaluate_instances import write_instance_dataset
+    from edge_seg.evaluate.instances import write_instance_dataset
 
     bundled = instance_train.BUNDLED
     if not (bundled / "manifest.json").is_file():

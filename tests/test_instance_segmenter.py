@@ -7,26 +7,13 @@ import json
 import instance_builders as ib
 import numpy as np
 import pytest
-from test_instance import FRAME, reference
+from instance_builders import FRAME, reference
 
 from edge_seg import Segmenter
 from edge_seg.errors import ManifestError
-from edge_seg.manifest import FileEntry, InputSpec, Manifest, OutputSpec, sha256_file, validate
-from edge_seg.overlay import InstanceOverlay, Overlay, instance_colour
+from edge_seg.manifest import Manifest, OutputSpec, validate
 from edge_seg.preprocess import Transform, letterbox_geometry
-
-
-@pytest.fixture(scope="session")
-def instance_model_dir(tmp_path_factory):
-    """A float yolo_seg model with a letterbox manifest naming its two tensors."""
-    root = tmp_path_factory.mktemp("instance_model")
-    model = ib.build(root / "yolo_seg.tflite", "float32")
-    manifest = Manifest(name="yolo", version="1.0.0", task="instance", classes=["box", "bag"],
-                        input=InputSpec(width=64, height=64, resize="letterbox"),
-                        output=OutputSpec(kind="yolo_seg", tensors=["Identity_1", "Identity"]),
-                        files={"tflite": FileEntry(path=model.name, sha256=sha256_file(model))})
-    (root / "manifest.json").write_text(manifest.dump())
-    return root
+from edge_seg.view.overlay import InstanceOverlay, Overlay, instance_colour
 
 
 def test_segmenter_returns_instances(instance_model_dir):

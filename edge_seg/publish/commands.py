@@ -12,7 +12,7 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
   ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
 * ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
 * ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``) → download, verify,
-  install and hot-swap through ``edge_seg.ota`` (the running service); the result says what happened,
+  install and hot-swap through ``edge_seg.ota.actions`` (the running service); the result says what happened,
   or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
 
 Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong type, bad or

@@ -67,7 +67,7 @@ class _Work:
 
 
 class Publisher:
-    """MQTT publish sink (``edge_seg.sinks.PublishSink``); also usable as a loop stage (``publisher(result)``)."""
+    """MQTT publish sink (``edge_seg.loop.sinks.PublishSink``); also usable as a loop stage (``publisher(result)``)."""
 
     name = "publish"
 

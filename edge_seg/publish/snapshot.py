@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from edge_seg.overlay import Overlay
+from edge_seg.view.overlay import Overlay
 
 MAX_SIDE = 960  # snapshots are for a human to look at: no need for the full camera resolution
 

@@ -1,6 +1,6 @@
 """``synthetic://[?seed=3&width=640&height=360&fps=15&clip=300&frames=N]``: the demo scene generator as a camera.
 
-Frames come from ``edge_seg.scenes.render_clip``, rendered lazily one at a time on the caller's
+Frames come from ``edge_seg.demo.scenes.render_clip``, rendered lazily one at a time on the caller's
 thread: a clip of ``clip`` frames (one scene with moving objects), then the next clip with a
 seed derived from ``(seed, clip index)``, forever; or ``frames`` in total, then ``SourceEnded``
 (or the same frames again with ``loop``). The same seed gives the same frames. The ground truth
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from edge_seg import scenes
+from edge_seg.demo import scenes
 from edge_seg.sources._common import Pacer, query_options, wait_until_due
 from edge_seg.sources.base import Frame, SourceEnded, SourceError
 

@@ -1,0 +1,396 @@
+"""``edge-seg`` command line. Subcommands parse arguments and delegate; the work is in the modules.
+
+A user mistake (``EdgeSegError``) prints one line and exits 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge_seg import __version__
+from edge_seg.errors import EdgeSegError, InputError
+
+log = logging.getLogger("edge_seg")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'") from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'")
+    return values
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from edge_seg.segmenter import DEFAULT_MODEL
+
+    p.add_argument("--model", "-m", type=Path, required=required,
+                   default=None if required else DEFAULT_MODEL,
+                   help="model directory, manifest.json or model file (default: the bundled model)")
+    p.add_argument("--backend", "-b", default=None, help="runtime to use (default: by model file suffix)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")
+    p.add_argument("--mean", type=_floats, default=None, help="override input mean, e.g. 127.5 or 123.7,116.3,103.5")
+    p.add_argument("--std", type=_floats, default=None, help="override input std, e.g. 127.5")
+
+
+def _segmenter(args: argparse.Namespace):
+    from edge_seg.segmenter import Segmenter
+
+    return Segmenter.create(model=args.model, backend=args.backend, num_threads=args.threads,
+                            mean=args.mean, std=args.std)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from edge_seg.loop.infer_files import image_paths, infer_files
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    paths = image_paths(args.target)
+    with _segmenter(args) as seg:
+        report = infer_files(seg, paths, args.out, alpha=args.alpha, contours=args.contours)
+    print(f"segmented {len(report.written)} image(s) into {args.out}; {len(report.failed)} failed")
+    return 1 if report.failed else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge_seg.evaluate.semantic import evaluate_dataset, write_report
+
+    if not args.data.is_dir():
+        raise InputError(f"dataset directory not found: {args.data}")
+    with _segmenter(args) as seg:
+        if seg.manifest.task == "instance":
+            return _eval_instances(seg, args)
+        classes = list(seg.manifest.classes)
+        result = evaluate_dataset(lambda img: seg.segment(img).class_map, args.data, len(classes), classes,
+                                  progress=not args.quiet)
+    write_report(result, args.out)
+    miou = result["mean_iou"]
+    print(f"mIoU {miou:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
+          f"({result['num_images']} images)  report: {args.out}/metrics.json, {args.out}/confusion.png")
+    for name, m in result["per_class"].items():
+        iou = "n/a" if m["iou"] is None else f"{m['iou']:.4f}"
+        print(f"  {name:<16} IoU {iou}")
+    return 0
+
+
+def _eval_instances(seg, args: argparse.Namespace) -> int:
+    """``edge-seg eval`` for an instance model: COCO mask AP on images/ + annotations.json."""
+    from edge_seg.evaluate.instances import evaluate_instance_dataset, write_instance_report
+
+    result = evaluate_instance_dataset(lambda img: seg.segment(img).instances, args.data, list(seg.manifest.classes),
+                                       progress=not args.quiet)
+    path = write_instance_report(result, args.out)
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"mask AP {fmt(result['ap'])}  AP50 {fmt(result['ap50'])}  AP75 {fmt(result['ap75'])}  "
+          f"({result['num_images']} images, {result['num_instances']} instances)  report: {path}")
+    for name, m in result["per_class"].items():
+        print(f"  {name:<16} AP {fmt(m['ap'])}  AP50 {fmt(m['ap50'])}  recall@0.5 {fmt(m['recall50'])}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from edge_seg.demo.mqtt import DemoLink
+    from edge_seg.demo.run import run_demo
+
+    with _segmenter(args) as seg:
+        with (nullcontext() if args.no_mqtt else DemoLink(args.out, seg)) as link:
+            summary = run_demo(seg, args.out, frames=args.frames, seed=args.seed, progress=not args.quiet,
+                               link=link)
+    print("\n".join(summary.lines() + (link.lines() if link is not None else [])))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_seg.bench.report import plot_compare, table, write_csv
+    from edge_seg.bench.run import run_bench
+    from edge_seg.cli.checks import bench_specs
+    from edge_seg.segmenter import Segmenter
+
+    reports = []
+    for model, backend, mean, std in bench_specs(args):  # checks every argument before the first bench
+        with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std) as seg:
+            label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
+            reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
+                                     source=args.source, loop_frames=args.loop_frames, progress=not args.json,
+                                     label=label, clip_codec=args.clip_codec))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports] if len(reports) > 1 else reports[0].as_dict(), indent=2))
+    else:
+        for report in reports:
+            print("\n".join(table(report)))
+    if args.csv:
+        write_csv(reports, args.csv)
+    if len(reports) > 1:
+        path = plot_compare(reports, args.plot)
+        if not args.json:
+            print(f"comparison plot: {path}")
+    return 0
+
+
+def cmd_manifest_init(args: argparse.Namespace) -> int:
+    from edge_seg.model import load_model
+
+    out = args.output or args.model.with_name("manifest.json")
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists; pass --force to overwrite it")
+    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std)
+    manifest = loaded.manifest
+    loaded.close()
+    entry_key = next(iter(manifest.files))
+    manifest.files[entry_key].sha256 = loaded.sha256
+    out.write_text(manifest.dump())
+    print(f"wrote {out}: edit 'classes', 'palette', 'name' and 'version' to describe your model")
+    return 0
+
+
+def _preview_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, e.g. :8080 or 0.0.0.0:8080, got '{text}'") from None
+    if host.startswith("[") and host.endswith("]"):  # [::1]:8080, the URL form of an IPv6 address
+        host = host[1:-1]
+    return host or "127.0.0.1", number
+
+
+def _run_config(args: argparse.Namespace):
+    from edge_seg.config import Config, load_config, parse_config
+
+    config = load_config(args.config) if args.config else Config()
+    data = config.model_dump(mode="json")
+    flags = {("source", "uri"): args.source, ("model", "path"): args.model and str(args.model),
+             ("model", "backend"): args.backend, ("model", "num_threads"): args.threads,
+             ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
+             ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
+             ("device", "name"): args.device, ("mqtt", "url"): args.broker,
+             ("device", "state_dir"): args.state_dir and str(args.state_dir)}
+    for (section, key), value in flags.items():
+        if value is not None:
+            data[section][key] = value
+    if args.preview:
+        data["preview"].update(enabled=True, host=args.preview[0], port=args.preview[1])
+    return parse_config(data, "command line" if not args.config else f"{args.config} + flags")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_seg.loop.runner import run
+
+    stats = run(_run_config(args))
+    return 1 if stats.completed == 0 and stats.captured == 0 else 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from edge_seg.config import load_config
+
+    config = load_config(args.file)
+    print(f"{args.file}: OK (device {config.device.name}, source {config.source.uri})")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from edge_seg.config import json_schema
+
+    sys.stdout.write(json_schema())
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.consumer import run_consumer
+
+    options = {k: v for k, v in (("topic_prefix", args.prefix), ("client_id", args.client_id),
+                                 ("password_file", args.password_file), ("tls_ca", args.ca),
+                                 ("tls_cert", args.cert), ("tls_key", args.key)) if v is not None}
+    stats = run_consumer(args.broker, args.out, share=args.share, duration=args.duration,
+                         progress=not args.quiet, **options)
+    print("consumer: " + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float))))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(json.dumps({"edge_seg": __version__, "python": sys.version.split()[0]}))
+    return 0
+
+
+PLUGIN_GROUP = "edge_seg.commands"
+
+
+def _add_plugins(sub) -> None:
+    """Subcommands other packages register under the ``edge_seg.commands`` entry-point group.
+
+    ``converters`` (the workstation side, extra ``convert``) adds ``edge-seg convert`` this way, so
+    the device runtime never imports it. A plugin's ``register(subparsers)`` must be cheap: it
+    only declares arguments; its handler imports the heavy things when it runs.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            register = ep.load()
+        except ImportError as err:
+            missing = sub.add_parser(ep.name, help=f"(unavailable: {err.name or err} is not installed)")
+            missing.set_defaults(func=lambda args, e=err, name=ep.name: _unavailable(name, e))
+            continue
+        register(sub)
+
+
+def command_actions(sub, name: str, help: str):
+    """The action subparsers of command ``name``, created if no plugin added it yet (several plugins
+    extend ``model``: the OTA commands and ``build-engine``)."""
+    command = sub.choices.get(name)
+    if command is None:
+        command = sub.add_parser(name, help=help)
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return command.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
+def _unavailable(name: str, err: ImportError) -> int:
+    raise EdgeSegError(f"'edge-seg {name}' needs packages that are not installed ({err}); "
+                       "pip install 'edge-seg[convert]'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-seg", description="Edge segmentation runtime.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"edge-seg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("infer", help="segment an image or a directory of images")
+    p.add_argument("target", type=Path, metavar="IMAGE|DIR", help="an image, or a directory of images")
+    _model_args(p)
+    p.add_argument("--out", "-o", type=Path, default=Path("out/infer"), help="output directory (default out/infer)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
+    p.add_argument("--contours", action="store_true", help="draw class contours on the overlay")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("eval", help="per-class IoU, mIoU, Dice, accuracy on an images/ + masks/ dataset "
+                                    "(instance models: COCO mask AP on images/ + annotations.json)")
+    _model_args(p)
+    p.add_argument("--data", "-d", type=Path, required=True, help="directory with images/ and masks/")
+    p.add_argument("--out", "-o", type=Path, default=Path("out/eval"), help="report directory (default out/eval)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="segment a synthetic clip with the bundled model, write an overlay video")
+    _model_args(p)
+    p.add_argument("--out", "-o", type=Path, default=Path("out"), help="output directory (default out)")
+    p.add_argument("--frames", type=int, default=150, help="clip length (default 150)")
+    p.add_argument("--seed", type=int, default=7, help="clip seed (default 7)")
+    p.add_argument("--no-mqtt", action="store_true",
+                   help="skip the MQTT leg (local Mosquitto + consumer, or the outbox when none is installed)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="per-stage latency percentiles, bare invoke vs loop FPS, memory, thermals")
+    _model_args(p)
+    p.add_argument("--frames", type=int, default=300, help="frames per measurement (default 300)")
+    p.add_argument("--loop-frames", type=int, default=None, help="frames for the loop (default: --frames)")
+    p.add_argument("--width", type=int, default=1280, help="frame width (default 1280)")
+    p.add_argument("--height", type=int, default=720, help="frame height (default 720)")
+    p.add_argument("--source", default=None, help="loop source URI (default: a generated WxH file:// clip)")
+    p.add_argument("--clip-codec", choices=("i420", "mjpg", "mp4v"), default="i420",
+                   help="how the generated clip is stored: i420 = raw YUV frames, what a camera delivers "
+                        "(default); mp4v / mjpg add a software video / JPEG decode to the loop")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
+    p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",
+                   help="bench a second model and/or backend side by side, e.g. other_model/ or @litert")
+    p.add_argument("--plot", type=Path, default=None, help="with --compare: the comparison plot "
+                   "(default out/bench_compare.png)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("manifest", help="model manifest tools")
+    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+    q = msub.add_parser("init", help="write the manifest inferred from a model's tensors, to edit")
+    q.add_argument("model", type=Path, metavar="MODEL", help="model file (.tflite, .onnx, .engine)")
+    q.add_argument("--output", "-o", type=Path, default=None,
+                   help="where to write (default: manifest.json beside MODEL)")
+    q.add_argument("--force", action="store_true", help="overwrite an existing file")
+    q.add_argument("--backend", "-b", default=None, help="runtime that reads the tensors (default: by file suffix)")
+    q.add_argument("--mean", type=_floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
+                   "(default: inferred from the input tensor)")
+    q.add_argument("--std", type=_floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
+    q.set_defaults(func=cmd_manifest_init)
+
+    p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
+    p.add_argument("--config", "-c", type=Path, default=None, help="device YAML config (default: built-in defaults)")
+    p.add_argument("--source", "-s", default=None, help="source URI, e.g. file://clip.mp4, rtsp://..., "
+                   "v4l2:///dev/video0, csi://0, picam://0, images://DIR, synthetic:// (default)")
+    p.add_argument("--model", "-m", type=Path, default=None, help="model (default: the bundled model)")
+    p.add_argument("--backend", "-b", default=None, help="runtime to use: litert, edgetpu, onnxruntime, tensorrt "
+                   "(default: by model file suffix)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
+                   help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given)")
+    p.add_argument("--out", "-o", type=Path, default=None, help="write the overlay video here (.mp4)")
+    p.add_argument("--jsonl", type=Path, default=None, help="append one JSON summary per frame here")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N segmented frames")
+    p.add_argument("--every-n", type=int, default=None, help="segment every Nth frame")
+    p.add_argument("--device", default=None, help="device name")
+    p.add_argument("--broker", default=None, metavar="URL",
+                   help="publish masks and crops to mqtt[s]://[user@]host:port "
+                   "(password: EDGE_SEG_MQTT_PASSWORD or mqtt.password_file)")
+    p.add_argument("--state-dir", type=Path, default=None, help="outbox and model store (default /var/lib/edge-seg)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("consume", help="cloud side: receive, dedupe and store masks, crops and status from MQTT")
+    p.add_argument("--broker", required=True, help="mqtt[s]://[user@]host:port (password: EDGE_SEG_MQTT_PASSWORD)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="where to store masks, crops and the database")
+    p.add_argument("--share", default=None, metavar="GROUP", help="MQTT 5 shared subscription group: N consumers "
+                   "with the same GROUP split the stream")
+    p.add_argument("--prefix", default=None, help="topic prefix (default edge_seg)")
+    p.add_argument("--client-id", default=None, help="stable id: a persistent session keeps messages while away")
+    p.add_argument("--password-file", type=Path, default=None,
+                   help="file holding the broker password (default: $EDGE_SEG_MQTT_PASSWORD)")
+    p.add_argument("--ca", type=Path, default=None, help="CA certificate for mqtts://")
+    p.add_argument("--cert", type=Path, default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--key", type=Path, default=None, help="client key (mutual TLS)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--quiet", "-q", action="store_true", help="no live summary line")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("config", help="device config tools")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    q = csub.add_parser("check", help="validate a device config file")
+    q.add_argument("file", type=Path, metavar="FILE", help="the device YAML config to check")
+    q.set_defaults(func=cmd_config_check)
+    q = csub.add_parser("schema", help="print the config's JSON Schema")
+    q.set_defaults(func=cmd_config_schema)
+
+    _add_plugins(sub)
+
+    p = sub.add_parser("version", help="print versions")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except EdgeSegError as err:
+        if args.debug:
+            raise
+        print(f"edge-seg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-seg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

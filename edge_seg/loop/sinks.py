@@ -1,0 +1,209 @@
+"""Sink stages of the loop: each is a callable ``stage(result)`` run on the sink thread, in order.
+
+Overlay first (it fills ``result.overlay``), then consumers: preview, video file, JSONL, metrics,
+uncertain crops, and the publish sink that the MQTT publisher implements (``PublishSink``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_seg.errors import InputError
+from edge_seg.loop.pipeline import FrameResult
+from edge_seg.view.overlay import Overlay, Redactor
+
+
+class PublishSink(Protocol):
+    """What the loop hands to a publisher (MQTT): one call per segmented frame, never blocking."""
+
+    def publish(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _paste(frame: np.ndarray, region: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    if roi is None:
+        return region
+    x, y, w, h = roi
+    out = frame.copy()
+    out[y:y + h, x:x + w] = region
+    cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 255), 1)
+    return out
+
+
+class OverlayStage:
+    """Draws redaction (if any classes are chosen) and the class overlay into ``result.overlay``."""
+
+    name = "overlay"
+
+    def __init__(self, overlay: Overlay | None, redactor: Redactor | None = None):
+        self.overlay = overlay
+        self.redactor = redactor
+
+    def __call__(self, result: FrameResult) -> None:
+        result.overlay = self.draw(result)
+
+    def draw(self, result: FrameResult) -> np.ndarray:
+        """The frame with redaction and overlay drawn (a new image)."""
+        drawn = result.image
+        if self.redactor is not None:
+            drawn = self.redactor.annotate(drawn, result.segmentation)
+        if self.overlay is not None:
+            drawn = self.overlay.annotate(drawn, result.segmentation)
+        return _paste(result.frame.image, drawn, result.roi)
+
+
+class VideoSink:
+    """Writes the overlay (or the frame) of every result to a video file."""
+
+    name = "video"
+
+    def __init__(self, path: Path, fps: float = 15.0):
+        from edge_seg.cli.checks import writable_file
+
+        self.path = writable_file(path, "video output (output.video, --out)")
+        self.fps = fps
+        self.frames = 0
+        existed = self.path.exists()
+        self._open((64, 64)).release()  # fail now, not at the first frame, if no encoder can write there
+        if not existed:
+            self.path.unlink(missing_ok=True)  # the probe's stub; the first frame opens the real file
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, size: tuple[int, int]) -> cv2.VideoWriter:
+        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
+        writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
+        if not writer.isOpened():
+            raise InputError(f"cannot write a video to {self.path}: OpenCV has no encoder for "
+                             f"'{self.path.suffix}' files there (use .mp4 or .avi)")
+        return writer
+
+    def __call__(self, result: FrameResult) -> None:
+        image = result.overlay if result.overlay is not None else result.frame.image
+        if self._writer is None:
+            self._writer = self._open((image.shape[1], image.shape[0]))
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class JsonlSink:
+    """Appends one JSON summary per frame (seq, capture ts, areas, confidence, timings)."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path):
+        from edge_seg.cli.checks import writable_file
+
+        self.path = writable_file(path, "JSONL output (output.jsonl, --jsonl)")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def __call__(self, result: FrameResult) -> None:
+        record = {"seq": result.frame.seq, "ts": result.frame.ts, **result.segmentation.summary()}
+        record["timings_ms"] = {k: round(v, 3) for k, v in result.timings.items()}
+        crops = result.extras.get("crops")
+        if crops:
+            record["crops"] = [{"bbox": list(c.bbox), "score": round(c.score, 4)} for c in crops]
+            for item, crop in zip(record["crops"], crops):
+                if getattr(crop, "reasons", None):  # instance crops say why they were sent
+                    item["reasons"] = list(crop.reasons)
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class PreviewSink:
+    """Hands the overlay and the loop's stats to the preview server (which encodes lazily).
+
+    The stats dict (percentiles over a window) is rebuilt at most every ``stats_every`` seconds.
+    With ``draw`` (e.g. ``OverlayStage.draw``) and no overlay drawn by an earlier stage, the
+    server gets a function that draws this result's overlay: it runs only for the frames the
+    preview encodes (at most its ``max_fps``, none while no client watches), not for every frame.
+    """
+
+    name = "preview"
+
+    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None):
+        self.server = server
+        self.stats_fn = stats_fn
+        self.stats_every = stats_every
+        self.draw = draw
+        self._stats: dict = {}
+        self._built = 0.0
+
+    def __call__(self, result: FrameResult) -> None:
+        now = time.monotonic()
+        if now - self._built >= self.stats_every:
+            self._stats, self._built = self.stats_fn(), now
+        if result.overlay is not None:
+            image = result.overlay
+        elif self.draw is not None:
+            image = partial(self.draw, result)
+        else:
+            image = result.frame.image
+        frame = result.frame.image
+        self.server.update(image, self._stats, size=(frame.shape[1], frame.shape[0]))
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class CropStage:
+    """Extracts uncertain crops (within their budget) into ``result.extras['crops']``.
+
+    The extractor picks by the result: uncertain regions of a semantic model, uncertain instances
+    (low score, overlapping, ambiguous class) of an instance model.
+    """
+
+    name = "crops"
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+
+    def __call__(self, result: FrameResult) -> None:
+        result.extras["crops"] = self.extractor.extract(result.image, result.segmentation, result.frame.ts,
+                                                        seq=result.frame.seq)
+
+
+class MetricsStage:
+    """Feeds the Prometheus metrics: counters, class areas, uncertainty, drift on each frame.
+
+    Latencies come from the loop's ``stats`` instead (this stage listens to it): every timing the
+    loop records (capture, decode, every sink stage, including those after this one) and each
+    frame's end to end, once its last stage is done.
+    """
+
+    name = "metrics"
+
+    def __init__(self, metrics, stats):
+        self.metrics = metrics
+        self.stats = stats
+        self._dropped = self._sink_dropped = self._skipped = self._reconnects = 0
+        stats.listeners.append(metrics.observe_stages)
+
+    def __call__(self, result: FrameResult) -> None:
+        m, stats = self.metrics, self.stats
+        m.frame_processed()
+        # the loop's counters only grow (on other threads): pass on what changed since the last frame,
+        # reading each once so an increment between the difference and the update is not lost
+        dropped, sink_dropped, skipped, reconnects = stats.dropped, stats.sink_dropped, stats.skipped, stats.reconnects
+        m.frames_dropped(dropped - self._dropped, where="capture")
+        m.frames_dropped(sink_dropped - self._sink_dropped, where="sink")
+        m.frame_skipped(skipped - self._skipped)
+        m.source_reconnect(reconnects - self._reconnects)
+        self._dropped, self._sink_dropped, self._skipped, self._reconnects = dropped, sink_dropped, skipped, reconnects
+        m.set_fps(self.stats.fps)
+        seg = result.segmentation
+        m.observe_segmentation(seg.area_fractions, 1.0 - seg.mean_confidence)
