@@ -221,7 +221,7 @@ def yolo_seg_tensors(manifest: Manifest, output_tensors: list) -> list:
 def _validate_yolo_seg(manifest: Manifest, output_tensors: list) -> None:
     """Roles by rank: one detection tensor [1, 4+nc+nm, N] (or [1, N, 4+nc+nm]), one prototype tensor."""
     from edge_seg.errors import ModelError
-    from edge_seg.postprocess.instance import resolve_layout
+    from edge_seg.tensors import resolve_layout
 
     tensors = yolo_seg_tensors(manifest, output_tensors)
     if manifest.output.tensors and len(tensors) != 2:
@@ -323,7 +323,7 @@ def _input_mapping(tin) -> tuple[list[float], list[float]]:
 def _infer_instance_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
     """An instance (yolo_seg) manifest for a model with a 3-D and a 4-D output, roles from shapes."""
     from edge_seg.errors import ModelError
-    from edge_seg.postprocess.instance import resolve_layout
+    from edge_seg.tensors import resolve_layout
 
     tin = backend.input_spec
     try:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_seg.backends.base import TensorSpec
 from edge_seg.errors import InputError, ModelError
 from edge_seg.manifest import InputSpec
+from edge_seg.tensors import TensorSpec
 
 
 @dataclass(frozen=True)

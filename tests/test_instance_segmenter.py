@@ -46,7 +46,7 @@ def test_inferred_instance_manifest_says_so(tmp_path, caplog):
 
 
 def test_manifest_validation_of_instance_models(instance_model_dir):
-    from edge_seg.backends.base import TensorSpec
+    from edge_seg.tensors import TensorSpec
 
     manifest = Manifest.model_validate_json((instance_model_dir / "manifest.json").read_text())
     inp = TensorSpec("x", (1, 64, 64, 3), np.dtype(np.float32))

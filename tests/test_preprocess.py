@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_seg.backends.base import TensorSpec
 from edge_seg.manifest import InputSpec
 from edge_seg.preprocess import Preprocessor, letterbox_geometry
+from edge_seg.tensors import TensorSpec
 
 
 def _frame(seed=0, w=50, h=30):

@@ -13,33 +13,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from edge_seg.tensors import TensorSpec
+
 if TYPE_CHECKING:
     from edge_seg.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape, dtype and (if quantised) affine parameters of one tensor."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    scale: float = 0.0
-    zero_point: int = 0
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale != 0.0 and self.dtype in (np.uint8, np.int8, np.int16)
-
-    @property
-    def dtype_name(self) -> str:
-        return np.dtype(self.dtype).name
-
-    def dequantize(self, raw: np.ndarray) -> np.ndarray:
-        """Real values of a raw tensor (float32)."""
-        if not self.quantized:
-            return raw.astype(np.float32, copy=False)
-        return (raw.astype(np.float32) - self.zero_point) * np.float32(self.scale)
 
 
 @dataclass(frozen=True)

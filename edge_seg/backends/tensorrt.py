@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_seg.backends.base import BackendOptions, LoadedSpecs, TensorSpec
+from edge_seg.backends.base import BackendOptions, LoadedSpecs
 from edge_seg.errors import BackendUnavailable, ModelError
 from edge_seg.manifest import sha256_file
+from edge_seg.tensors import TensorSpec
 
 if TYPE_CHECKING:
     from edge_seg.manifest import Manifest

@@ -45,6 +45,8 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -294,5 +296,44 @@ class CommandHandler:
         return self.result(cid, True, {"policy": policy.model_dump()})
 
 
-__all__ = ["CommandHandler", "CommandHooks", "MAX_SKEW_S", "UNSUPPORTED_OTA", "Verifier", "canonical_json",
-           "sign_command"]
+class CommandRunner:
+    """The ``edge-seg-mqtt-cmd`` thread: runs commands in arrival order (a reload hook may take seconds) and
+    sends each result with ``send``. At most ``capacity`` commands wait; more are answered "busy" at once."""
+
+    def __init__(self, handler: CommandHandler, send: Callable[[Encoded], None], capacity: int = 64):
+        self.handler, self._send = handler, send
+        self.busy = 0  # commands refused because the queue was full
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._thread = threading.Thread(target=self._run, name="edge-seg-mqtt-cmd", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, payload: bytes) -> None:
+        """Queue a command payload (called on paho's network thread: never blocks)."""
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            self.busy += 1
+            self._send(self.handler.reject(payload, "busy: too many commands waiting"))
+
+    def _run(self) -> None:
+        while True:
+            payload = self._queue.get()
+            if payload is None:
+                return
+            try:
+                answer = self.handler.handle(payload)
+                if answer is not None:
+                    self._send(answer)
+            except Exception as err:  # noqa: BLE001 - handle() does not raise; publishing might
+                log.error("command result not sent: %s", err)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Run what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=timeout)
+
+
+__all__ = ["CommandHandler", "CommandHooks", "CommandRunner", "MAX_SKEW_S", "UNSUPPORTED_OTA", "Verifier",
+           "canonical_json", "sign_command"]

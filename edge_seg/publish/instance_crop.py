@@ -24,15 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_seg.publish import rle
-from edge_seg.publish.messages import (
-    Encoded,
-    MessageError,
-    _encoded,
-    _envelope,
-    _finite,
-    _json,
-    _model_dict,
-)
+from edge_seg.publish.envelope import Encoded, MessageError, encoded_message, envelope, finite, json_bytes, model_dict
 from edge_seg.publish.payload_masks import rle_masks
 from edge_seg.publish.schemas import CROP_CONTENT_TYPE, INSTANCE_CROP_SCHEMA, InstanceCropMessage
 
@@ -40,7 +32,7 @@ from edge_seg.publish.schemas import CROP_CONTENT_TYPE, INSTANCE_CROP_SCHEMA, In
 def encode_instance_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
                          classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
     """An instance crop message for an ``InstanceCrop``: JSON header line + ``\\n`` + JPEG."""
-    head = _envelope(INSTANCE_CROP_SCHEMA, device, seq, crop.ts)
+    head = envelope(INSTANCE_CROP_SCHEMA, device, seq, crop.ts)
     x, y, w, h = (int(v) for v in crop.bbox)
     names = list(classes) if classes is not None else None
     items = []
@@ -57,14 +49,14 @@ def encode_instance_crop(crop, *, device: str, seq: int, model, frame_size: tupl
             item["runner_up"] = {"class_id": int(inst.runner_up[0]),
                                  "score": min(max(round(float(inst.runner_up[1]), 6), 0.0), 1.0)}
         items.append(item)
-    head.update(model=_model_dict(model), frame_size=[int(v) for v in frame_size], bbox=[x, y, w, h],
-                score=min(max(_finite(crop.score, 6) or 0.0, 0.0), 1.0), reasons=list(crop.reasons),
+    head.update(model=model_dict(model), frame_size=[int(v) for v in frame_size], bbox=[x, y, w, h],
+                score=min(max(finite(crop.score, 6) or 0.0, 0.0), 1.0), reasons=list(crop.reasons),
                 mask_resolution=[w, h], instances=items, jpeg_bytes=len(crop.jpeg))
     if crop.seq is not None:
         head["frame_seq"] = int(crop.seq)
     if names is not None:
         head["classes"] = names
-    return _encoded("crop", head, _json(head) + b"\n" + bytes(crop.jpeg), CROP_CONTENT_TYPE)
+    return encoded_message("crop", head, json_bytes(head) + b"\n" + bytes(crop.jpeg), CROP_CONTENT_TYPE)
 
 
 def instance_crop_masks(msg: InstanceCropMessage) -> list[np.ndarray]:

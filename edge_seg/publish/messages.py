@@ -40,18 +40,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from edge_seg.errors import EdgeSegError
 from edge_seg.publish import rle
+from edge_seg.publish.envelope import (  # noqa: F401 - re-exported: messages is the public API
+    Encoded,
+    MessageError,
+    encoded_message,
+    envelope,
+    finite,
+    json_bytes,
+    model_dict,
+    new_msg_id,
+)
+from edge_seg.publish.instance_crop import encode_instance_crop
 from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is the public API
     BY_SCHEMA,
     COMMAND_SCHEMA,
@@ -84,38 +90,6 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     b64decode,
 )
 from edge_seg.segmentation import ModelIdentity
-
-_DEVICE_RE = re.compile(DEVICE_PATTERN)
-
-
-class MessageError(EdgeSegError):
-    """A payload that is not a valid message; ``command_id`` is the command's id when it could be read."""
-
-    def __init__(self, message: str, command_id: str | None = None):
-        super().__init__(message)
-        self.command_id = command_id
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """A payload ready to publish on ``{prefix}/{device}/{topic}``."""
-
-    topic: str  # "mask" (class or instance masks) | "crop" | "status" | "metrics" | "cmd/result"
-    payload: bytes
-    content_type: str
-    msg_id: str
-    seq: int
-
-
-_last_ms = 0
-
-
-def new_msg_id() -> str:
-    """32 hex characters: 12 of milliseconds since the epoch (sortable by time) + 80 random bits."""
-    global _last_ms
-    ms = max(int(time.time() * 1000), _last_ms)
-    _last_ms = ms
-    return f"{ms:012x}{os.urandom(10).hex()}"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -166,35 +140,6 @@ def _validate(cls: type[BaseModel], obj: dict, what: str, command_id: str | None
         raise MessageError(f"bad {what}: {str(err)[:200]}", command_id) from None
 
 
-def _json(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def _envelope(schema: str, device: str, seq: int, ts: float | None = None) -> dict:
-    if not isinstance(device, str) or not _DEVICE_RE.match(device):
-        raise MessageError(f"device id {device!r} is not valid: 1-64 of A-Z a-z 0-9 _ . - starting with a letter "
-                           "or digit")
-    if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
-        raise MessageError(f"seq must be a non-negative integer, got {seq!r}")
-    return {"schema": schema, "device": device, "msg_id": new_msg_id(), "seq": int(seq),
-            "ts": round(float(time.time() if ts is None else ts), 6)}
-
-
-def _model_dict(model: Any) -> dict | None:
-    info = ModelInfo.of(model)
-    return None if info is None else info.model_dump()
-
-
-def _finite(value: float | None, digits: int) -> float | None:
-    if value is None or not np.isfinite(value):
-        return None
-    return round(float(value), digits)
-
-
-def _encoded(topic: str, head: dict, payload: bytes, content_type: str = JSON_CONTENT_TYPE) -> Encoded:
-    return Encoded(topic, payload, content_type, head["msg_id"], head["seq"])
-
-
 # --------------------------------------------------------------------------------------------- encoding
 def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "rle", max_bytes: int = 128_000,
                 timings: dict[str, float] | None = None, mean_uncertainty: float | None = None,
@@ -204,35 +149,35 @@ def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "r
         raise MessageError(f"mask format must be 'rle' or 'png', got {fmt!r}")
     labels = np.asarray(segmentation.label_map, dtype=np.uint8)
     height, width = labels.shape
-    head = _envelope(MASK_SCHEMA, device, seq, ts)
+    head = envelope(MASK_SCHEMA, device, seq, ts)
     classes = list(segmentation.classes)
     if mean_uncertainty is None:
         mean_uncertainty = 1.0 - segmentation.mean_confidence
-    head.update(model=_model_dict(segmentation.model), frame_size=[int(v) for v in segmentation.frame_size],
+    head.update(model=model_dict(segmentation.model), frame_size=[int(v) for v in segmentation.frame_size],
                 classes=classes, palette=[[int(c) for c in colour] for colour in segmentation.palette])
     if frame_seq is not None:
         head["frame_seq"] = int(frame_seq)
     tail = {"area_fractions": {k: round(v, 6) for k, v in segmentation.area_fractions.items()},
-            "mean_confidence": _finite(segmentation.mean_confidence, 6),
-            "mean_uncertainty": _finite(mean_uncertainty, 6),
+            "mean_confidence": finite(segmentation.mean_confidence, 6),
+            "mean_uncertainty": finite(mean_uncertainty, 6),
             "timings_ms": {str(k): round(float(v), 3) for k, v in (timings or segmentation.timings or {}).items()
                            if np.isfinite(v)}}
     if fmt == "rle":
         rles = [{"id": item["id"], "name": classes[item["id"]] if item["id"] < len(classes) else None,
                  "counts": item["counts"]} for item in rle.encode_classes(labels)]
-        payload = _json({**head, "mask_format": "rle", "mask_resolution": [width, height], "scale": 1.0,
+        payload = json_bytes({**head, "mask_format": "rle", "mask_resolution": [width, height], "scale": 1.0,
                          "rle": rles, **tail})
         if len(payload) <= max_bytes:
-            return _encoded("mask", head, payload)
+            return encoded_message("mask", head, payload)
     factor = 1
     while True:
         w, h = max(1, width // factor), max(1, height // factor)
         small = labels if factor == 1 else cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
         png = base64.b64encode(rle.encode_png(small, segmentation.palette)).decode("ascii")
-        payload = _json({**head, "mask_format": "png", "mask_resolution": [w, h], "scale": round(w / width, 6),
+        payload = json_bytes({**head, "mask_format": "png", "mask_resolution": [w, h], "scale": round(w / width, 6),
                          "png": png, **tail})
         if len(payload) <= max_bytes:
-            return _encoded("mask", head, payload)
+            return encoded_message("mask", head, payload)
         if w == 1 and h == 1:
             raise MessageError(f"a mask message cannot fit in {max_bytes} bytes even with a 1x1 mask; "
                                "raise max_bytes")
@@ -244,10 +189,10 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
     """An instances message: one COCO RLE per instance of an instance model's ``Segmentation``."""
     if segmentation.instances is None:
         raise MessageError("an instances message needs a Segmentation of an instance model")
-    head = _envelope(INSTANCES_SCHEMA, device, seq, ts)
+    head = envelope(INSTANCES_SCHEMA, device, seq, ts)
     classes = list(segmentation.classes)
     frame_size = tuple(int(v) for v in segmentation.frame_size)
-    head.update(model=_model_dict(segmentation.model), frame_size=list(frame_size), classes=classes,
+    head.update(model=model_dict(segmentation.model), frame_size=list(frame_size), classes=classes,
                 palette=[[int(c) for c in colour] for colour in segmentation.palette])
     if frame_seq is not None:
         head["frame_seq"] = int(frame_seq)
@@ -262,9 +207,9 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
                            if np.isfinite(v)}}
     keep = len(items)
     while True:
-        payload = _json({**head, "instances": items[:keep], "dropped": len(items) - keep, **tail})
+        payload = json_bytes({**head, "instances": items[:keep], "dropped": len(items) - keep, **tail})
         if len(payload) <= max_bytes:
-            return _encoded("mask", head, payload)
+            return encoded_message("mask", head, payload)
         if keep == 0:
             raise MessageError(f"an instances message cannot fit in {max_bytes} bytes even without instances; "
                                "raise max_bytes")
@@ -275,10 +220,8 @@ def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, in
                 classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
     """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``); an instance crop too."""
     if getattr(crop, "kind", "semantic") == "instance":
-        from edge_seg.publish.instance_crop import encode_instance_crop  # it builds on this module
-
         return encode_instance_crop(crop, device=device, seq=seq, model=model, frame_size=frame_size, classes=classes)
-    head = _envelope(CROP_SCHEMA, device, seq, crop.ts)
+    head = envelope(CROP_SCHEMA, device, seq, crop.ts)
     local = np.asarray(crop.class_map, dtype=np.uint8)
     x, y, w, h = (int(v) for v in crop.bbox)
     if local.shape != (h, w):
@@ -286,32 +229,32 @@ def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, in
     names = list(classes) if classes is not None else None
     rles = [{"id": item["id"], "name": names[item["id"]] if names and item["id"] < len(names) else None,
              "counts": item["counts"]} for item in rle.encode_classes(local)]
-    head.update(model=_model_dict(model), frame_size=[int(v) for v in frame_size], bbox=[x, y, w, h],
-                score=_finite(crop.score, 6) or 0.0, mask_resolution=[w, h], rle=rles, jpeg_bytes=len(crop.jpeg))
+    head.update(model=model_dict(model), frame_size=[int(v) for v in frame_size], bbox=[x, y, w, h],
+                score=finite(crop.score, 6) or 0.0, mask_resolution=[w, h], rle=rles, jpeg_bytes=len(crop.jpeg))
     if crop.seq is not None:
         head["frame_seq"] = int(crop.seq)
     if names is not None:
         head["classes"] = names
-    return _encoded("crop", head, _json(head) + b"\n" + bytes(crop.jpeg), CROP_CONTENT_TYPE)
+    return encoded_message("crop", head, json_bytes(head) + b"\n" + bytes(crop.jpeg), CROP_CONTENT_TYPE)
 
 
 def encode_status(*, device: str, seq: int, online: bool, model=None, fps: float | None = None,
                   uptime_s: float | None = None, source_state: str | None = None, outbox_depth: int | None = None,
                   extra: dict | None = None) -> Encoded:
     """A status message (published retained; the ``online: false`` one is also the LWT)."""
-    head = _envelope(STATUS_SCHEMA, device, seq)
-    head.update(online=bool(online), model=_model_dict(model), fps=_finite(fps, 3), uptime_s=_finite(uptime_s, 3),
+    head = envelope(STATUS_SCHEMA, device, seq)
+    head.update(online=bool(online), model=model_dict(model), fps=finite(fps, 3), uptime_s=finite(uptime_s, 3),
                 source_state=source_state, outbox_depth=None if outbox_depth is None else int(outbox_depth),
                 extra=dict(extra or {}))
-    return _encoded("status", head, _json(head))
+    return encoded_message("status", head, json_bytes(head))
 
 
 def encode_metrics(*, device: str, seq: int, summary: dict) -> Encoded:
     """A metrics summary message (any JSON-ready dict)."""
-    head = _envelope(METRICS_SCHEMA, device, seq)
+    head = envelope(METRICS_SCHEMA, device, seq)
     head["summary"] = summary
     try:
-        return _encoded("metrics", head, _json(head))
+        return encoded_message("metrics", head, json_bytes(head))
     except (TypeError, ValueError) as err:
         raise MessageError(f"metrics summary is not JSON-ready: {err}") from None
 
@@ -319,11 +262,11 @@ def encode_metrics(*, device: str, seq: int, summary: dict) -> Encoded:
 def encode_command_result(*, device: str, seq: int, command_id: str | None, ok: bool, result: dict | None = None,
                           error: str | None = None) -> Encoded:
     """The answer to a command, on ``cmd/result``; ``command_id`` is None when the command had no readable id."""
-    head = _envelope(RESULT_SCHEMA, device, seq)
+    head = envelope(RESULT_SCHEMA, device, seq)
     head.update(command_id=None if command_id is None else str(command_id)[:128], ok=bool(ok), result=result,
                 error=None if error is None else str(error)[:4096])
     try:
-        return _encoded("cmd/result", head, _json(head))
+        return encoded_message("cmd/result", head, json_bytes(head))
     except (TypeError, ValueError) as err:
         raise MessageError(f"command result is not JSON-ready: {err}") from None
 

@@ -26,7 +26,6 @@ answer to a command from before a restart would be wrong, so they are not kept o
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -36,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_seg.publish.commands import CommandHandler, CommandHooks, Verifier
+from edge_seg.publish import snapshot
+from edge_seg.publish.commands import CommandHandler, CommandHooks, CommandRunner, Verifier
 from edge_seg.publish.discovery import discovery_configs
 from edge_seg.publish.messages import (
     Encoded,
@@ -51,10 +51,8 @@ from edge_seg.publish.mqtt_client import connection
 from edge_seg.publish.mqtt_config import MqttConfig, parse_broker_url
 from edge_seg.publish.outbox import Outbox
 from edge_seg.publish.policy import PublishPolicy
-from edge_seg.publish.snapshot import overlay_jpeg_b64
 
 log = logging.getLogger(__name__)
-SNAPSHOT_TIMEOUT_S = 10.0
 EXPIRE_EVERY_S = 5.0
 
 
@@ -84,15 +82,16 @@ class Publisher:
         self._seq = 0
         self._seq_lock = threading.Lock()
         self.counts = {"frames": 0, "queued": 0, "queue_dropped": 0, "masks": 0, "crops": 0, "encode_errors": 0,
-                       "sent": 0, "acked": 0, "rejected": 0, "qos0_dropped": 0, "commands_busy": 0}
+                       "sent": 0, "acked": 0, "rejected": 0, "qos0_dropped": 0}
         self.call_ms: deque[tuple[float, float]] = deque(maxlen=2000)  # (wall, thread CPU) ms per publish()
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
         self.commands = CommandHandler(device, hooks, self._next_seq, Verifier.from_config(config.commands))
+        self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,
-                               on_ack=lambda mid, failed: self._wake((mid, failed)), on_command=self._on_command)
+                               on_ack=lambda mid, failed: self._wake((mid, failed)), on_command=self.runner.submit)
         self.client = self.link.client
         self.outbox = Outbox(Path(state_dir) / "outbox.sqlite", ttl_s=config.outbox.ttl_s,  # last: nothing to undo
                              max_bytes=config.outbox.max_bytes, sync=config.outbox.sync, audit=config.outbox.audit)
@@ -102,12 +101,10 @@ class Publisher:
         self._kick = self._stopping = self._closed = self._busy = False
         self._mids: dict[int, int] = {}  # paho mid → outbox row id, for the in-flight window
         self._cursor = 0  # highest outbox row id handed to paho
-        self._snapshots: list[tuple[str, float]] = []
-        self._cmd_queue: queue.Queue = queue.Queue(maxsize=64)
+        self._snapshots = snapshot.SnapshotRequests()
         self._ha_sent = False
         self._fps = (0, time.monotonic(), 0.0)  # frames, at, fps
         self._thread = threading.Thread(target=self._run, name="edge-seg-mqtt", daemon=True)
-        self._cmd_thread = threading.Thread(target=self._run_commands, name="edge-seg-mqtt-cmd", daemon=True)
         if start:
             self.start()
 
@@ -115,7 +112,7 @@ class Publisher:
     def start(self) -> None:
         """Start connecting (in the background, with backoff) and the publisher threads."""
         self._thread.start()
-        self._cmd_thread.start()
+        self.runner.start()
         self.link.start()
 
     def publish(self, result) -> None:
@@ -165,13 +162,6 @@ class Publisher:
         self._send_discovery()
         self._wake()
 
-    def _on_command(self, payload: bytes) -> None:
-        try:
-            self._cmd_queue.put_nowait(payload)
-        except queue.Full:
-            self.counts["commands_busy"] += 1
-            self._send_direct(self.commands.reject(payload, "busy: too many commands waiting"))
-
     # --- sending ------------------------------------------------------------------------------
     def _send_direct(self, encoded: Encoded, retain: bool = False) -> None:
         self.link.send(f"{self.base}/{encoded.topic}", encoded.payload, retain=retain,
@@ -206,7 +196,8 @@ class Publisher:
         calls = np.asarray(self.call_ms, dtype=np.float64).reshape(-1, 2) if self.call_ms else np.zeros((1, 2))
         cost = {f"{name}_{q}": round(float(np.percentile(calls[:, i], q)), 4)
                 for i, name in enumerate(("wall", "cpu")) for q in (50, 99)}
-        out = {"outbox": asdict(self.outbox.stats()), "publisher": dict(self.counts), "link": dict(self.link.counts),
+        publisher = {**self.counts, "commands_busy": self.runner.busy}
+        out = {"outbox": asdict(self.outbox.stats()), "publisher": publisher, "link": dict(self.link.counts),
                "policy": dict(self.policy.counts), "commands": dict(self.commands.counts),
                "connected": self.link.connected, "publish_call_ms": cost}
         if self._summary is not None:
@@ -332,43 +323,20 @@ class Publisher:
 
     # --- snapshots --------------------------------------------------------------------------------
     def _arm_snapshot(self, command_id: str) -> None:
-        with self._cond:
-            self._snapshots.append((command_id, time.monotonic() + SNAPSHOT_TIMEOUT_S))
+        self._snapshots.arm(command_id)
         self.policy.request_snapshot()
 
     def _answer_snapshots(self, item: _Work, mask: Encoded) -> None:
-        with self._cond:
-            waiting, self._snapshots = self._snapshots, []
-        if not waiting:
-            return
-        result = item.result
-        image = result.overlay if result.overlay is not None else None
-        jpeg, size = overlay_jpeg_b64(result, image, self.config.max_payload - 2048)
-        body = {"frame_seq": result.frame.seq, "mask_msg_id": mask.msg_id, "overlay_jpeg": jpeg,
-                "overlay_size": list(size)}
-        for command_id, _deadline in waiting:
-            self._send_direct(self.commands.result(command_id, True, body))
+        waiting = self._snapshots.take()
+        if waiting:
+            body = snapshot.snapshot_answer(item.result, mask.msg_id, self.config.max_payload - 2048)
+            for command_id in waiting:
+                self._send_direct(self.commands.result(command_id, True, body))
 
     def _expire_snapshots(self, now: float) -> None:
-        with self._cond:
-            late = [c for c, deadline in self._snapshots if deadline <= now]
-            self._snapshots = [(c, d) for c, d in self._snapshots if d > now]
-        for command_id in late:
-            self._send_direct(self.commands.result(command_id, False, error=f"snapshot: no frame within "
-                                                                             f"{SNAPSHOT_TIMEOUT_S:.0f} s"))
-
-    # --- commands ---------------------------------------------------------------------------------
-    def _run_commands(self) -> None:
-        while True:
-            payload = self._cmd_queue.get()
-            if payload is None:
-                return
-            try:
-                answer = self.commands.handle(payload)
-                if answer is not None:
-                    self._send_direct(answer)
-            except Exception as err:  # noqa: BLE001 - handle() does not raise; publishing might
-                log.error("command result not sent: %s", err)
+        for command_id in self._snapshots.expire(now):
+            error = f"snapshot: no frame within {snapshot.SNAPSHOT_TIMEOUT_S:.0f} s"
+            self._send_direct(self.commands.result(command_id, False, error=error))
 
     # --- shutdown ---------------------------------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:
@@ -395,8 +363,7 @@ class Publisher:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout=10)
-        self._cmd_queue.put(None)
-        self._cmd_thread.join(timeout=10)
+        self.runner.stop()
         if self.link.connected:
             status = self._status(False)
             info = self.link.send(f"{self.base}/status", status.payload, retain=True,

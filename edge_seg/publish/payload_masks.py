@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from edge_seg.publish import rle
-from edge_seg.publish.messages import MessageError
+from edge_seg.publish.envelope import MessageError
 from edge_seg.publish.schemas import CropMessage, InstancesMessage, MaskMessage
 from edge_seg.segmentation import resize_to_frame
 

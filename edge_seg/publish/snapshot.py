@@ -1,8 +1,11 @@
-"""The JPEG overlay a ``snapshot`` command answers with, sized to fit in one MQTT message."""
+"""``snapshot`` commands: the requests waiting for the next published frame, and the JPEG overlay they are
+answered with, sized to fit in one MQTT message."""
 
 from __future__ import annotations
 
 import base64
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -10,6 +13,7 @@ import numpy as np
 from edge_seg.view.overlay import Overlay
 
 MAX_SIDE = 960  # snapshots are for a human to look at: no need for the full camera resolution
+SNAPSHOT_TIMEOUT_S = 10.0  # a snapshot request with no published frame by then is answered with an error
 
 
 def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int,
@@ -36,4 +40,35 @@ def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int,
         scale /= 2
 
 
-__all__ = ["overlay_jpeg_b64"]
+def snapshot_answer(result, mask_msg_id: str, max_b64: int) -> dict:
+    """The body of a successful ``snapshot`` result: the frame, its mask message and the overlay JPEG."""
+    jpeg, size = overlay_jpeg_b64(result, result.overlay, max_b64)
+    return {"frame_seq": result.frame.seq, "mask_msg_id": mask_msg_id, "overlay_jpeg": jpeg, "overlay_size": list(size)}
+
+
+class SnapshotRequests:
+    """Command ids of ``snapshot`` requests waiting for a frame, each with its deadline; thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[str, float]] = []
+
+    def arm(self, command_id: str) -> None:
+        with self._lock:
+            self._waiting.append((command_id, time.monotonic() + SNAPSHOT_TIMEOUT_S))
+
+    def take(self) -> list[str]:
+        """Every waiting request (a frame is here to answer them), removed."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        return [command_id for command_id, _deadline in waiting]
+
+    def expire(self, now: float) -> list[str]:
+        """The requests whose deadline passed by ``now`` (monotonic), removed."""
+        with self._lock:
+            late = [c for c, deadline in self._waiting if deadline <= now]
+            self._waiting = [(c, d) for c, d in self._waiting if d > now]
+        return late
+
+
+__all__ = ["SNAPSHOT_TIMEOUT_S", "SnapshotRequests", "overlay_jpeg_b64", "snapshot_answer"]

@@ -33,8 +33,9 @@ workflow.train(workflow.DataSpec(path=data, val_fraction=0.25), sys.argv[1] + "/
 
 @pytest.mark.parametrize("strategy, replicas", [("mirrored", 2)])
 def test_mirrored_strategy_trains_on_two_cpu_replicas(tmp_path, strategy, replicas):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), strategy, str(Path(__file__).resolve().parents[1])],
+    tests_dir = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(tests_dir.parent))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path), strategy, str(tests_dir)],
                           capture_output=True, text=True, timeout=600, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "work" / "train.json").read_text())

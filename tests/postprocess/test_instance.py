@@ -14,10 +14,11 @@ import pytest
 from instance_builders import FRAME, reference
 
 from edge_seg.backends import registry
-from edge_seg.backends.base import BackendOptions, TensorSpec
+from edge_seg.backends.base import BackendOptions
 from edge_seg.errors import ModelError
-from edge_seg.postprocess.instance import InstanceDecoder, label_map, nms, resolve_layout
+from edge_seg.postprocess.instance import InstanceDecoder, label_map, nms
 from edge_seg.preprocess import Transform, letterbox_geometry
+from edge_seg.tensors import TensorSpec, resolve_layout
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from command_fuzz import bad_commands
 from mqtt_helpers import Collector, fake_result, publisher_factory, results_of, run_broker, wait_for
 
 from edge_seg.publish import mqtt as mqtt_module
+from edge_seg.publish import snapshot as snapshot_module
 from edge_seg.publish.commands import UNSUPPORTED_OTA, CommandHandler, CommandHooks, Verifier, sign_command
 from edge_seg.publish.messages import CommandResultMessage, decode
 from edge_seg.publish.mqtt_config import CommandsConfig
@@ -123,7 +124,7 @@ def test_ed25519_signatures(tmp_path):
 
 
 def test_commands_through_the_broker(broker, make_publisher, monkeypatch):
-    monkeypatch.setattr(mqtt_module, "SNAPSHOT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(snapshot_module, "SNAPSHOT_TIMEOUT_S", 0.3)
     monkeypatch.setattr(mqtt_module, "EXPIRE_EVERY_S", 0.2)
     key = b"k" * 32
     publisher = make_publisher(broker.url, commands={"require_signature": "hmac", "key": key.decode()},
