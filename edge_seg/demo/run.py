@@ -41,7 +41,7 @@ def run_demo(segmenter: Segmenter, out_dir: Path, frames: int = 150, size: tuple
              seed: int = 7, fps: float = 15.0, progress: bool = True, link=None) -> DemoSummary:
     """Render ``frames`` clip frames, segment and overlay each, write ``demo_overlay.mp4``.
 
-    ``link`` (a ``demo_mqtt.DemoLink``) also publishes every frame's mask over MQTT.
+    ``link`` (a ``demo.mqtt.DemoLink``) also publishes every frame's mask over MQTT.
     """
     if frames < 1:
         raise InputError("--frames must be at least 1")

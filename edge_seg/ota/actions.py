@@ -1,8 +1,9 @@
 """OTA model updates (issue 6): the entry points the CLI, the service and the MQTT command use.
 
-The work lives in ``ota_bundle`` (keys, pack, verify, safe extraction), ``ota_store`` (the
-on-device store, ``current``/``previous``, rollback, gc), ``ota_install`` (the install steps and
-the smoke test), ``ota_fetch`` (resumable download) and ``hot_reload`` (swap in the running loop).
+The work lives beside it in ``ota/``: ``bundle`` (keys, pack, verify, safe extraction), ``sign``
+(signatures), ``store`` (the on-device store, ``current``/``previous``, rollback, gc) and ``entries``
+(one stored model), ``install`` (the install steps and the smoke test), ``fetch`` (resumable
+download), ``durable`` (fsync and crash checkpoints) and ``hot_reload`` (swap in the running loop).
 
 ``handle_update_model(args)`` is what the MQTT ``update_model`` command calls::
 
@@ -54,7 +55,7 @@ def trusted_keys(config, extra: list[Path] | None = None) -> dict:
 
 def install(config, bundle: Path, *, pubkeys: list[Path] | None = None, state_dir: Path | None = None,
             source: str | None = None, **overrides) -> InstallResult:
-    """Verify and install a bundle file into the device's store (see ``ota_install``)."""
+    """Verify and install a bundle file into the device's store (see ``ota.install``)."""
     return install_bundle(Path(bundle), store_for(config, state_dir), trusted_keys(config, pubkeys),
                           InstallOptions.from_config(config, **overrides), source=source)
 

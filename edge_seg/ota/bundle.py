@@ -1,4 +1,4 @@
-"""Signed model bundles: ``pack``, ``verify`` and safe extraction (DESIGN §3, issue 6; keys: ``ota_sign``).
+"""Signed model bundles: ``pack``, ``verify`` and safe extraction (DESIGN §3, issue 6; keys: ``ota.sign``).
 
 A bundle is a tar archive (plain or gzip) holding, in this order:
 

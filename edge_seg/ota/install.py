@@ -30,7 +30,8 @@ from pathlib import Path
 from edge_seg.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file
 from edge_seg.ota.bundle import OtaError, VerifiedBundle, extract, verify_bundle
 from edge_seg.ota.durable import Checkpoint, Checkpoints, fsync_dir, write_json_atomic
-from edge_seg.ota.store import ORIGIN_NAME, ModelStore, entry_id
+from edge_seg.ota.entries import ORIGIN_NAME, entry_id
+from edge_seg.ota.store import ModelStore
 
 
 class DowngradeError(OtaError):

@@ -14,7 +14,7 @@ fsynced (``rename(2)`` of the staging directory); ``current``/``previous`` are s
 renaming a new symlink over the old one (atomic), ``previous`` first, so at every instant both
 resolve to complete models. ``state.json`` is replaced the same way.
 
-Every step passes a checkpoint (``ota_durable.Checkpoints``: where tests inject a SIGKILL).
+Every step passes a checkpoint (``ota.durable.Checkpoints``: where tests inject a SIGKILL).
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from edge_seg.errors import EdgeSegError
-from edge_seg.manifest import MANIFEST_NAME, Manifest, check_file_hash, read_manifest
-from edge_seg.ota.bundle import SIG_NAME, IntegrityError, OtaError, canonical_json
+from edge_seg.manifest import MANIFEST_NAME, Manifest, read_manifest
+from edge_seg.ota.bundle import OtaError
 from edge_seg.ota.durable import (  # noqa: F401 - FAULT_ENV, TRACE_ENV, Checkpoints re-exported
     FAULT_ENV,
     TRACE_ENV,
@@ -44,54 +42,10 @@ from edge_seg.ota.durable import (  # noqa: F401 - FAULT_ENV, TRACE_ENV, Checkpo
     no_checkpoint,
     write_json_atomic,
 )
+from edge_seg.ota.entries import Entry, read_origin, verify_model_dir
 
-ORIGIN_NAME = "origin.json"
 STATE_NAME = "state.json"
-_ID_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 HISTORY = 50
-
-def entry_id(manifest: Manifest, digest: str) -> str:
-    """``<name>-<version>-<sha8>`` of a model (the directory it is stored in)."""
-    for label, value in (("name", manifest.name), ("version", manifest.version)):
-        if not _ID_PART.match(value):
-            raise OtaError(f"manifest {label} '{value}' cannot name a model directory: use letters, digits, "
-                           "'.', '_', '-' and '+' (at most 64)")
-    return f"{manifest.name}-{manifest.version}-{digest[:8]}"
-
-
-def manifest_digest(model_dir: Path) -> str:
-    """sha256 of a stored model's canonical manifest."""
-    import hashlib
-
-    obj = json.loads((Path(model_dir) / MANIFEST_NAME).read_text())
-    return hashlib.sha256(canonical_json(obj)).hexdigest()
-
-
-@dataclass
-class Entry:
-    """One stored model."""
-
-    id: str
-    path: Path
-    manifest: Manifest | None
-    origin: dict
-    current: bool = False
-    previous: bool = False
-    bad: str | None = None
-    pending: bool = False
-
-    def as_dict(self) -> dict:
-        m = self.manifest
-        return {"id": self.id, "name": m.name if m else None, "version": m.version if m else None,
-                "task": m.task if m else None, "current": self.current, "previous": self.previous,
-                "pending": self.pending, "bad": self.bad, "signed_by": self.origin.get("key_id"),
-                "installed": self.origin.get("installed"), "source": self.origin.get("source"),
-                "bytes": _dir_size(self.path)}
-
-
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
 
 class ModelStore:
     """The model store under ``root`` (normally ``<state_dir>/models``)."""
@@ -290,32 +244,11 @@ class ModelStore:
 
     # --- integrity -----------------------------------------------------------------------
     def verify_entry(self, model_id: str, keys: dict | None = None) -> Manifest:
-        """Check a stored model: manifest readable, every listed file present with its sha256, and (with
-        ``keys``, when it was installed from a signed bundle) the signature."""
-        path = self.path_of(model_id)
-        try:
-            manifest = read_manifest(path / MANIFEST_NAME)
-        except EdgeSegError as err:
-            raise IntegrityError(f"stored model {model_id}: {err}") from None
-        for entry in manifest.files.values():
-            file = path / entry.path
-            if not file.is_file():
-                raise IntegrityError(f"stored model {model_id}: {entry.path} is missing")
-            try:
-                check_file_hash(file, entry.sha256)
-            except EdgeSegError as err:
-                raise IntegrityError(f"stored model {model_id}: {err}") from None
-        if keys is not None and (path / SIG_NAME).is_file():
-            from edge_seg.ota.bundle import verify_signature_file
-
-            verify_signature_file(path, keys)
-        return manifest
+        """Check a stored model (``entries.verify_model_dir``): files, hashes and, with ``keys``, the signature."""
+        return verify_model_dir(self.path_of(model_id), model_id, keys)
 
     def origin(self, model_id: str) -> dict:
-        try:
-            return json.loads((self.path_of(model_id) / ORIGIN_NAME).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+        return read_origin(self.path_of(model_id))
 
     # --- maintenance ---------------------------------------------------------------------
     def recover(self, checkpoint: Checkpoint = no_checkpoint) -> list[str]:
@@ -406,5 +339,4 @@ def store_of(model_path: Path | str | None) -> ModelStore | None:
     return None
 
 
-__all__ = ["Checkpoints", "Entry", "FAULT_ENV", "ModelStore", "TRACE_ENV", "entry_id", "manifest_digest",
-           "store_of", "write_json_atomic"]
+__all__ = ["Checkpoints", "FAULT_ENV", "ModelStore", "TRACE_ENV", "store_of", "write_json_atomic"]
