@@ -60,10 +60,10 @@ def write_manifest(model: Path, directory: Path, **overrides) -> Path:
 
 
 def write_scene_clip(path: Path, seed: int, frames: int, size: tuple[int, int] = (160, 96)) -> Path:
-    """An mp4v clip of ``frames`` synthetic scenes (``scenes.render_clip(seed, ...)``) at 10 FPS."""
+    """An mp4v clip of ``frames`` synthetic scenes (``clips.render_clip(seed, ...)``) at 10 FPS."""
     import cv2
 
-    from edge_seg.demo.scenes import render_clip
+    from edge_seg.demo.clips import render_clip
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
     for scene in render_clip(seed, frames, size):

@@ -20,7 +20,7 @@ import cv2  # noqa: F401 - imported before forking, so children start fast
 import numpy  # noqa: F401
 
 from edge_seg.backends.litert import interpreter_module
-from edge_seg.demo.scenes import render_clip  # noqa: F401
+from edge_seg.demo.clips import render_clip  # noqa: F401
 from edge_seg.ota.bundle import load_public_keys
 from edge_seg.ota.install import InstallOptions, install_bundle
 from edge_seg.ota.store import Checkpoints, ModelStore

@@ -24,15 +24,17 @@ FORBIDDEN = [
 ]
 
 
-def _modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file of the package (a package is its __init__.py)."""
-    out = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _walk(package: Path):
+    """(dotted module name, file) for every .py file under ``package`` (a package is its __init__.py)."""
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
-        out[".".join(parts)] = path
-    return out
+        yield ".".join(parts), path
+
+
+def _modules() -> dict[str, Path]:
+    return dict(_walk(PACKAGE))
 
 
 def _imported(module: str, path: Path, node: ast.Import | ast.ImportFrom) -> list[str]:
@@ -113,19 +115,11 @@ def test_the_graph_walker_finds_a_cycle_and_a_lazy_import(tmp_path):
     (pkg / "publish" / "a.py").write_text("from edge_seg.publish import b\n")
     (pkg / "publish" / "b.py").write_text("def f():\n    from .c import x\n")
     (pkg / "publish" / "c.py").write_text("from edge_seg.publish.a import y\nimport converters.cli\n")
-    modules = {name: path for name, path in ((n, p) for n, p in _walk(pkg))}
-    graph = import_graph(modules)
+    graph = import_graph(dict(_walk(pkg)))
     assert graph["edge_seg.publish.b"] == {"edge_seg.publish.c"}
     assert "converters" in graph["edge_seg.publish.c"]
     assert cycles(graph) == [["edge_seg.publish.a", "edge_seg.publish.b", "edge_seg.publish.c"]]
 
-
-def _walk(pkg: Path):
-    for path in pkg.rglob("*.py"):
-        parts = list(path.relative_to(pkg.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        yield ".".join(parts), path
 
 
 def test_no_file_imports_one_that_imports_it_back():
@@ -137,6 +131,13 @@ def test_dependencies_point_along_the_data_flow(importer, imported):
     bad = sorted(f"{module} -> {dep}" for module, deps in import_graph().items()
                  if module == importer or module.startswith(importer + ".")
                  for dep in deps if dep == imported or dep.startswith(imported + "."))
+    assert bad == []
+
+
+def test_only_cli_imports_cli():
+    bad = sorted(f"{module} -> {dep}" for module, deps in import_graph().items()
+                 if not (module == "edge_seg.cli" or module.startswith("edge_seg.cli."))
+                 for dep in deps if dep == "edge_seg.cli" or dep.startswith("edge_seg.cli."))
     assert bad == []
 
 

@@ -1,4 +1,4 @@
-"""Mask-message size and encode time for a 1280x720 frame: ``python -m edge_seg.bench.messages``.
+"""Mask-message size and encode time for a 1280x720 frame: ``edge-seg bench-messages``.
 
 The "model output" is a synthetic scene's ground truth downscaled (nearest) to the model
 resolution, with the noise a real model shows: ragged class boundaries (30 % of the pixels on a
@@ -8,8 +8,6 @@ boundary take a neighbour's class) and 0.5 % isolated wrong pixels. Each timed c
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import cv2
@@ -20,6 +18,7 @@ from edge_seg.publish.messages import decode, encode_mask
 from edge_seg.segmentation import ModelIdentity, Segmentation
 
 FRAME = (1280, 720)
+SIZES = ((192, 108), (256, 144), (512, 288), FRAME)  # model resolutions measured by `edge-seg bench-messages`
 
 
 def noisy_label_map(mask: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
@@ -36,6 +35,7 @@ def noisy_label_map(mask: np.ndarray, size: tuple[int, int], rng: np.random.Gene
 
 
 def measure(model_size: tuple[int, int], fmt: str = "rle", n: int = 200, seeds: int = 8) -> dict:
+    """Size and encode time of ``n`` mask messages (at least one per scene seed) at ``model_size``."""
     rng = np.random.default_rng(0)
     model = ModelIdentity("bench", "1", "0" * 64)
     sizes, times = [], []
@@ -43,7 +43,7 @@ def measure(model_size: tuple[int, int], fmt: str = "rle", n: int = 200, seeds: 
         scene = render_scene(seed, FRAME)
         labels = noisy_label_map(scene.mask, model_size, rng)
         conf = rng.uniform(0.5, 1.0, labels.shape).astype(np.float32)
-        for i in range(n // seeds):
+        for i in range(max(1, n // seeds)):
             seg = Segmentation(labels, conf, FRAME, CLASSES, PALETTE, model, timings={"infer": 9.0, "post": 1.0})
             start = time.perf_counter()
             enc = encode_mask(seg, device="bench", seq=i, ts=1.0, fmt=fmt)
@@ -55,17 +55,3 @@ def measure(model_size: tuple[int, int], fmt: str = "rle", n: int = 200, seeds: 
             "payload_bytes_max": int(np.max(sizes)), "fraction_of_raw_max": round(float(np.max(sizes)) / raw, 4),
             "encode_ms_median": round(float(np.median(times)), 3),
             "encode_ms_p95": round(float(np.percentile(times, 95)), 3)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="encodes per configuration")
-    args = parser.parse_args(argv)
-    for size in ((192, 108), (256, 144), (512, 288), FRAME):
-        for fmt in ("rle", "png"):
-            print(json.dumps(measure(size, fmt, args.n)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -38,7 +38,7 @@ from edge_seg.bench.invoke import (
     percentiles,
 )
 from edge_seg.bench.system import current_memory_mb, peak_rss_mb, thermals
-from edge_seg.demo import scenes
+from edge_seg.demo.clips import render_clip
 from edge_seg.errors import InputError
 from edge_seg.segmenter import Segmenter
 from edge_seg.view.overlay import Overlay
@@ -110,7 +110,7 @@ def write_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 30.0
     writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, size)
     if not writer.isOpened():
         raise InputError(f"this OpenCV cannot write {codec} clips")
-    for scene in scenes.render_clip(11, frames, size):
+    for scene in render_clip(11, frames, size):
         writer.write(scene.image)
     writer.release()
     return path

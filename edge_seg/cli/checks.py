@@ -12,30 +12,6 @@ MIN_BENCH_SIZE = 16  # the smallest scene the generated bench clip can render
 DEFAULT_PLOT = Path("out/bench_compare.png")
 
 
-def writable_file(path: str | Path, what: str) -> Path:
-    """``path``, once it is known that a file can be written there; ``what`` names the option in the message.
-
-    Creates the missing parent directories. Probes by opening the file for appending (``os.access`` says yes
-    to root even where nothing can be created, e.g. under /proc); a file the probe created is removed again.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{what}: {path} is a directory: give a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"{what}: cannot create directory {path.parent}: {err.strerror or err}") from None
-    existed = path.exists()
-    try:
-        with open(path, "ab"):
-            pass
-    except OSError as err:
-        raise InputError(f"{what}: cannot write {path}: {err.strerror or err}") from None
-    if not existed:
-        path.unlink(missing_ok=True)
-    return path
-
-
 def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list | None, list | None]]:
     """Check ``edge-seg bench``'s arguments; the (model, backend, mean, std) of each model to bench.
 
@@ -44,6 +20,7 @@ def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list |
     ``--mean``/``--std`` apply to ``--model``, and to ``--compare`` when that only names another backend.
     Sets ``args.plot`` to its default when comparing without one.
     """
+    from edge_seg.loop.sinks import writable_file
     from edge_seg.model import check_model
 
     for flag, value in (("--frames", args.frames), ("--loop-frames", args.loop_frames)):

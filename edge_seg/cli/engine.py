@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "fp16", "int8", "fp32")
 
 def register(subparsers) -> None:
     """Add ``model build-engine`` to the ``edge-seg`` parser."""
-    from edge_seg.cli.main import command_actions
+    from edge_seg.cli.common import command_actions
 
     actions = command_actions(subparsers, "model", "model tools (TensorRT engines)")
     p = actions.add_parser("build-engine", help="build this device's TensorRT engine from the model's ONNX (cached)")

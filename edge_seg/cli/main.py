@@ -8,42 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from edge_seg import __version__
+from edge_seg.cli import bench
+from edge_seg.cli.common import floats, model_args, segmenter_from_args
 from edge_seg.errors import EdgeSegError, InputError
 
 log = logging.getLogger("edge_seg")
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'") from None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'")
-    return values
-
-
-def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    from edge_seg.segmenter import DEFAULT_MODEL
-
-    p.add_argument("--model", "-m", type=Path, required=required,
-                   default=None if required else DEFAULT_MODEL,
-                   help="model directory, manifest.json or model file (default: the bundled model)")
-    p.add_argument("--backend", "-b", default=None, help="runtime to use (default: by model file suffix)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")
-    p.add_argument("--mean", type=_floats, default=None, help="override input mean, e.g. 127.5 or 123.7,116.3,103.5")
-    p.add_argument("--std", type=_floats, default=None, help="override input std, e.g. 127.5")
-
-
-def _segmenter(args: argparse.Namespace):
-    from edge_seg.segmenter import Segmenter
-
-    return Segmenter.create(model=args.model, backend=args.backend, num_threads=args.threads,
-                            mean=args.mean, std=args.std)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -52,7 +26,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
     paths = image_paths(args.target)
-    with _segmenter(args) as seg:
+    with segmenter_from_args(args) as seg:
         report = infer_files(seg, paths, args.out, alpha=args.alpha, contours=args.contours)
     print(f"segmented {len(report.written)} image(s) into {args.out}; {len(report.failed)} failed")
     return 1 if report.failed else 0
@@ -63,7 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise InputError(f"dataset directory not found: {args.data}")
-    with _segmenter(args) as seg:
+    with segmenter_from_args(args) as seg:
         if seg.manifest.task == "instance":
             return _eval_instances(seg, args)
         classes = list(seg.manifest.classes)
@@ -103,38 +77,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge_seg.demo.mqtt import DemoLink
     from edge_seg.demo.run import run_demo
 
-    with _segmenter(args) as seg:
+    with segmenter_from_args(args) as seg:
         with (nullcontext() if args.no_mqtt else DemoLink(args.out, seg)) as link:
             summary = run_demo(seg, args.out, frames=args.frames, seed=args.seed, progress=not args.quiet,
                                link=link)
     print("\n".join(summary.lines() + (link.lines() if link is not None else [])))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_seg.bench.report import plot_compare, table, write_csv
-    from edge_seg.bench.run import run_bench
-    from edge_seg.cli.checks import bench_specs
-    from edge_seg.segmenter import Segmenter
-
-    reports = []
-    for model, backend, mean, std in bench_specs(args):  # checks every argument before the first bench
-        with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std) as seg:
-            label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
-            reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
-                                     source=args.source, loop_frames=args.loop_frames, progress=not args.json,
-                                     label=label, clip_codec=args.clip_codec))
-    if args.json:
-        print(json.dumps([r.as_dict() for r in reports] if len(reports) > 1 else reports[0].as_dict(), indent=2))
-    else:
-        for report in reports:
-            print("\n".join(table(report)))
-    if args.csv:
-        write_csv(reports, args.csv)
-    if len(reports) > 1:
-        path = plot_compare(reports, args.plot)
-        if not args.json:
-            print(f"comparison plot: {path}")
     return 0
 
 
@@ -245,18 +192,6 @@ def _add_plugins(sub) -> None:
         register(sub)
 
 
-def command_actions(sub, name: str, help: str):
-    """The action subparsers of command ``name``, created if no plugin added it yet (several plugins
-    extend ``model``: the OTA commands and ``build-engine``)."""
-    command = sub.choices.get(name)
-    if command is None:
-        command = sub.add_parser(name, help=help)
-    for action in command._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return command.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
-
-
 def _unavailable(name: str, err: ImportError) -> int:
     raise EdgeSegError(f"'edge-seg {name}' needs packages that are not installed ({err}); "
                        "pip install 'edge-seg[convert]'")
@@ -270,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="segment an image or a directory of images")
     p.add_argument("target", type=Path, metavar="IMAGE|DIR", help="an image, or a directory of images")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--out", "-o", type=Path, default=Path("out/infer"), help="output directory (default out/infer)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
     p.add_argument("--contours", action="store_true", help="draw class contours on the overlay")
@@ -278,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="per-class IoU, mIoU, Dice, accuracy on an images/ + masks/ dataset "
                                     "(instance models: COCO mask AP on images/ + annotations.json)")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--data", "-d", type=Path, required=True, help="directory with images/ and masks/")
     p.add_argument("--out", "-o", type=Path, default=Path("out/eval"), help="report directory (default out/eval)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="segment a synthetic clip with the bundled model, write an overlay video")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--out", "-o", type=Path, default=Path("out"), help="output directory (default out)")
     p.add_argument("--frames", type=int, default=150, help="clip length (default 150)")
     p.add_argument("--seed", type=int, default=7, help="clip seed (default 7)")
@@ -294,23 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="per-stage latency percentiles, bare invoke vs loop FPS, memory, thermals")
-    _model_args(p)
-    p.add_argument("--frames", type=int, default=300, help="frames per measurement (default 300)")
-    p.add_argument("--loop-frames", type=int, default=None, help="frames for the loop (default: --frames)")
-    p.add_argument("--width", type=int, default=1280, help="frame width (default 1280)")
-    p.add_argument("--height", type=int, default=720, help="frame height (default 720)")
-    p.add_argument("--source", default=None, help="loop source URI (default: a generated WxH file:// clip)")
-    p.add_argument("--clip-codec", choices=("i420", "mjpg", "mp4v"), default="i420",
-                   help="how the generated clip is stored: i420 = raw YUV frames, what a camera delivers "
-                        "(default); mp4v / mjpg add a software video / JPEG decode to the loop")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
-    p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",
-                   help="bench a second model and/or backend side by side, e.g. other_model/ or @litert")
-    p.add_argument("--plot", type=Path, default=None, help="with --compare: the comparison plot "
-                   "(default out/bench_compare.png)")
-    p.set_defaults(func=cmd_bench)
+    bench.register(sub)
 
     p = sub.add_parser("manifest", help="model manifest tools")
     msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
@@ -320,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write (default: manifest.json beside MODEL)")
     q.add_argument("--force", action="store_true", help="overwrite an existing file")
     q.add_argument("--backend", "-b", default=None, help="runtime that reads the tensors (default: by file suffix)")
-    q.add_argument("--mean", type=_floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
+    q.add_argument("--mean", type=floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
                    "(default: inferred from the input tensor)")
-    q.add_argument("--std", type=_floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
+    q.add_argument("--std", type=floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
     q.set_defaults(func=cmd_manifest_init)
 
     p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
@@ -390,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-seg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `edge-seg bench-messages | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

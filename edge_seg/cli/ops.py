@@ -187,7 +187,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def register_model(sub) -> None:
-    from edge_seg.cli.main import command_actions
+    from edge_seg.cli.common import command_actions
 
     msub = command_actions(sub, "model", "signed model bundles and the on-device model store (OTA)")
 

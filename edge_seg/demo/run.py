@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge_seg.demo import scenes
+from edge_seg.demo.clips import render_clip
 from edge_seg.errors import InputError
 from edge_seg.evaluate.semantic import confusion_matrix, metrics_from_confusion
 from edge_seg.segmenter import Segmenter
@@ -55,7 +55,7 @@ def run_demo(segmenter: Segmenter, out_dir: Path, frames: int = 150, size: tuple
     cm = np.zeros((len(classes), len(classes)), np.int64)
     timings: dict[str, list[float]] = {}
     try:
-        clip = scenes.render_clip(seed, frames, size)
+        clip = render_clip(seed, frames, size)
         for seq, scene in enumerate(tqdm(clip, total=frames, desc="demo", unit="frame", disable=not progress)):
             result = segmenter.segment(scene.image)
             if link is not None:

@@ -11,15 +11,13 @@ texture scale and angle, size (8–35 % of the short side), rotation and positio
 objects may overlap (the mask shows the top one). Lighting (contrast, brightness, colour cast, a
 shading ramp), blur and sensor noise come last and never touch the mask.
 
-A clip keeps one background and one set of objects; the objects drift, bounce off the borders,
-spin and breathe in scale smoothly, while the global lighting drifts slowly like an auto-exposing
-camera. Each frame gets fresh sensor noise.
+Clips (scenes over time) are in ``edge_seg.demo.clips``, built from the pieces here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +26,8 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
-__all__ = ["CLASSES", "PALETTE", "Scene", "instance_annotations", "render_clip", "render_scene",
-           "render_touching_scene", "write_dataset"]
+__all__ = ["CLASSES", "PALETTE", "Light", "Scene", "check_size", "compose", "instance_annotations", "random_background",
+           "random_light", "random_object", "render_scene", "render_touching_scene", "write_dataset"]
 
 CLASSES: tuple[str, ...] = ("background", "disc", "box", "triangle")
 PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
@@ -70,7 +68,7 @@ class _Obj:
 
 
 @dataclass(frozen=True)
-class _Light:
+class Light:
     contrast: float
     brightness: float
     gain: tuple[float, float, float]  # per-channel colour cast (BGR)
@@ -94,7 +92,7 @@ def _two_colours(rng: np.random.Generator) -> tuple[tuple[float, ...], tuple[flo
     return tuple(float(v) for v in c0), tuple(float(v) for v in c1)
 
 
-def _random_obj(rng: np.random.Generator, width: int, height: int) -> _Obj:
+def random_object(rng: np.random.Generator, width: int, height: int) -> _Obj:
     short = min(width, height)
     size = float(rng.uniform(*_SIZE_RANGE) * short)
     c0, c1 = _two_colours(rng)
@@ -114,8 +112,8 @@ def _random_obj(rng: np.random.Generator, width: int, height: int) -> _Obj:
     )
 
 
-def _random_light(rng: np.random.Generator) -> _Light:
-    return _Light(
+def random_light(rng: np.random.Generator) -> Light:
+    return Light(
         contrast=float(rng.uniform(0.65, 1.25)),
         brightness=float(rng.uniform(-35, 35)),
         gain=tuple(float(v) for v in rng.uniform(0.8, 1.2, 3)),
@@ -144,7 +142,7 @@ def _smooth_noise(rng: np.random.Generator, width: int, height: int, cells: int,
     return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def random_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """Gradient + noise textures + clutter lines (float32 BGR)."""
     xs, ys = _grid(width, height)
     ca, cb = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
@@ -249,7 +247,7 @@ def _normal_lut() -> np.ndarray:
     return np.array([dist.inv_cdf((k + 0.5) / 256) for k in range(256)], np.float32)
 
 
-def _finish(img: np.ndarray, light: _Light, rng: np.random.Generator) -> np.ndarray:
+def _finish(img: np.ndarray, light: Light, rng: np.random.Generator) -> np.ndarray:
     """Apply lighting, blur and noise to a float32 image and return uint8 BGR."""
     height, width = img.shape[:2]
     xs, ys = _grid(width, height)
@@ -270,7 +268,7 @@ def _finish(img: np.ndarray, light: _Light, rng: np.random.Generator) -> np.ndar
     return cv2.add(img, 0.0, dtype=cv2.CV_8U)  # rounds and saturates to [0, 255]
 
 
-def _compose(background: np.ndarray, objs: list[_Obj], light: _Light,
+def compose(background: np.ndarray, objs: list[_Obj], light: Light,
              rng: np.random.Generator, instances: bool = False) -> Scene:
     img = background.copy()
     mask = np.zeros(img.shape[:2], np.uint8)
@@ -280,7 +278,7 @@ def _compose(background: np.ndarray, objs: list[_Obj], light: _Light,
     return Scene(image=_finish(img, light, rng), mask=mask, instances=ids)
 
 
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = (int(v) for v in size)
     if width < 16 or height < 16:
         raise ValueError(f"scene size must be at least 16x16, got {width}x{height}")
@@ -294,11 +292,11 @@ def render_scene(seed: int, size: tuple[int, int] = (256, 256), instances: bool 
 
     ``instances=True`` also fills ``Scene.instances`` (image and mask are the same as without).
     """
-    width, height = _check_size(size)
+    width, height = check_size(size)
     rng = np.random.default_rng(seed)
-    background = _background(rng, width, height)
-    objs = [_random_obj(rng, width, height) for _ in range(int(rng.integers(1, 6)))]
-    return _compose(background, objs, _random_light(rng), rng, instances)
+    background = random_background(rng, width, height)
+    objs = [random_object(rng, width, height) for _ in range(int(rng.integers(1, 6)))]
+    return compose(background, objs, random_light(rng), rng, instances)
 
 
 def render_touching_scene(seed: int, size: tuple[int, int] = (256, 256), count: tuple[int, int] = (3, 6)) -> Scene:
@@ -308,18 +306,18 @@ def render_touching_scene(seed: int, size: tuple[int, int] = (256, 256), count: 
     the sum of their half sizes), so same-class objects touch or overlap slightly; 0-2 objects of
     other classes lie behind them. ``Scene.instances`` is always filled.
     """
-    width, height = _check_size(size)
+    width, height = check_size(size)
     rng = np.random.default_rng(seed)
-    background = _background(rng, width, height)
+    background = random_background(rng, width, height)
     short = min(width, height)
     cls = int(rng.integers(1, len(CLASSES)))
     others = []
     for _ in range(int(rng.integers(0, 3))):
-        obj = _random_obj(rng, width, height)
+        obj = random_object(rng, width, height)
         others.append(obj if obj.cls != cls else replace(obj, cls=cls % (len(CLASSES) - 1) + 1))
     cluster: list[_Obj] = []
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
-        obj = _random_obj(rng, width, height)
+        obj = random_object(rng, width, height)
         extent = float(rng.uniform(0.12, 0.22) * short)
         if cluster:
             anchor = cluster[int(rng.integers(len(cluster)))]
@@ -331,7 +329,7 @@ def render_touching_scene(seed: int, size: tuple[int, int] = (256, 256), count: 
             cx, cy = float(rng.uniform(0.3, 0.7) * width), float(rng.uniform(0.3, 0.7) * height)
         cluster.append(replace(obj, cls=cls, size=extent, cx=cx, cy=cy,
                                period=float(max(3.0, rng.uniform(0.12, 0.3) * extent))))
-    return _compose(background, others + cluster, _random_light(rng), rng, instances=True)
+    return compose(background, others + cluster, random_light(rng), rng, instances=True)
 
 
 def instance_annotations(scene: Scene) -> list[dict]:
@@ -348,67 +346,6 @@ def instance_annotations(scene: Scene) -> list[dict]:
         mask = scene.instances == k
         out.append({"instance": int(k), "class_id": int(scene.mask[mask][0]), "mask": mask})
     return out
-
-
-@dataclass(frozen=True)
-class _Motion:
-    vx: float
-    vy: float
-    spin: float  # radians per frame
-    pulse: float  # relative scale amplitude
-    pulse_rate: float  # radians per frame
-    phase: float
-
-
-def _random_motion(rng: np.random.Generator, short: int) -> _Motion:
-    speed = rng.uniform(0.4, 2.5) * short / 256
-    heading = rng.uniform(0, 2 * math.pi)
-    return _Motion(vx=float(speed * math.cos(heading)), vy=float(speed * math.sin(heading)),
-                   spin=float(rng.uniform(-0.03, 0.03)), pulse=float(rng.uniform(0, 0.12)),
-                   pulse_rate=float(rng.uniform(0.01, 0.05)), phase=float(rng.uniform(0, 2 * math.pi)))
-
-
-def _bounce(pos: float, vel: float, limit: float) -> tuple[float, float]:
-    if pos < 0:
-        return -pos, abs(vel)
-    if pos > limit:
-        return 2 * limit - pos, -abs(vel)
-    return pos, vel
-
-
-def _drift(base: _Light, t: int, waves: np.ndarray) -> _Light:
-    """Slow, smooth lighting drift: sinusoids with periods of a few seconds."""
-    period, phase = waves[:, 0], waves[:, 1]
-    s = np.sin(2 * math.pi * t / period + phase)
-    gain = np.asarray(base.gain) * (1.0 + 0.06 * s[2:5])
-    return replace(base, contrast=base.contrast * (1.0 + 0.08 * s[0]), brightness=base.brightness + 18 * s[1],
-                   gain=tuple(float(g) for g in gain), shade_angle=base.shade_angle + 0.3 * s[5])
-
-
-def render_clip(seed: int, n_frames: int, size: tuple[int, int] = (640, 360)) -> Iterator[Scene]:
-    """Yield ``n_frames`` consecutive frames of one scene with smoothly moving objects.
-
-    Objects drift, bounce off the borders, spin and pulse in scale; the depth order is fixed;
-    global lighting drifts slowly; each frame has fresh sensor noise. Deterministic by seed.
-    """
-    width, height = _check_size(size)
-    rng = np.random.default_rng(seed)
-    background = _background(rng, width, height)
-    objs = [_random_obj(rng, width, height) for _ in range(int(rng.integers(1, 6)))]
-    motions = [_random_motion(rng, min(width, height)) for _ in objs]
-    light = _random_light(rng)
-    light = replace(light, blur=min(light.blur, 1.0))
-    waves = np.stack([rng.uniform(90, 300, 6), rng.uniform(0, 2 * math.pi, 6)], axis=1)
-    base_sizes = [o.size for o in objs]
-    for t in range(int(n_frames)):
-        frame_objs = [replace(o, size=s * (1.0 + m.pulse * math.sin(m.pulse_rate * t + m.phase)))
-                      for o, m, s in zip(objs, motions, base_sizes)]
-        yield _compose(background, frame_objs, _drift(light, t, waves), rng)
-        for i, (o, m) in enumerate(zip(objs, motions)):
-            cx, vx = _bounce(o.cx + m.vx, m.vx, width)
-            cy, vy = _bounce(o.cy + m.vy, m.vy, height)
-            objs[i] = replace(o, cx=cx, cy=cy, angle=o.angle + m.spin)
-            motions[i] = replace(m, vx=vx, vy=vy)
 
 
 def write_dataset(out_dir: str | Path, n: int, seed: int = 0,

@@ -160,9 +160,9 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
 
 def build(config: Config) -> Built:
     """Open the model, the source and the sinks described by ``config``."""
-    from edge_seg.service.daemon import _segmenter_factory
+    from edge_seg.service.daemon import segmenter_factory
 
-    segmenter = _segmenter_factory(config)(config.model.path or DEFAULT_MODEL)  # as the OTA hot reload makes it
+    segmenter = segmenter_factory(config)(config.model.path or DEFAULT_MODEL)  # as the OTA hot reload makes it
     if config.pipeline.tiling.enabled and segmenter.manifest.task == "instance":
         name = f"{segmenter.manifest.name} {segmenter.manifest.version}"
         segmenter.close()

@@ -60,14 +60,36 @@ class OverlayStage:
         return _paste(result.frame.image, drawn, result.roi)
 
 
+def writable_file(path: str | Path, what: str) -> Path:
+    """``path``, once it is known that a file can be written there; ``what`` names the option in the message.
+
+    Creates the missing parent directories. Probes by opening the file for appending (``os.access`` says yes
+    to root even where nothing can be created, e.g. under /proc); a file the probe created is removed again.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what}: {path} is a directory: give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{what}: cannot create directory {path.parent}: {err.strerror or err}") from None
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise InputError(f"{what}: cannot write {path}: {err.strerror or err}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path
+
+
 class VideoSink:
     """Writes the overlay (or the frame) of every result to a video file."""
 
     name = "video"
 
     def __init__(self, path: Path, fps: float = 15.0):
-        from edge_seg.cli.checks import writable_file
-
         self.path = writable_file(path, "video output (output.video, --out)")
         self.fps = fps
         self.frames = 0
@@ -104,8 +126,6 @@ class JsonlSink:
     name = "jsonl"
 
     def __init__(self, path: Path):
-        from edge_seg.cli.checks import writable_file
-
         self.path = writable_file(path, "JSONL output (output.jsonl, --jsonl)")
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 

@@ -162,9 +162,9 @@ def check_compatibility(new: Manifest, options: InstallOptions, current: Manifes
 
 
 def _sample_frames(count: int, size: tuple[int, int] = (320, 240)) -> list:
-    from edge_seg.demo import scenes
+    from edge_seg.demo.clips import render_clip
 
-    return [scene.image for scene in scenes.render_clip(11, count, size)]
+    return [scene.image for scene in render_clip(11, count, size)]
 
 
 def _check_output(seg, segmenter, raw) -> None:

@@ -1,6 +1,6 @@
 """``synthetic://[?seed=3&width=640&height=360&fps=15&clip=300&frames=N]``: the demo scene generator as a camera.
 
-Frames come from ``edge_seg.demo.scenes.render_clip``, rendered lazily one at a time on the caller's
+Frames come from ``edge_seg.demo.clips.render_clip``, rendered lazily one at a time on the caller's
 thread: a clip of ``clip`` frames (one scene with moving objects), then the next clip with a
 seed derived from ``(seed, clip index)``, forever; or ``frames`` in total, then ``SourceEnded``
 (or the same frames again with ``loop``). The same seed gives the same frames. The ground truth
@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from edge_seg.demo import scenes
+from edge_seg.demo.clips import render_clip
+from edge_seg.demo.scenes import Scene
 from edge_seg.sources._common import Pacer, query_options, wait_until_due
 from edge_seg.sources.base import Frame, SourceEnded, SourceError
 
@@ -47,11 +48,11 @@ class SyntheticSource:
         self._seq = 0
         self._pos = 0  # frame index within the (possibly looped) stream
         self._clip_index = -1
-        self._scenes: Iterator[scenes.Scene] | None = None
+        self._scenes: Iterator[Scene] | None = None
         self._closed = False
         self.ground_truth: np.ndarray | None = None
 
-    def _render_next(self) -> scenes.Scene:
+    def _render_next(self) -> Scene:
         if self._frames is not None and self._pos >= self._frames:
             if not self._loop:
                 raise SourceEnded(f"end of {self.uri}")
@@ -59,7 +60,7 @@ class SyntheticSource:
         index = self._pos // self._clip
         if index != self._clip_index or self._scenes is None:
             length = self._clip if self._frames is None else min(self._clip, self._frames - index * self._clip)
-            self._scenes = scenes.render_clip(clip_seed(self._seed, index), length, self.size)
+            self._scenes = render_clip(clip_seed(self._seed, index), length, self.size)
             self._clip_index = index
         self._pos += 1
         return next(self._scenes)

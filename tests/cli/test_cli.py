@@ -79,11 +79,11 @@ def test_manifest_init_writes_an_editable_manifest(tiny_models, tmp_path, capsys
 
 
 def test_console_script_runs_help_and_version():
-    out = subprocess.run([sys.executable, "-m", "edge_seg.cli.main", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "edge_seg.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for command in ("infer", "eval", "demo", "bench", "manifest"):
         assert command in out.stdout
-    out = subprocess.run([sys.executable, "-m", "edge_seg.cli.main", "version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "edge_seg.cli", "version"], capture_output=True, text=True)
     assert json.loads(out.stdout)["edge_seg"]
 
 

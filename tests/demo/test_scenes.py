@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_seg.demo.scenes import CLASSES, PALETTE, Scene, render_clip, render_scene, write_dataset
+from edge_seg.demo.clips import render_clip
+from edge_seg.demo.scenes import CLASSES, PALETTE, Scene, render_scene, write_dataset
 
 
 def test_classes_and_palette_describe_background_plus_three_objects():

@@ -186,7 +186,7 @@ def test_a_source_that_can_never_deliver_ends_the_run_with_its_error(tiny_models
     for name in ("a.jpg", "b.png"):
         (images / name).write_bytes(b"not an image")
     model = str(tiny_models["colour_probs_uint8"])
-    proc = subprocess.run([sys.executable, "-m", "edge_seg.cli.main", "run", "--model", model,
+    proc = subprocess.run([sys.executable, "-m", "edge_seg.cli", "run", "--model", model,
                            "--source", f"images://{images}", "--state-dir", str(tmp_path / "state")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

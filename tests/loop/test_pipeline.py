@@ -16,7 +16,7 @@ import pytest
 from conftest import write_scene_clip
 
 from edge_seg.config import parse_config
-from edge_seg.demo.scenes import render_clip
+from edge_seg.demo.clips import render_clip
 from edge_seg.loop.pipeline import LatestSlot, Pipeline
 from edge_seg.loop.runner import build
 from edge_seg.segmenter import Segmenter
@@ -156,7 +156,7 @@ def test_a_stalled_source_is_reopened_and_the_loop_goes_on(tiny_models):
 def test_sigterm_drains_and_prints_the_stats_line(tiny_models, tmp_path):
     jsonl = tmp_path / "f.jsonl"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_seg.cli.main", "run", "--model",
+    proc = subprocess.Popen([sys.executable, "-m", "edge_seg.cli", "run", "--model",
                              str(tiny_models["colour_probs_uint8"]), "--source", "synthetic://?width=160&height=96",
                              "--jsonl", str(jsonl)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 60

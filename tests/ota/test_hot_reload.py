@@ -17,7 +17,8 @@ from edge_seg.ota.bundle import OtaError, load_public_keys
 from edge_seg.ota.hot_reload import agreement, identity_of
 from edge_seg.ota.install import InstallOptions, install_bundle
 from edge_seg.ota.store import ModelStore
-from edge_seg.service.daemon import Notifier, Service
+from edge_seg.service.daemon import Service
+from edge_seg.service.notify import Notifier
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_the_cli_dies_at_the_injected_point_and_recovers(setup, tmp_path, point)
 
     state = tmp_path / "state"
     shutil.copytree(setup["template"], state, symlinks=True)
-    cmd = [sys.executable, "-m", "edge_seg.cli.main", "model", "install", str(setup["new"]), "--state-dir", str(state),
+    cmd = [sys.executable, "-m", "edge_seg.cli", "model", "install", str(setup["new"]), "--state-dir", str(state),
            "--pubkey", str(setup["pub"])]
     killed = subprocess.run(cmd, env={**os.environ, FAULT_ENV: str(point)}, capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL

@@ -289,7 +289,7 @@ def test_margin_crops_appear_where_two_classes_tie(segmenter):
 def test_the_runner_and_the_service_keep_the_map_the_crop_method_needs(tiny_models, method):
     from edge_seg.config import parse_config
     from edge_seg.loop.runner import build
-    from edge_seg.service.daemon import _segmenter_factory
+    from edge_seg.service.daemon import segmenter_factory
 
     config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
                            "uncertainty": {"enabled": True, "crops": {"method": method}}})
@@ -300,7 +300,7 @@ def test_the_runner_and_the_service_keep_the_map_the_crop_method_needs(tiny_mode
     finally:
         built.pipeline.source.close()
         built.segmenter.close()
-    with _segmenter_factory(config)(tiny_models["colour_probs_uint8"]) as reloaded:  # the OTA hot-reload path
+    with segmenter_factory(config)(tiny_models["colour_probs_uint8"]) as reloaded:  # the OTA hot-reload path
         second = reloaded.segment(frame)
     for seg in (first, second):
         assert (seg.margin_map is not None) == (method == "margin")  # the default path pays for neither map

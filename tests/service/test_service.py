@@ -18,8 +18,8 @@ import yaml
 
 from edge_seg.config import load_config
 from edge_seg.ota.store import ModelStore
-from edge_seg.service.daemon import Notifier, Watchdog, watchdog_interval
 from edge_seg.service.install import install_service, render_unit
+from edge_seg.service.notify import Notifier, Watchdog, watchdog_interval
 
 HERE = Path(__file__).resolve().parents[1]  # tests/, where the helper scripts are
 REPO = HERE.parent

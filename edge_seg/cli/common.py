@@ -1,0 +1,48 @@
+"""What several ``edge-seg`` subcommands share: model options, the segmenter they describe, and the
+action subparsers that plugins extend (``edge-seg model ...``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'") from None
+    if len(values) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got '{text}'")
+    return values
+
+
+def model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from edge_seg.segmenter import DEFAULT_MODEL
+
+    p.add_argument("--model", "-m", type=Path, required=required,
+                   default=None if required else DEFAULT_MODEL,
+                   help="model directory, manifest.json or model file (default: the bundled model)")
+    p.add_argument("--backend", "-b", default=None, help="runtime to use (default: by model file suffix)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")
+    p.add_argument("--mean", type=floats, default=None, help="override input mean, e.g. 127.5 or 123.7,116.3,103.5")
+    p.add_argument("--std", type=floats, default=None, help="override input std, e.g. 127.5")
+
+
+def segmenter_from_args(args: argparse.Namespace):
+    from edge_seg.segmenter import Segmenter
+
+    return Segmenter.create(model=args.model, backend=args.backend, num_threads=args.threads,
+                            mean=args.mean, std=args.std)
+
+
+def command_actions(sub, name: str, help: str):
+    """The action subparsers of command ``name``, created if no plugin added it yet (several plugins
+    extend ``model``: the OTA commands and ``build-engine``)."""
+    command = sub.choices.get(name)
+    if command is None:
+        command = sub.add_parser(name, help=help)
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return command.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
