@@ -22,7 +22,7 @@ UNIT_NAME = "edge-seg.service"
 CONFIG_PATH = Path("/etc/edge-seg/config.yaml")
 KEYS_DIR = Path("/etc/edge-seg/keys")
 STATE_DIR = Path("/var/lib/edge-seg")
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "boards"
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "boards"
 # cameras (video4linux, media controller), the Coral TPU (PCIe/M.2 apex, USB), the Jetson GPU nodes (JetPack 5
 # /dev/nvhost-*, JetPack 6 /dev/nvgpu/igpu0/*) and dGPU nodes; missing nodes are skipped by systemd
 _NVGPU = ["as", "channel", "ctrl", "ctxsw", "dbg", "power", "prof", "prof-ctx", "prof-dev", "sched", "tsg"]
