@@ -1,1 +1,1 @@
-"""cli"""
+"""The ``edge-seg`` command line: the entry point and its subcommand parsers; the work is in the other wings."""

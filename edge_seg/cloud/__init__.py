@@ -1,1 +1,1 @@
-"""cloud"""
+"""The cloud side: the MQTT consumer and where it stores masks, crops, status and the labelling queue."""

@@ -1,1 +1,1 @@
-"""evaluate"""
+"""Evaluation against ground truth: semantic metrics (IoU, Dice, confusion) and COCO mask AP for instances."""

@@ -1,1 +1,1 @@
-"""service"""
+"""Running as a systemd service: sd_notify and the watchdog, the service wiring, unit install, doctor."""

@@ -1,1 +1,1 @@
-"""view"""
+"""What a person sees: the overlay drawn on frames and the live preview page."""
