@@ -46,3 +46,21 @@ def command_actions(sub, name: str, help: str):
         if isinstance(action, argparse._SubParsersAction):
             return action
     return command.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
+# top-level module -> the extra of edge-seg that installs it (setup.cfg [options.extras_require])
+EXTRA_OF = {"tensorflow": "convert", "tf_keras": "convert", "tensorflow_model_optimization": "convert",
+            "tf2onnx": "convert", "onnx": "convert", "onnxruntime": "convert", "paho": "device",
+            "pycocotools": "device", "prometheus_client": "device", "cryptography": "device",
+            "ai_edge_litert": "device", "picamera2": "pi", "tensorrt": "jetson"}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """One line naming what to install for a module of one of edge-seg's extras, else None (a real bug)."""
+    module = (err.name or "").split(".")[0]
+    extra = EXTRA_OF.get(module)
+    if extra is None:
+        return None
+    if extra == "jetson":
+        return f"module '{module}' is not installed: it comes with JetPack on the Jetson (extra 'jetson')"
+    return f"module '{module}' is not installed: pip install 'edge-seg[{extra}]'"

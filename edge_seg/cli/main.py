@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_seg import __version__
 from edge_seg.cli import bench
-from edge_seg.cli.common import floats, model_args, segmenter_from_args
+from edge_seg.cli.common import floats, missing_extra, model_args, segmenter_from_args
 from edge_seg.errors import EdgeSegError, InputError
 
 log = logging.getLogger("edge_seg")
@@ -305,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"edge-seg: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra that is not installed (e.g. convert on a device)
+        line = missing_extra(err)
+        if line is None or args.debug:
+            raise
+        print(f"edge-seg: error: 'edge-seg {args.command}' needs a package that is missing: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edge-seg: interrupted", file=sys.stderr)
