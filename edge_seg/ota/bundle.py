@@ -41,7 +41,8 @@ from edge_seg.ota.sign import (
 )
 
 CHUNK = 16 * 1024
-MAX_MEMBERS = 64
+MAX_MEMBERS = 64  # files
+MAX_ENTRIES = 4 * MAX_MEMBERS  # every header: files, directories, links, devices
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -163,14 +164,23 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 
 def _scan_members(tar: tarfile.TarFile, name: str, max_bytes: int) -> dict[str, tarfile.TarInfo]:
-    """All members by name, after refusing unsafe ones (type, path, duplicates, count, size)."""
+    """All members by name, after refusing unsafe ones (type, path, duplicates, count, size).
+
+    Headers are read one at a time and every entry counts, directories included, so a bundle with a
+    million entries is refused after ``MAX_ENTRIES`` headers, not after reading (and keeping) them all.
+    """
     members: dict[str, tarfile.TarInfo] = {}
-    total = 0
-    try:
-        infos = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise BundleError(f"bundle {name} is truncated or corrupt ({err})") from None
-    for info in infos:
+    total = entries = 0
+    while True:
+        try:
+            info = tar.next()
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise BundleError(f"bundle {name} is truncated or corrupt ({err})") from None
+        if info is None:
+            return members
+        entries += 1
+        if entries > MAX_ENTRIES:
+            raise BundleError(f"bundle {name} holds more than {MAX_ENTRIES} entries: refusing")
         if info.issym() or info.islnk():
             kind = "symlink" if info.issym() else "hard link"
             raise BundleError(f"bundle {name}: member '{info.name}' is a {kind} (to '{info.linkname}'): refusing; "
@@ -190,7 +200,6 @@ def _scan_members(tar: tarfile.TarFile, name: str, max_bytes: int) -> dict[str, 
         total += info.size
         if len(members) > MAX_MEMBERS or total > max_bytes:
             raise BundleError(f"bundle {name} holds more than {MAX_MEMBERS} files or {max_bytes} bytes: refusing")
-    return members
 
 
 def _read_small(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:

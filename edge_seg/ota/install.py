@@ -1,10 +1,13 @@
 """``edge-seg model install``: verify, check, stage, smoke-test, switch (issue 6).
 
-Steps, in this order, under the store lock; the process may die at any point and ``current``
-still resolves to a complete model (old or new), and the next install succeeds:
+Steps, in this order; the process may die at any point and ``current`` still resolves to a
+complete model (old or new), and the next install succeeds:
 
-1. clean up what an interrupted install left (``ModelStore.recover``);
-2. verify the bundle: safe members, signature by a trusted key, every file's sha256 (nothing written);
+1. verify the bundle, before taking the store lock (so a hostile or huge bundle never holds up a
+   rollback or gc): entry count and sizes from the headers read one at a time, safe members,
+   signature by a trusted key, every file's sha256 (nothing written);
+2. under the store lock from here on: clean up what an interrupted install left
+   (``ModelStore.recover``);
 3. refuse a downgrade (unless allowed) and a model the device config cannot run (backend file and
    runtime, task, classes the config redacts);
 4. extract into ``models/.staging-*`` (hashing again while writing, fsync);
@@ -265,10 +268,11 @@ def install_bundle(bundle_path: Path, store: ModelStore, keys: dict, options: In
     cp = checkpoint or Checkpoints.from_env()
     started = time.monotonic()
     store.ensure()
+    # verified before the lock: a hostile or huge bundle never holds up a rollback or gc (extract hashes again)
+    verified: VerifiedBundle = verify_bundle(Path(bundle_path), keys, max_bytes=options.max_bytes, checkpoint=cp)
     with store.lock():
         cp("locked")
         store.recover(cp)
-        verified: VerifiedBundle = verify_bundle(Path(bundle_path), keys, max_bytes=options.max_bytes, checkpoint=cp)
         model_id = entry_id(verified.manifest, verified.digest)
         current_id, current = _current(store)
         if current_id == model_id:
