@@ -19,7 +19,7 @@ INSTANCES_SCHEMA = "edge_seg.instances/v1"
 CROP_SCHEMA = "edge_seg.crop/v1"
 INSTANCE_CROP_SCHEMA = "edge_seg.instance_crop/v1"
 STATUS_SCHEMA = "edge_seg.status/v1"
-METRICS_SCHEMA = "edge_seg.loop.metrics/v1"
+METRICS_SCHEMA = "edge_seg.metrics/v1"
 COMMAND_SCHEMA = "edge_seg.cmd/v1"
 RESULT_SCHEMA = "edge_seg.cmd_result/v1"
 JSON_CONTENT_TYPE = "application/json"
@@ -247,7 +247,7 @@ class StatusMessage(_Envelope):
 
 
 class MetricsMessage(_Envelope):
-    schema_: Literal["edge_seg.loop.metrics/v1"] = Field(alias="schema")
+    schema_: Literal["edge_seg.metrics/v1"] = Field(alias="schema")
     summary: dict[str, Any]
 
 
