@@ -1,4 +1,5 @@
-"""``edge-seg`` with a source the test can stall: while the file ``$EDGE_SEG_TEST_GATE`` exists, reads give nothing.
+"""``edge-seg`` with a source the test can stall: while the file ``$EDGE_SEG_TEST_GATE`` exists, reads give nothing
+(a camera that is down); while ``$EDGE_SEG_TEST_WEDGE`` exists, a read does not return (a driver that hangs).
 
 Everything else is the real CLI (``edge-seg run --config …``), so the test sees the service's real sd_notify
 traffic. Run as a subprocess: ``python tests/service_device.py run --config cfg.yaml``.
@@ -15,6 +16,7 @@ from edge_seg import sources
 from edge_seg.cli.main import main
 
 GATE = Path(os.environ["EDGE_SEG_TEST_GATE"])
+WEDGE = Path(os.environ.get("EDGE_SEG_TEST_WEDGE", os.devnull + ".absent"))
 _open = sources.open_source
 
 
@@ -23,6 +25,8 @@ class GatedSource:
         self.inner, self.uri = inner, inner.uri
 
     def read(self, timeout: float):
+        while WEDGE.exists():
+            time.sleep(0.05)
         if GATE.exists():
             time.sleep(timeout)
             return None

@@ -125,6 +125,9 @@ class Pipeline:
         self._swap: tuple | None = None  # (segmenter, applied event) waiting for the next frame boundary
         self._swap_lock = threading.Lock()
         self._running = False
+        # one counter per loop thread, bumped every time it goes round (a frame or a timed-out wait): a thread
+        # whose counter stands still is wedged; a source that delivers nothing is not (see ``liveness``)
+        self.beats = {"capture": 0, "infer": 0, "sink": 0}
         # called with an exception raised by the model (infer, decode); True: handled (e.g. by a rollback)
         self.on_model_error: Callable[[BaseException], bool] | None = None
 
@@ -139,6 +142,7 @@ class Pipeline:
             while not self._stop.is_set():
                 w0, c0 = time.perf_counter(), time.thread_time()
                 frame = self.source.read(0.2)
+                self.beats["capture"] += 1
                 if frame is None:
                     continue
                 self.stats.sample("capture", (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3)
@@ -148,6 +152,7 @@ class Pipeline:
                 item = (frame, self._prepare(frame))
                 if getattr(self.source, "lossless", False):
                     while not self._slot.wait_empty(0.1):
+                        self.beats["capture"] += 1
                         if self._stop.is_set():
                             return
                 if self._slot.put(item):
@@ -163,7 +168,12 @@ class Pipeline:
     def _sink(self) -> None:
         self._pin()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self.beats["sink"] += 1
+                continue
+            self.beats["sink"] += 1
             if item is None:
                 return
             frame, raw, transform, clock, segmenter, tiler = item  # the model that produced ``raw`` decodes it
@@ -193,6 +203,7 @@ class Pipeline:
     def _handoff(self, item) -> None:
         if getattr(self.source, "lossless", False):  # every frame of a file is kept: wait for the sinks
             while not self._stop.is_set():
+                self.beats["infer"] += 1
                 try:
                     self._queue.put(item, timeout=0.1)
                     return
@@ -280,6 +291,7 @@ class Pipeline:
                 if self._swap is not None:
                     self._apply_swap()
                 item = self._slot.take(0.1)
+                self.beats["infer"] += 1
                 if item is None:
                     if self._slot.closed:
                         break
@@ -308,6 +320,11 @@ class Pipeline:
             self._apply_swap()
             self._shutdown()
         return self.stats
+
+    def liveness(self) -> dict[str, int]:
+        """Each loop thread's counter (capture, infer, sink): all of them move while the loop is deciding,
+        reconnecting a lost camera included; one that stands still is stuck (in a driver, a model, a sink)."""
+        return dict(self.beats)
 
     def swap_segmenter(self, segmenter: Segmenter) -> threading.Event:
         """Run ``segmenter`` from the next frame on; the returned event is set once it is in use.

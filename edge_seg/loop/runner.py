@@ -151,6 +151,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
+                                degraded=lambda: getattr(built.pipeline.source, "degraded", lambda: None)(),
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model)
     outbox = built.publisher.outbox

@@ -240,12 +240,15 @@ def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, in
 
 def encode_status(*, device: str, seq: int, online: bool, model=None, fps: float | None = None,
                   uptime_s: float | None = None, source_state: str | None = None, outbox_depth: int | None = None,
-                  extra: dict | None = None) -> Encoded:
-    """A status message (published retained; the ``online: false`` one is also the LWT)."""
+                  degraded: str | None = None, extra: dict | None = None) -> Encoded:
+    """A status message (published retained; the ``online: false`` one is also the LWT). ``degraded`` says what
+    is wrong while the device runs on (e.g. ``source down since …``); it is left out when all is well."""
     head = envelope(STATUS_SCHEMA, device, seq)
     head.update(online=bool(online), model=model_dict(model), fps=finite(fps, 3), uptime_s=finite(uptime_s, 3),
                 source_state=source_state, outbox_depth=None if outbox_depth is None else int(outbox_depth),
                 extra=dict(extra or {}))
+    if degraded:
+        head["degraded"] = str(degraded)[:256]
     return encoded_message("status", head, json_bytes(head))
 
 

@@ -71,13 +71,14 @@ class Publisher:
 
     def __init__(self, config: MqttConfig, *, device: str, state_dir: str | Path, model=None,
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
+                 degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
                  update_model: Callable[[dict], dict] | None = None,
                  start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
         self.model, self.classes = model, tuple(classes)
-        self._source_state, self._summary = source_state, summary
+        self._source_state, self._degraded, self._summary = source_state, degraded, summary
         self._started = time.monotonic()
         self._seq = 0
         self._seq_lock = threading.Lock()
@@ -173,15 +174,17 @@ class Publisher:
         if now - at >= 1.0:
             fps = (self.counts["frames"] - frames) / (now - at)
             self._fps = (self.counts["frames"], now, fps)
-        state = None
-        if self._source_state is not None:
-            try:
-                state = self._source_state()
-            except Exception:  # noqa: BLE001 - a status must not fail on a hook
-                state = None
+        state, degraded = self._hook(self._source_state), self._hook(self._degraded)
         return encode_status(device=self.device, seq=self._next_seq(), online=online, model=self.model, fps=fps,
                              uptime_s=self.uptime(), source_state=state, outbox_depth=self.outbox.stats().depth,
-                             extra={"nodelay": self.link.nodelay})
+                             degraded=degraded, extra={"nodelay": self.link.nodelay})
+
+    @staticmethod
+    def _hook(hook: Callable[[], str | None] | None) -> str | None:
+        try:
+            return None if hook is None else hook()
+        except Exception:  # noqa: BLE001 - a status must not fail on a hook
+            return None
 
     def _send_discovery(self) -> None:
         if not self.config.ha_discovery or self._ha_sent or (self.model is None and not self.classes):

@@ -242,6 +242,7 @@ class StatusMessage(_Envelope):
     fps: float | None = None
     uptime_s: float | None = None
     source_state: Name | None = None
+    degraded: Name | None = None  # what is wrong while the device runs on, e.g. "source down since …"
     outbox_depth: Annotated[int, Field(ge=0)] | None = None
     extra: dict[str, Any] = {}
 

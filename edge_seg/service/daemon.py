@@ -97,8 +97,7 @@ class Service:
         self._install_signals()
         interval = watchdog_interval()
         if interval is not None or self.notifier.enabled:
-            stats = pipeline.stats
-            self.watchdog = Watchdog(self.notifier, lambda: stats.completed + stats.skipped, interval,
+            self.watchdog = Watchdog(self.notifier, pipeline.liveness, interval,
                                      status=self.status_line,
                                      status_every=self.config.service.status_interval_s).start()
         self.notifier.ready(self.status_line())
@@ -156,6 +155,9 @@ class Service:
         m = pipeline.segmenter.manifest
         source = getattr(pipeline.source, "state", "?")
         text = f"{pipeline.stats.fps:.1f} FPS; model {m.name} {m.version}; source {source}"
+        degraded = getattr(pipeline.source, "degraded", lambda: None)()  # a ResilientSource says so
+        if degraded:
+            text += f"; degraded: {degraded}"
         if self.reloader is not None:
             status = self.reloader.status()
             last = status["last"]

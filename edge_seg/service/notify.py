@@ -2,9 +2,11 @@
 
 * ``Notifier``: the sd_notify datagram protocol over ``$NOTIFY_SOCKET`` (a path, or ``@name`` for
   an abstract socket); a no-op when the variable is unset.
-* ``Watchdog``: every ``WATCHDOG_USEC / 2`` it sends ``WATCHDOG=1`` only if the loop made progress
-  since the last check (frames completed or skipped); a stalled source or a hung model stops the
-  pings and systemd restarts the service after ``WatchdogSec``. It also refreshes ``STATUS=``.
+* ``Watchdog``: every ``WATCHDOG_USEC / 2`` it sends ``WATCHDOG=1`` only if every loop thread went
+  round since the last ping (``Pipeline.liveness``); a thread stuck in a driver, a model or a sink
+  stops the pings and systemd restarts the service after ``WatchdogSec``. A camera that is down is
+  not a reason to die: the loop keeps deciding (reconnecting with backoff), the pings go on and the
+  degraded state shows in ``STATUS=`` and the retained MQTT status. It also refreshes ``STATUS=``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,14 @@ def watchdog_interval(env: dict | None = None) -> float | None:
 
 
 class Watchdog:
-    """Pings ``WATCHDOG=1`` every ``interval`` s while ``progress()`` keeps changing; refreshes STATUS=."""
+    """Pings ``WATCHDOG=1`` every ``interval`` s while the loop is alive; refreshes STATUS=.
 
-    def __init__(self, notifier: Notifier, progress: Callable[[], int], interval: float | None,
+    ``progress()`` returns a counter, or one counter per loop thread (``Pipeline.liveness``): the ping goes
+    out once every counter moved since the last ping, so a thread stuck in a driver, a model or a sink stops
+    the pings, while a loop that waits for a lost camera (its threads go round, reconnecting) keeps them.
+    """
+
+    def __init__(self, notifier: Notifier, progress: Callable[[], int | Mapping[str, int]], interval: float | None,
                  status: Callable[[], str] | None = None, status_every: float = 10.0):
         self.notifier, self.progress, self.interval = notifier, progress, interval
         self.status, self.status_every = status, status_every
@@ -99,20 +106,28 @@ class Watchdog:
         self._thread.start()
         return self
 
+    def _stuck(self, last) -> list[str]:
+        """What has not moved since ``last``: names of the stuck counters (``["loop"]`` for a single counter)."""
+        now = self.progress()
+        if isinstance(now, Mapping):
+            return [name for name, count in now.items() if last.get(name) == count]
+        return [] if now != last else ["loop"]
+
     def _run(self) -> None:
         last = self.progress()
         tick = self.interval or self.status_every
         next_status = time.monotonic() + self.status_every
         while not self._stop.wait(tick):
             if self.interval is not None:
-                now = self.progress()
-                if now != last:
+                stuck = self._stuck(last)
+                if not stuck:
                     self.notifier.watchdog()
                     self.pings += 1
-                    last = now
+                    last = self.progress()
                 else:
                     if self.withheld == 0 or self.withheld % 20 == 0:
-                        log.warning("no loop progress for %.1f s: withholding the systemd watchdog ping", tick)
+                        log.warning("no progress of %s for %.1f s: withholding the systemd watchdog ping",
+                                    ", ".join(stuck), tick * (self.withheld + 1))
                     self.withheld += 1
                     continue
                 self.withheld = 0

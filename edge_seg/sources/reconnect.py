@@ -109,6 +109,7 @@ class ResilientSource:
         self.uri = uri
         self.state: Literal["live", "reconnecting", "ended"] = "reconnecting"
         self.reconnects = 0
+        self._down: tuple[float, float] | None = None  # (wall, clock) of the first failure since the last frame
         self._factory, self._deadline, self._on_event = factory, deadline, on_event
         self._initial, self._cap = backoff_initial, backoff_cap
         self._clock, self._sleep = clock, sleep
@@ -146,6 +147,8 @@ class ResilientSource:
         delay, self._backoff = self._backoff, min(self._backoff * 2, self._cap)
         self._next_open = self._clock() + delay
         self.state = "reconnecting"
+        if self._down is None:
+            self._down = (time.time(), self._clock())
         self._emit(kind, detail, delay)
 
     def _retire(self, source: Source) -> None:
@@ -187,6 +190,14 @@ class ResilientSource:
         self._deadline = self._base_deadline
         if self.nominal_fps:
             self._deadline = max(self._base_deadline, PERIODS_PER_DEADLINE / self.nominal_fps)
+
+    def degraded(self) -> str | None:
+        """``source down since <UTC time> (<seconds> s)`` from the first failure after the last frame; else None."""
+        down = self._down
+        if down is None or self.state == "ended":
+            return None
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(down[0]))
+        return f"source down since {since} ({self._clock() - down[1]:.0f} s)"
 
     @property
     def lossless(self) -> bool:
@@ -230,6 +241,7 @@ class ResilientSource:
                     again = f" again after {self._attempt} attempt(s)" if self._attempt else ""
                     self._emit("recovered", f"{self.uri}: frames flowing{again}")
                 self._last_frame, self._backoff, self._attempt, self.state = now, self._initial, 0, "live"
+                self._down = None
                 frame = replace(frame, seq=self._seq)
                 self._seq += 1
                 return frame

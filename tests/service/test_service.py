@@ -3,6 +3,7 @@ file (systemd-analyze verify), ``edge-seg service install``."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -110,11 +111,35 @@ def test_watchdog_pings_only_while_progress_is_made(tmp_path):
         listener.close()
 
 
+def test_watchdog_needs_every_loop_thread_to_go_round(tmp_path, caplog):
+    """Per-thread counters (``Pipeline.liveness``): one that stands still withholds the ping and is named."""
+    listener = NotifySocket(tmp_path / "n.sock")
+    beats = {"capture": 0, "infer": 0, "sink": 0}
+    dog = Watchdog(Notifier(listener.path), lambda: dict(beats), 0.05).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_seg.service.notify"):
+            for _ in range(8):
+                for name in beats:
+                    beats[name] += 1
+                time.sleep(0.05)
+            moving = dog.pings
+            for _ in range(8):  # the capture thread is stuck; the others go round
+                beats["infer"] += 1
+                beats["sink"] += 1
+                time.sleep(0.05)
+            assert moving >= 4 and dog.pings <= moving + 1 and dog.withheld >= 5
+        assert any("no progress of capture" in r.getMessage() for r in caplog.records)
+    finally:
+        dog.stop()
+        listener.close()
+
+
 @pytest.fixture
 def service_run(tmp_path):
-    """``edge-seg run`` under a fake systemd: NOTIFY_SOCKET, WATCHDOG_USEC=400 ms, a stallable source."""
+    """``edge-seg run`` under a fake systemd: NOTIFY_SOCKET, WATCHDOG_USEC=400 ms, a source that can go down
+    (``gate``) or hang in its driver (``wedge``)."""
     listener = NotifySocket(tmp_path / "notify.sock")
-    gate = tmp_path / "stall"
+    gate, wedge = tmp_path / "stall", tmp_path / "wedge"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "device": {"state_dir": str(tmp_path / "state")},
@@ -122,11 +147,11 @@ def service_run(tmp_path):
         "ota": {"shadow_frames": 0, "probation_frames": 5},
         "service": {"status_interval_s": 0.3}}))
     env = {**os.environ, "NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000",
-           "EDGE_SEG_TEST_GATE": str(gate)}
+           "EDGE_SEG_TEST_GATE": str(gate), "EDGE_SEG_TEST_WEDGE": str(wedge)}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, str(HERE / "service_device.py"), "run", "--config", str(config)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc, listener, gate
+    yield proc, listener, gate, wedge
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -134,18 +159,33 @@ def service_run(tmp_path):
 
 
 def test_service_ready_watchdog_stall_reload_and_stop(service_run):
-    proc, notify, gate = service_run
+    """A camera down for many watchdog periods does not get the service killed (it pings on, says degraded and
+    resumes with the camera); a loop thread stuck in a driver stops the pings, so systemd restarts it."""
+    proc, notify, gate, wedge = service_run
     ready = notify.wait_for("READY=1", timeout=60)
     first = notify.wait_for("WATCHDOG=1", after=ready, timeout=10)
     time.sleep(1.2)
     assert notify.count("WATCHDOG=1", first, first + 1.2) >= 3  # every 0.2 s while frames flow
     notify.wait_for("STATUS=", after=ready, timeout=5)
 
-    gate.touch()  # the camera stalls: no frames, so no progress
-    stalled = time.monotonic()
-    time.sleep(2.0)
-    assert notify.count("WATCHDOG=1", stalled + 0.5, stalled + 2.0) == 0, "pings went on while the source stalled"
+    gate.touch()  # the camera is down: no frames, the loop keeps reconnecting
+    down = time.monotonic()
+    time.sleep(3.0)  # 7.5 x WatchdogSec: systemd would have killed a service that stopped pinging
+    assert notify.count("WATCHDOG=1", down + 0.5, down + 3.0) >= 6, "pings stopped while the camera was down"
+    notify.wait_for("STATUS=", after=down)
+    assert any("degraded: source down since" in line for ts, line in notify.messages if ts >= down), \
+        [line for _, line in notify.messages if line.startswith("STATUS=")][-3:]
     gate.unlink()
+    back = time.monotonic()
+    time.sleep(1.5)
+    statuses = [line for ts, line in notify.messages if ts >= back + 0.8 and line.startswith("STATUS=")]
+    assert statuses and not any("degraded" in line for line in statuses), statuses
+
+    wedge.touch()  # the capture thread hangs in the driver: the loop is wedged
+    wedged = time.monotonic()
+    time.sleep(2.0)
+    assert notify.count("WATCHDOG=1", wedged + 0.5, wedged + 2.0) == 0, "pings went on while the loop was wedged"
+    wedge.unlink()
     resumed = notify.wait_for("WATCHDOG=1", after=time.monotonic(), timeout=10)
 
     proc.send_signal(signal.SIGHUP)
@@ -157,7 +197,7 @@ def test_service_ready_watchdog_stall_reload_and_stop(service_run):
     assert proc.returncode == 0, err[-2000:]
     notify.wait_for("STOPPING=1", after=reloading, timeout=5)
     assert "stats: " in out
-    assert "withholding the systemd watchdog ping" in err
+    assert "no progress of capture for" in err and "withholding the systemd watchdog ping" in err
 
 
 def test_the_unit_file_is_generated_and_has_the_required_settings():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import importlib.util
 import logging
 import threading
@@ -443,4 +444,25 @@ def test_a_slow_close_of_a_stalled_source_does_not_hold_up_read():
     assert source.read(0.3) is None
     assert time.monotonic() - start < 0.45
     assert [e.kind for e in events] == ["stalled"] and source.state == "reconnecting"
+    source.close()
+
+
+def test_a_source_down_says_since_when_and_clears_on_the_first_frame():
+    fake, calls = FakeTime(), []
+
+    def factory() -> Source:
+        calls.append(fake.now)
+        if len(calls) <= 9:
+            raise SourceError("camera unplugged")
+        return open_source("synthetic://?width=32&height=32")
+
+    source = ResilientSource(factory, on_event=lambda e: None, clock=fake.clock, sleep=fake.sleep)
+    assert source.degraded() is None  # nothing has failed yet
+    before = time.time()
+    assert source.read(100.0) is None
+    text = source.degraded()
+    assert text is not None and text.startswith("source down since ") and text.endswith("(100 s)")
+    since = calendar.timegm(time.strptime(text.split("since ")[1].split(" ")[0], "%Y-%m-%dT%H:%M:%SZ"))
+    assert int(before) - 1 <= since <= time.time() + 1  # wall time of the first failure
+    assert source.read(100.0) is not None and source.degraded() is None
     source.close()
