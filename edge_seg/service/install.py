@@ -54,7 +54,8 @@ Type=notify
 NotifyAccess=main
 ExecStart={exec_path} run --config {config_path}
 ExecReload=/bin/kill -HUP $MAINPID
-# the loop pings every WatchdogSec/2 only while frames complete; a stalled camera or hung model restarts it
+# the loop pings every WatchdogSec/2 while all its threads go round (a camera down is reconnected, not a restart);
+# a thread hung in a driver, the model or a sink stops the pings and restarts it
 WatchdogSec=60
 # a first TensorRT engine build can take minutes
 TimeoutStartSec=600
