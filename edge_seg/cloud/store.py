@@ -45,7 +45,7 @@ from edge_seg.publish.messages import (
     MetricsMessage,
     StatusMessage,
 )
-from edge_seg.publish.payload_masks import class_map_from_mask, instance_masks
+from edge_seg.publish.payload_masks import check_limits, class_map_from_mask, instance_boxes
 
 FLUSH_INTERVAL_S = 1.0
 _GREY = [(i, i, i) for i in range(256)]
@@ -68,11 +68,19 @@ def kind_of(msg: Message) -> str:
 
 
 def instance_id_map(msg: InstancesMessage) -> np.ndarray:
-    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255)."""
+    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255).
+
+    Each instance is decoded at its own box and pasted where no earlier (higher-score) one is: the
+    work follows the boxes, and the limits of ``payload_masks`` are checked before the first decode.
+    """
+    check_limits(msg)  # before the frame-size map is allocated
     width, height = msg.frame_size
     ids = np.zeros((height, width), np.uint8)
-    for k, mask in reversed(list(enumerate(instance_masks(msg)[:255]))):
-        ids[mask] = k + 1
+    for k, box in enumerate(instance_boxes(msg)):
+        if box is not None:
+            (x, y), (h, w) = box.origin, box.mask.shape
+            region = ids[y:y + h, x:x + w]
+            region[box.mask & (region == 0)] = k + 1
     return ids
 
 
@@ -148,6 +156,7 @@ class Store:
         """Store one decoded message; False if its msg_id was already stored (a duplicate)."""
         if self.seen(msg.msg_id):
             return False
+        check_limits(msg)  # OverLimitError before any pixel is decoded or any file written
         kind = kind_of(msg)
         now = time.time()
         path: Path | None = None

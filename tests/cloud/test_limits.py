@@ -1,0 +1,135 @@
+"""What one message may cost the consumer: frame and pixel limits checked before decoding, instances
+decoded at their box, crop file names that two devices cannot share. No broker needed."""
+
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from message_builders import MODEL
+from pycocotools import mask as coco_mask
+
+from edge_seg.cloud.store import Store
+from edge_seg.maskio import read_palette_png
+from edge_seg.publish import messages as m
+from edge_seg.publish import payload_masks as pm
+
+CLASSES = ["a", "b", "c"]
+
+
+def _coco_counts(mask: np.ndarray) -> str:
+    """The standard decoder's encoder: pycocotools' compressed RLE of a bool (h, w) mask."""
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+def _instances_payload(frame: tuple[int, int], masks: list[np.ndarray] | None = None, *, n_full: int = 0,
+                       msg_id: str = "m1", device: str = "cam-1") -> bytes:
+    """An instances message (JSON) with the given frame-size masks, or ``n_full`` full-frame ones (tiny RLE)."""
+    width, height = frame
+    if masks is not None:
+        counts = [_coco_counts(mask) for mask in masks]
+    else:  # a full-frame mask is "0 zeros, w*h ones": two runs, a dozen characters whatever the frame
+        counts = [coco_mask.frPyObjects([{"size": [height, width], "counts": [0, width * height]}],
+                                        height, width)[0]["counts"].decode("ascii")] * n_full
+    return json.dumps({
+        "schema": m.INSTANCES_SCHEMA, "device": device, "msg_id": msg_id, "seq": 1, "ts": 1.0,
+        "model": {"name": MODEL.name, "version": MODEL.version, "sha256": MODEL.sha256},
+        "frame_size": [width, height], "classes": CLASSES,
+        "instances": [{"class_id": k % 3, "score": 0.9, "bbox": [0.0, 0.0, 1.0, 1.0], "counts": c}
+                      for k, c in enumerate(counts)]}).encode()
+
+
+def _random_masks(frame: tuple[int, int], n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    width, height = frame
+    masks = []
+    for k in range(n):
+        mask = np.zeros((height, width), bool)
+        if k == 0:
+            mask[:, :] = True  # the whole frame
+        elif k == 1:
+            mask[max(0, height - 3):, 2:5] = True  # runs that cross columns (bottom of one, top of next)
+            mask[:2, 3:6] = True
+        elif k == 2:
+            pass  # empty
+        else:
+            w, h = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            mask[y:y + h, x:x + w] = rng.random((h, w)) > 0.5
+        masks.append(mask)
+    return masks
+
+
+@pytest.mark.parametrize("frame", [(53, 31), (7, 1), (1, 9), (6, 6)])
+def test_box_decode_is_pixel_equal_to_pycocotools(frame):
+    masks = _random_masks(frame, 12, seed=sum(frame))
+    msg = m.decode(_instances_payload(frame, masks))
+    boxes = list(pm.instance_boxes(msg))
+    assert len(boxes) == len(masks)
+    for box, truth, item in zip(boxes, masks, msg.instances, strict=True):
+        standard = coco_mask.decode({"size": [frame[1], frame[0]], "counts": item.counts.encode()}).astype(bool)
+        assert np.array_equal(standard, truth)
+        pasted = np.zeros_like(truth)
+        if box is not None:
+            x, y = box.origin
+            h, w = box.mask.shape
+            assert box.mask.any() and box.mask[0].any() and box.mask[:, 0].any()  # the tight box
+            assert box.mask[-1].any() and box.mask[:, -1].any()
+            pasted[y:y + h, x:x + w] = box.mask
+        assert np.array_equal(pasted, truth)
+
+
+def test_valid_instances_store_the_same_frame_size_id_png(tmp_path):
+    frame = (64, 40)
+    masks = _random_masks(frame, 9, seed=2)
+    store = Store(tmp_path)
+    assert store.store(m.decode(_instances_payload(frame, masks)))
+    store.close()
+    (png,) = (tmp_path / "masks" / "cam-1").glob("*_instances.png")
+    expected = np.zeros((frame[1], frame[0]), np.uint8)
+    for k in reversed(range(len(masks))):  # the highest score (first) wins overlaps
+        expected[masks[k]] = k + 1
+    assert np.array_equal(read_palette_png(png), expected)
+
+
+def test_huge_frame_times_many_instances_is_refused_before_decoding(tmp_path):
+    payload = _instances_payload((16384, 16384), n_full=40)
+    assert len(payload) < 8000  # a small message...
+    msg = m.decode(payload)
+    store = Store(tmp_path)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(m.MessageError, match="limit"):
+            pm.check_limits(msg)
+        with pytest.raises(m.MessageError, match="limit"):
+            store.store(msg)  # the store checks too: nothing reaches the decoder unchecked
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)  # ...that would have cost ~11 GB and minutes
+    assert not (tmp_path / "masks").exists()
+
+
+def test_frame_and_mask_sizes_are_bounded():
+    seg_payload = json.loads(_instances_payload((8, 8), n_full=1))
+    seg_payload["frame_size"] = [16384, 16384]
+    seg_payload["instances"] = []
+    with pytest.raises(m.MessageError, match="limit"):
+        pm.check_limits(m.decode(json.dumps(seg_payload).encode()))  # no instances, but the frame alone is too big
+    side = 16384  # a mask message whose one class covers a 16384x16384 mask: a dozen bytes of RLE
+    counts = coco_mask.frPyObjects([{"size": [side, side], "counts": [side * side]}], side, side)[0]["counts"]
+    mask = {"schema": m.MASK_SCHEMA, "device": "cam-1", "msg_id": "big", "seq": 1, "ts": 1.0,
+            "model": {"name": "x", "version": "1", "sha256": "ab"}, "frame_size": [640, 480], "classes": ["a"],
+            "mask_format": "rle", "mask_resolution": [side, side], "rle": [{"id": 0, "counts": counts.decode()}]}
+    msg = m.decode(json.dumps(mask).encode())
+    with pytest.raises(m.MessageError, match="limit"):
+        pm.check_limits(msg)
+    with pytest.raises(m.MessageError, match="limit"):
+        pm.class_map_from_mask(msg)
+    assert side * side > pm.MAX_FRAME_PIXELS
