@@ -5,7 +5,8 @@ Layout of ``out_dir``::
     consumer.sqlite                 msg_id of every stored message (dedupe), COCO rows, categories
     messages.jsonl                  one JSON line per stored message (pixel data left out)
     masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
-    labelling/images/{device}_{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue
+    labelling/images/{device}/{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue (one folder per
+                                    device: names of two devices never collide)
     labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
                                     per instance (instance crops: score, reasons, runner-up in attributes)
     devices.json                    per device: last status, counts, last seen
@@ -65,6 +66,17 @@ def kind_of(msg: Message) -> str:
     """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
     return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", InstanceCropMessage: "crop",
             StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
+
+
+def crop_file_name(device: str, seq: int, msg_id: str) -> str:
+    """``images/{device}/{seq:09d}_{msg_id}.jpg``: one folder per device, so two devices never share a name.
+
+    A device name has no ``/`` and is never ``.`` or ``..`` (``DEVICE_PATTERN``); inside its folder the
+    first ``_`` ends the digits of ``seq``, so (seq, msg_id) reads back from the name: no two
+    messages map to one file. (Flat ``{device}_{seq}_{msg_id}`` did: ``cam`` seq 1 ``000000002_x``
+    and ``cam_000000001`` seq 2 ``x``.)
+    """
+    return f"images/{device}/{seq:09d}_{msg_id}.jpg"
 
 
 def instance_id_map(msg: InstancesMessage) -> np.ndarray:
@@ -168,7 +180,7 @@ class Store:
             path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}_instances.png"
             _write_atomic(path, palette_png(instance_id_map(msg), _INSTANCE_COLOURS))
         elif isinstance(msg, (CropMessage, InstanceCropMessage)):
-            path = self.out / "labelling" / "images" / f"{msg.device}_{msg.seq:09d}_{msg.msg_id}.jpg"
+            path = self.out / "labelling" / crop_file_name(msg.device, msg.seq, msg.msg_id)
             _write_atomic(path, msg.jpeg)
             coco = self._coco_rows(msg, path)
         rel = None if path is None else path.relative_to(self.out).as_posix()
@@ -287,4 +299,4 @@ def iter_masks(out_dir: str | os.PathLike, device: str | None = None) -> Iterato
         yield StoredMask(dev, seq, msg_id, ts, out / path)
 
 
-__all__ = ["Store", "StoredMask", "iter_masks", "kind_of"]
+__all__ = ["Store", "StoredMask", "crop_file_name", "iter_masks", "kind_of"]

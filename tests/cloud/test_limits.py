@@ -9,8 +9,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from message_builders import MODEL
+from message_builders import MODEL, make_crop
 from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
 
 from edge_seg.cloud.store import Store
 from edge_seg.maskio import read_palette_png
@@ -133,3 +134,26 @@ def test_frame_and_mask_sizes_are_bounded():
     with pytest.raises(m.MessageError, match="limit"):
         pm.class_map_from_mask(msg)
     assert side * side > pm.MAX_FRAME_PIXELS
+
+
+def test_crop_names_of_two_devices_never_collide(tmp_path):
+    crops = [make_crop(0), make_crop(1, bbox=(300, 200, 96, 80))]
+    assert crops[0].jpeg != crops[1].jpeg
+    encs = [m.encode_crop(crops[0], device="cam", seq=1, model=MODEL, frame_size=(1280, 720)),
+            m.encode_crop(crops[1], device="cam_000000001", seq=2, model=MODEL, frame_size=(1280, 720))]
+    msgs = []
+    for enc, msg_id in zip(encs, ["000000002_x", "x"]):
+        head, _, jpeg = enc.payload.partition(b"\n")
+        obj = json.loads(head)
+        obj["msg_id"] = msg_id
+        msgs.append(m.decode(json.dumps(obj).encode() + b"\n" + jpeg, enc.content_type))
+    store = Store(tmp_path)
+    assert all(store.store(msg) for msg in msgs)
+    store.close()
+    coco = COCO(str(tmp_path / "labelling" / "annotations.json"))
+    names = {image["msg_id"]: image["file_name"] for image in coco.imgs.values()}
+    assert len(set(names.values())) == 2, names
+    for msg, crop in zip(msgs, crops):
+        assert (tmp_path / "labelling" / names[msg.msg_id]).read_bytes() == crop.jpeg
+        assert msg.device in names[msg.msg_id]  # still readable: device, seq and msg_id in the name
+    assert len(list((tmp_path / "labelling" / "images").rglob("*.jpg"))) == 2
