@@ -10,6 +10,7 @@ Layout of ``out_dir``::
     labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
                                     per instance (instance crops: score, reasons, runner-up in attributes)
     devices.json                    per device: last status, counts, last seen
+    consumer.sqlite: dead_letters   what could not be stored, with the reason (``edge_seg.cloud.dead_letters``)
 
 A message is stored in this order: files (each written to a temporary name and renamed) → one
 SQLite transaction (``INSERT`` of the msg_id, plus the crop's COCO rows) → the JSON line. A
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from edge_seg.cloud.dead_letters import DeadLetters
 from edge_seg.errors import InputError
 from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
@@ -147,6 +149,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
+        self.dead_letters = DeadLetters(self.db)
         self._jsonl = open(self.out / "messages.jsonl", "a", encoding="utf-8")
         self.devices: dict[str, dict] = self._load_devices()
         self._dirty_coco = not (self.out / "labelling" / "annotations.json").exists()
@@ -205,7 +208,8 @@ class Store:
                 self._dirty_coco = True
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT may have rolled back already
+                self.db.execute("ROLLBACK")
             raise
         exclude = {"rle": True, "png": True, "jpeg": True, "instances": {"__all__": {"counts"}}}
         record = {"kind": kind, "received": round(now, 6), "path": rel,

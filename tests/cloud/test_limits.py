@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from message_builders import MODEL, make_crop
+from message_builders import instances_payload as _instances_payload
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
@@ -17,30 +18,6 @@ from edge_seg.cloud.store import Store
 from edge_seg.maskio import read_palette_png
 from edge_seg.publish import messages as m
 from edge_seg.publish import payload_masks as pm
-
-CLASSES = ["a", "b", "c"]
-
-
-def _coco_counts(mask: np.ndarray) -> str:
-    """The standard decoder's encoder: pycocotools' compressed RLE of a bool (h, w) mask."""
-    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
-
-
-def _instances_payload(frame: tuple[int, int], masks: list[np.ndarray] | None = None, *, n_full: int = 0,
-                       msg_id: str = "m1", device: str = "cam-1") -> bytes:
-    """An instances message (JSON) with the given frame-size masks, or ``n_full`` full-frame ones (tiny RLE)."""
-    width, height = frame
-    if masks is not None:
-        counts = [_coco_counts(mask) for mask in masks]
-    else:  # a full-frame mask is "0 zeros, w*h ones": two runs, a dozen characters whatever the frame
-        counts = [coco_mask.frPyObjects([{"size": [height, width], "counts": [0, width * height]}],
-                                        height, width)[0]["counts"].decode("ascii")] * n_full
-    return json.dumps({
-        "schema": m.INSTANCES_SCHEMA, "device": device, "msg_id": msg_id, "seq": 1, "ts": 1.0,
-        "model": {"name": MODEL.name, "version": MODEL.version, "sha256": MODEL.sha256},
-        "frame_size": [width, height], "classes": CLASSES,
-        "instances": [{"class_id": k % 3, "score": 0.9, "bbox": [0.0, 0.0, 1.0, 1.0], "counts": c}
-                      for k, c in enumerate(counts)]}).encode()
 
 
 def _random_masks(frame: tuple[int, int], n: int, seed: int) -> list[np.ndarray]:
