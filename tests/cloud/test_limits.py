@@ -134,3 +134,21 @@ def test_crop_names_of_two_devices_never_collide(tmp_path):
         assert (tmp_path / "labelling" / names[msg.msg_id]).read_bytes() == crop.jpeg
         assert msg.device in names[msg.msg_id]  # still readable: device, seq and msg_id in the name
     assert len(list((tmp_path / "labelling" / "images").rglob("*.jpg"))) == 2
+
+
+def test_many_class_masks_decode_pixel_equal_and_gaps_are_refused():
+    from edge_seg.publish import rle
+
+    rng = np.random.default_rng(7)
+    labels = rng.permutation(np.arange(37 * 29) % 256).reshape(37, 29).astype(np.uint8)
+    labels[:, 3:5] = 9  # long runs crossing columns
+    rles = rle.encode_classes(labels)
+    assert len(rles) == 256
+    assert np.array_equal(rle.decode_classes(rles, 37, 29), labels)
+    for item in rles[:5]:
+        standard = coco_mask.decode({"size": [37, 29], "counts": item["counts"].encode()})
+        assert np.array_equal(standard.astype(bool), labels == item["id"])
+    with pytest.raises(rle.RLEError, match="uncovered"):
+        rle.decode_classes(rles[1:], 37, 29)
+    with pytest.raises(rle.RLEError, match="overlaps"):
+        rle.decode_classes([*rles, {**rles[0], "id": 3}], 37, 29)
