@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 
@@ -30,3 +32,24 @@ def make_crop(seed: int = 0, bbox=(100, 50, 64, 48)) -> Crop:
     assert ok
     return Crop(jpeg=jpeg.tobytes(), bbox=bbox, score=0.42, class_map=scene.mask[y:y + h, x:x + w].copy(),
                 ts=1700000000.5, seq=17)
+
+
+def instances_payload(frame: tuple[int, int], masks: list[np.ndarray] | None = None, *, n_full: int = 0,
+                      msg_id: str = "m1", device: str = "cam-1", seq: int = 1) -> bytes:
+    """An instances message (JSON) whose instance masks are ``masks`` (frame-size bool), encoded by pycocotools,
+    or ``n_full`` full-frame masks (two runs: a dozen bytes of RLE whatever the frame size)."""
+    from pycocotools import mask as coco_mask
+
+    width, height = frame
+    if masks is not None:
+        counts = [coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+                  for mask in masks]
+    else:
+        counts = [coco_mask.frPyObjects([{"size": [height, width], "counts": [0, width * height]}],
+                                        height, width)[0]["counts"].decode("ascii")] * n_full
+    return json.dumps({
+        "schema": "edge_seg.instances/v1", "device": device, "msg_id": msg_id, "seq": seq, "ts": 1.0,
+        "model": {"name": MODEL.name, "version": MODEL.version, "sha256": MODEL.sha256},
+        "frame_size": [width, height], "classes": ["a", "b", "c"],
+        "instances": [{"class_id": k % 3, "score": 0.9, "bbox": [0.0, 0.0, 1.0, 1.0], "counts": c}
+                      for k, c in enumerate(counts)]}).encode()

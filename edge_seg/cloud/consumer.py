@@ -5,14 +5,20 @@
 each message to one member of the group, so N consumer processes split the stream. (Shared
 subscriptions get no retained messages: a shared consumer sees a device's status when it next
 changes.) Each message is decoded and validated (``edge_seg.publish.messages.decode``), checked
-against its topic, deduplicated by ``msg_id`` and stored (``edge_seg.cloud.store``). A payload
-that does not decode is counted as ``bad`` and logged on one line; nothing a device sends stops
-the consumer.
+against its topic, deduplicated by ``msg_id`` and stored (``edge_seg.cloud.store``). Before any pixel is decoded
+its frame and pixel counts are checked against the limits of ``edge_seg.publish.payload_masks``
+(a dozen bytes of RLE can describe a 16384x16384 mask), so one message costs bounded time and memory.
+A payload that does not decode or passes a limit is counted as ``bad``; one that raises anything
+else while being stored (a full disk, a bug) as ``errors``; both are logged on one line, parked in
+the dead letters (``edge_seg.cloud.dead_letters``: topic, reason, time, size, payload) and
+acknowledged: nothing a device sends stops the consumer or is redelivered forever (unacknowledged
+messages would fill the broker's in-flight window, 20 in Mosquitto, and stall every device).
 
 Storage happens in paho's network thread inside ``on_message``, and the PUBACK is sent (manual
-ack) only after the message is on disk or found bad: a crash before that makes the broker
-redeliver it, and the dedupe drops the copy. A message that cannot be stored (disk full) is not
-acknowledged, counted in ``errors`` and redelivered on the next connection. A stable ``client_id`` gets a persistent
+ack) only after the message is on disk, found a duplicate or parked: a crash before that makes the
+broker redeliver it, and the dedupe drops the copy. Only a message that cannot even be parked (the
+database itself fails: disk full, locked) is left unacknowledged, logged, and redelivered on the
+next connection: acknowledging it would lose it. A stable ``client_id`` gets a persistent
 session (clean start off, session expiry a day): the broker queues messages while the consumer is
 away. Without one, a random id and a clean session.
 
@@ -21,7 +27,8 @@ Broker URL: ``mqtt[s]://[user[:password]@]host[:port]``. The password may instea
 never logged (log lines name only host and port).
 
 For other programs: ``decode_message(payload, content_type)`` (= ``messages.decode``),
-``iter_masks(out_dir)`` for what a consumer stored, ``parse_broker_url``.
+``iter_masks(out_dir)`` for what a consumer stored, ``iter_dead_letters(out_dir)`` for what it parked,
+``parse_broker_url``.
 """
 
 from __future__ import annotations
@@ -40,16 +47,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_seg.cloud.dead_letters import iter_dead_letters, reason_of
 from edge_seg.cloud.store import Store, StoredMask, iter_masks, kind_of
 from edge_seg.errors import EdgeSegError
 from edge_seg.publish.messages import MessageError
 from edge_seg.publish.messages import decode as decode_message
+from edge_seg.publish.payload_masks import check_limits
 
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EDGE_SEG_MQTT_PASSWORD"
 KINDS = ("mask", "crop", "status", "metrics", "cmd/result")
 PROGRESS_INTERVAL_S = 5.0
+SLOW_MESSAGE_S = 2.0  # a message that takes longer is logged (the decode limits keep this from happening)
 
 
 @dataclass(frozen=True)
@@ -121,11 +131,12 @@ class Consumer:
         self.ready = threading.Event()  # set once the subscriptions are acknowledged
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._stats = {"received": 0, "stored": 0, "duplicates": 0, "bad": 0, "errors": 0, "connects": 0,
-                       "by_kind": dict.fromkeys(KINDS, 0)}
+        self._stats = {"received": 0, "stored": 0, "duplicates": 0, "bad": 0, "errors": 0, "dead_letters": 0,
+                       "dead_letters_total": 0, "connects": 0, "by_kind": dict.fromkeys(KINDS, 0)}
         self._last_error: str | None = None
         self._connected = False
         self.store = Store(self.out_dir)
+        self._stats["dead_letters_total"] = self.store.dead_letters.total()
         persistent = client_id is not None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"edge-seg-consumer-{uuid.uuid4().hex[:12]}",
@@ -188,26 +199,50 @@ class Consumer:
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         content_type = getattr(message.properties, "ContentType", None) if message.properties else None
-        ack = True
+        started = time.monotonic()
         with self._lock:
             self._stats["received"] += 1
             try:
                 msg = decode_message(message.payload, content_type)
                 self._check_topic(message.topic, msg)
+                check_limits(msg)  # before any pixel is decoded: a small message may describe a huge frame
                 stored = self.store.store(msg)
                 self._stats["stored" if stored else "duplicates"] += 1
                 if stored:
                     self._stats["by_kind"][kind_of(msg)] += 1
-                self.store.flush()  # at most once a second; run() also flushes when idle
+                ack = True
             except MessageError as err:
                 self._stats["bad"] += 1
-                log.warning("bad payload on %s (%d bytes): %s", message.topic[:200], len(message.payload), err)
-            except Exception as err:  # noqa: BLE001 - disk full, database locked: keep paho's thread alive
-                ack = False  # not acknowledged: the broker redelivers it on the next connection
+                ack = self._dead_letter(message, content_type, str(err), "bad payload")
+            except Exception as err:  # noqa: BLE001 - anything else (disk, a bug, MemoryError): park it, go on
                 self._stats["errors"] += 1
-                log.error("cannot store a message from %s: %s: %s", message.topic[:200], type(err).__name__, err)
+                ack = self._dead_letter(message, content_type, reason_of(err), "cannot store a message")
+            self._flush()
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_MESSAGE_S:
+            log.warning("a message on %s took %.1f s (%d bytes)", message.topic[:200], elapsed, len(message.payload))
         if ack and message.qos > 0:
             client.ack(message.mid, message.qos)
+
+    def _dead_letter(self, message: mqtt.MQTTMessage, content_type: str | None, reason: str, what: str) -> bool:
+        """Park a message that cannot be stored; True when parked (then it is acknowledged)."""
+        topic = message.topic[:200]
+        try:
+            self._stats["dead_letters_total"] = self.store.dead_letters.add(message.topic, message.payload,
+                                                                            reason, content_type)
+        except Exception as err:  # noqa: BLE001 - the database itself is failing (disk full, locked)
+            log.error("%s from %s (%s) and cannot park it in the dead letters: %s; not acknowledged, the broker "
+                      "redelivers it on the next connection", what, topic, reason, reason_of(err))
+            return False
+        self._stats["dead_letters"] += 1
+        log.warning("%s from %s (%d bytes): %s; kept in the dead letters", what, topic, len(message.payload), reason)
+        return True
+
+    def _flush(self) -> None:
+        try:
+            self.store.flush()  # at most once a second; run() also flushes when idle
+        except Exception as err:  # noqa: BLE001 - the message is stored: the files are rewritten at the next flush
+            self._report(f"cannot write annotations.json / devices.json in {self.out_dir}: {reason_of(err)}")
 
     def _check_topic(self, topic: str, msg) -> None:
         rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
@@ -235,7 +270,7 @@ class Consumer:
                     break
                 self._stop.wait(0.2)
                 with self._lock:
-                    self.store.flush()
+                    self._flush()
                 if self.progress and time.monotonic() >= next_line:
                     print(self.summary_line(), flush=True)
                     next_line = time.monotonic() + self.progress_interval
@@ -261,7 +296,8 @@ class Consumer:
 
     @property
     def stats(self) -> dict:
-        """Counters: received, stored, duplicates, bad, errors, connects, by_kind; plus ``devices`` (last status)."""
+        """Counters: received, stored, duplicates, bad, errors, dead_letters (this run; ``dead_letters_total``
+        ever, in this out_dir), connects, by_kind; plus ``devices`` (last status)."""
         with self._lock:
             out = {**self._stats, "by_kind": dict(self._stats["by_kind"])}
             out["devices"] = {dev: {"online": (entry.get("status") or {}).get("online"),
@@ -272,7 +308,8 @@ class Consumer:
     def summary_line(self) -> str:
         """``received 120 stored 118 duplicates 2 bad 0 | cam-1 online 14.9 fps outbox 0 (3 s ago)``."""
         s = self.stats
-        parts = [f"received {s['received']} stored {s['stored']} duplicates {s['duplicates']} bad {s['bad']}"]
+        parts = [f"received {s['received']} stored {s['stored']} duplicates {s['duplicates']} bad {s['bad']}"
+                 + (f" dead letters {s['dead_letters']}" if s["dead_letters"] else "")]
         now = time.time()
         with self._lock:
             devices = {dev: dict(entry) for dev, entry in self.store.devices.items()}
@@ -306,5 +343,5 @@ def run_consumer(broker_url: str, out_dir: str | os.PathLike, share: str | None 
             signal.signal(sig, handler)
 
 
-__all__ = ["BrokerAddress", "Consumer", "StoredMask", "decode_message", "iter_masks", "parse_broker_url",
-           "run_consumer"]
+__all__ = ["BrokerAddress", "Consumer", "StoredMask", "decode_message", "iter_dead_letters", "iter_masks",
+           "parse_broker_url", "run_consumer"]

@@ -5,10 +5,12 @@ Layout of ``out_dir``::
     consumer.sqlite                 msg_id of every stored message (dedupe), COCO rows, categories
     messages.jsonl                  one JSON line per stored message (pixel data left out)
     masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
-    labelling/images/{device}_{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue
+    labelling/images/{device}/{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue (one folder per
+                                    device: names of two devices never collide)
     labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
                                     per instance (instance crops: score, reasons, runner-up in attributes)
     devices.json                    per device: last status, counts, last seen
+    consumer.sqlite: dead_letters   what could not be stored, with the reason (``edge_seg.cloud.dead_letters``)
 
 A message is stored in this order: files (each written to a temporary name and renamed) → one
 SQLite transaction (``INSERT`` of the msg_id, plus the crop's COCO rows) → the JSON line. A
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from edge_seg.cloud.dead_letters import DeadLetters
 from edge_seg.errors import InputError
 from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
@@ -45,7 +48,7 @@ from edge_seg.publish.messages import (
     MetricsMessage,
     StatusMessage,
 )
-from edge_seg.publish.payload_masks import class_map_from_mask, instance_masks
+from edge_seg.publish.payload_masks import check_limits, class_map_from_mask, instance_boxes
 
 FLUSH_INTERVAL_S = 1.0
 _GREY = [(i, i, i) for i in range(256)]
@@ -67,12 +70,31 @@ def kind_of(msg: Message) -> str:
             StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
 
 
+def crop_file_name(device: str, seq: int, msg_id: str) -> str:
+    """``images/{device}/{seq:09d}_{msg_id}.jpg``: one folder per device, so two devices never share a name.
+
+    A device name has no ``/`` and is never ``.`` or ``..`` (``DEVICE_PATTERN``); inside its folder the
+    first ``_`` ends the digits of ``seq``, so (seq, msg_id) reads back from the name: no two
+    messages map to one file. (Flat ``{device}_{seq}_{msg_id}`` did: ``cam`` seq 1 ``000000002_x``
+    and ``cam_000000001`` seq 2 ``x``.)
+    """
+    return f"images/{device}/{seq:09d}_{msg_id}.jpg"
+
+
 def instance_id_map(msg: InstancesMessage) -> np.ndarray:
-    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255)."""
+    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255).
+
+    Each instance is decoded at its own box and pasted where no earlier (higher-score) one is: the
+    work follows the boxes, and the limits of ``payload_masks`` are checked before the first decode.
+    """
+    check_limits(msg)  # before the frame-size map is allocated
     width, height = msg.frame_size
     ids = np.zeros((height, width), np.uint8)
-    for k, mask in reversed(list(enumerate(instance_masks(msg)[:255]))):
-        ids[mask] = k + 1
+    for k, box in enumerate(instance_boxes(msg)):
+        if box is not None:
+            (x, y), (h, w) = box.origin, box.mask.shape
+            region = ids[y:y + h, x:x + w]
+            region[box.mask & (region == 0)] = k + 1
     return ids
 
 
@@ -127,6 +149,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
+        self.dead_letters = DeadLetters(self.db)
         self._jsonl = open(self.out / "messages.jsonl", "a", encoding="utf-8")
         self.devices: dict[str, dict] = self._load_devices()
         self._dirty_coco = not (self.out / "labelling" / "annotations.json").exists()
@@ -148,6 +171,7 @@ class Store:
         """Store one decoded message; False if its msg_id was already stored (a duplicate)."""
         if self.seen(msg.msg_id):
             return False
+        check_limits(msg)  # OverLimitError before any pixel is decoded or any file written
         kind = kind_of(msg)
         now = time.time()
         path: Path | None = None
@@ -159,7 +183,7 @@ class Store:
             path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}_instances.png"
             _write_atomic(path, palette_png(instance_id_map(msg), _INSTANCE_COLOURS))
         elif isinstance(msg, (CropMessage, InstanceCropMessage)):
-            path = self.out / "labelling" / "images" / f"{msg.device}_{msg.seq:09d}_{msg.msg_id}.jpg"
+            path = self.out / "labelling" / crop_file_name(msg.device, msg.seq, msg.msg_id)
             _write_atomic(path, msg.jpeg)
             coco = self._coco_rows(msg, path)
         rel = None if path is None else path.relative_to(self.out).as_posix()
@@ -184,7 +208,8 @@ class Store:
                 self._dirty_coco = True
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT may have rolled back already
+                self.db.execute("ROLLBACK")
             raise
         exclude = {"rle": True, "png": True, "jpeg": True, "instances": {"__all__": {"counts"}}}
         record = {"kind": kind, "received": round(now, 6), "path": rel,
@@ -278,4 +303,4 @@ def iter_masks(out_dir: str | os.PathLike, device: str | None = None) -> Iterato
         yield StoredMask(dev, seq, msg_id, ts, out / path)
 
 
-__all__ = ["Store", "StoredMask", "iter_masks", "kind_of"]
+__all__ = ["Store", "StoredMask", "crop_file_name", "iter_masks", "kind_of"]
