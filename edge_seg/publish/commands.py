@@ -39,10 +39,6 @@ dropped); the Ed25519 public key is PEM or the base64 of the raw 32 bytes.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
 import queue
@@ -54,7 +50,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from edge_seg.errors import EdgeSegError
+from edge_seg.publish.commands_signing import MAX_SKEW_S, Verifier, canonical_json, sign_command
 from edge_seg.publish.messages import (
     MAX_COMMAND_PAYLOAD,
     CommandMessage,
@@ -63,10 +59,9 @@ from edge_seg.publish.messages import (
     decode_command,
     encode_command_result,
 )
-from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
+from edge_seg.publish.mqtt_config import PolicyConfig
 
 log = logging.getLogger(__name__)
-MAX_SKEW_S = 300.0
 REMEMBERED_IDS = 1024
 UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
@@ -83,101 +78,6 @@ def readable_id(payload: bytes) -> str | None:
         return None
     raw = obj.get("id") if isinstance(obj, dict) else None
     return raw if isinstance(raw, str) and 0 < len(raw) <= 128 else None
-
-
-def canonical_json(command: dict) -> bytes:
-    """The bytes a signature covers: the command without ``sig``, sorted keys, no spaces, UTF-8."""
-    body = {k: v for k, v in command.items() if k != "sig"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sign_command(command: dict, *, hmac_key: bytes | None = None, ed25519_private_key=None) -> dict:
-    """A copy of ``command`` with ``sig`` (and ``ts`` if it had none) for a device that requires signatures."""
-    signed = {k: v for k, v in command.items() if k != "sig"}
-    signed.setdefault("ts", time.time())
-    body = canonical_json(signed)
-    if hmac_key is not None:
-        raw = hmac.new(hmac_key, body, hashlib.sha256).digest()
-    elif ed25519_private_key is not None:
-        raw = ed25519_private_key.sign(body)
-    else:
-        raise ValueError("sign_command needs hmac_key or ed25519_private_key")
-    signed["sig"] = base64.b64encode(raw).decode("ascii")
-    return signed
-
-
-class Verifier:
-    """Checks ``sig`` of a raw command object (``MessageError`` when it is missing or wrong)."""
-
-    def __init__(self, kind: str, key: bytes):
-        self.kind = kind
-        if kind == "hmac":
-            if not key:
-                raise EdgeSegError("commands: the HMAC key is empty")
-            self._key = key
-        elif kind == "ed25519":
-            self._public = _ed25519_public_key(key)
-        else:
-            raise EdgeSegError(f"commands.require_signature must be hmac or ed25519, got {kind!r}")
-
-    @classmethod
-    def from_config(cls, config: CommandsConfig) -> Verifier | None:
-        if not config.require_signature:
-            return None
-        if config.key_file is not None:
-            try:
-                key = config.key_file.read_bytes().rstrip(b"\r\n")
-            except OSError as err:
-                raise EdgeSegError(f"cannot read commands.key_file {config.key_file}: {err.strerror}") from None
-        else:
-            key = (config.key or "").encode("utf-8")
-        return cls(config.require_signature, key)
-
-    def verify(self, obj: dict, command_id: str | None, now: float) -> None:
-        sig = obj.get("sig")
-        if not isinstance(sig, str) or not sig:
-            raise MessageError(f"signature required ({self.kind}): add 'sig'", command_id)
-        ts = obj.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise MessageError("signed commands need 'ts' (Unix seconds)", command_id)
-        if abs(now - float(ts)) > MAX_SKEW_S:
-            raise MessageError(f"command ts is more than {MAX_SKEW_S:.0f} s from the device clock", command_id)
-        try:
-            raw = base64.b64decode(sig, validate=True)
-        except (binascii.Error, ValueError):
-            raise MessageError("bad signature: 'sig' is not base64", command_id) from None
-        try:
-            body = canonical_json(obj)
-        except (TypeError, ValueError):
-            raise MessageError("bad signature: the command cannot be put in canonical form", command_id) from None
-        if self.kind == "hmac":
-            good = hmac.compare_digest(raw, hmac.new(self._key, body, hashlib.sha256).digest())
-        else:
-            from cryptography.exceptions import InvalidSignature
-
-            try:
-                self._public.verify(raw, body)
-                good = True
-            except InvalidSignature:
-                good = False
-        if not good:
-            raise MessageError(f"bad signature ({self.kind})", command_id)
-
-
-def _ed25519_public_key(key: bytes):
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        if key.lstrip().startswith(b"-----BEGIN"):
-            public = load_pem_public_key(key)
-        else:
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.strip(), validate=True))
-    except (ValueError, binascii.Error, TypeError):
-        raise EdgeSegError("commands key: not an Ed25519 public key (PEM, or base64 of 32 raw bytes)") from None
-    if not isinstance(public, Ed25519PublicKey):
-        raise EdgeSegError("commands key: the PEM key is not an Ed25519 public key")
-    return public
 
 
 @dataclass
