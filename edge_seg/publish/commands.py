@@ -21,6 +21,11 @@ the command's ``id`` when it could be read (``command_id: null`` otherwise). ``h
 raises. A command id seen recently (the last 1024) is not executed again: its first result is
 sent again (QoS 1 may deliver a command twice; a signed command cannot be replayed).
 
+**Secure by default**: ``update_model``, ``set_policy``, ``reload`` and ``snapshot`` (``PRIVILEGED``) need a
+valid signature. With no key configured they are refused (``unsigned 'reload' refused: …``; said once at
+start) unless the config says ``commands.insecure: true``, which is warned about at every start; ``ping``
+needs none. With a key (``commands.require_signature``), every command, ``ping`` included, must be signed.
+
 **Signatures** (``commands.require_signature`` in the config): ``sig`` is the standard base64 of
 
 * ``hmac``: HMAC-SHA256 with the shared key, or
@@ -59,10 +64,11 @@ from edge_seg.publish.messages import (
     decode_command,
     encode_command_result,
 )
-from edge_seg.publish.mqtt_config import PolicyConfig
+from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 1024
+PRIVILEGED = ("update_model", "set_policy", "reload", "snapshot")  # need a signature unless commands.insecure
 UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
 
@@ -91,12 +97,21 @@ class CommandHooks:
     update_model: Callable[[dict], dict] | None = None  # download + install + swap; raises with the reason
 
 
+def unsigned_refused(cmd: str) -> str:
+    """The error of a privileged command without a signature on a device that is not ``commands.insecure``."""
+    return (f"unsigned '{cmd}' refused: commands need a signature (commands.require_signature, "
+            "or commands.insecure: true)")
+
+
 class CommandHandler:
-    """Turns a raw command payload into its result message (or None when the result comes later)."""
+    """Turns a raw command payload into its result message (or None when the result comes later).
+
+    Without a ``verifier``, the ``PRIVILEGED`` commands are refused unless ``insecure`` is true."""
 
     def __init__(self, device: str, hooks: CommandHooks, next_seq: Callable[[], int],
-                 verifier: Verifier | None = None, clock=time.time):
+                 verifier: Verifier | None = None, clock=time.time, *, insecure: bool = False):
         self.device, self.hooks, self.next_seq, self.verifier, self._clock = device, hooks, next_seq, verifier, clock
+        self.insecure = insecure
         self._seen: OrderedDict[str, object] = OrderedDict()
         self.counts = {"received": 0, "ok": 0, "error": 0, "duplicate": 0}
 
@@ -127,6 +142,8 @@ class CommandHandler:
             command_id = command.id
             if self.verifier is not None:
                 self.verifier.verify(json.loads(bytes(payload)), command_id, self._clock())
+            elif command.cmd in PRIVILEGED and not self.insecure:
+                raise MessageError(unsigned_refused(command.cmd), command_id)
             if command_id in self._seen:
                 self.counts["duplicate"] += 1
                 previous = self._seen[command_id]
@@ -196,6 +213,19 @@ class CommandHandler:
         return self.result(cid, True, {"policy": policy.model_dump()})
 
 
+def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next_seq: Callable[[], int], *,
+                  clock: Callable[[], float] = time.time) -> CommandHandler:
+    """The device's handler for ``config`` (``mqtt.commands``); says at start what unsigned commands may do."""
+    verifier = Verifier.from_config(config)
+    if config.enabled and config.insecure:
+        log.warning("commands.insecure: true: %s run without a signature; anyone who can publish on the cmd "
+                    "topic can run them (set commands.require_signature and a key)", ", ".join(PRIVILEGED))
+    elif config.enabled and verifier is None:
+        log.info("privileged commands (%s) are refused: no commands.require_signature key is configured; ping "
+                 "still answers", ", ".join(PRIVILEGED))
+    return CommandHandler(device, hooks, next_seq, verifier, clock, insecure=config.insecure)
+
+
 class CommandRunner:
     """The ``edge-seg-mqtt-cmd`` thread: runs commands in arrival order (a reload hook may take seconds) and
     sends each result with ``send``. At most ``capacity`` commands wait; more are answered "busy" at once."""
@@ -235,5 +265,5 @@ class CommandRunner:
         self._thread.join(timeout=timeout)
 
 
-__all__ = ["CommandHandler", "CommandHooks", "CommandRunner", "MAX_SKEW_S", "UNSUPPORTED_OTA", "Verifier",
-           "canonical_json", "sign_command"]
+__all__ = ["CommandHandler", "CommandHooks", "CommandRunner", "MAX_SKEW_S", "PRIVILEGED", "UNSUPPORTED_OTA", "Verifier",
+           "build_handler", "canonical_json", "sign_command", "unsigned_refused"]

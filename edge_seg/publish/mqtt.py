@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.publish import snapshot
-from edge_seg.publish.commands import CommandHandler, CommandHooks, CommandRunner, Verifier
+from edge_seg.publish.commands import CommandHooks, CommandRunner, build_handler
 from edge_seg.publish.discovery import discovery_configs
 from edge_seg.publish.messages import (
     Encoded,
@@ -87,7 +87,7 @@ class Publisher:
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
-        self.commands = CommandHandler(device, hooks, self._next_seq, Verifier.from_config(config.commands))
+        self.commands = build_handler(config.commands, device, hooks, self._next_seq)
         self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,

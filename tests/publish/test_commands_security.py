@@ -1,0 +1,99 @@
+"""Issue 14 (commands): secure by default, strict flags, allowed update URLs, no replay after a restart.
+
+Each test first reproduced the attack on the code before the fix (through a real Mosquitto where the
+attack is over MQTT)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from mqtt_helpers import Collector, publisher_factory, results_of, run_broker, wait_for
+
+from edge_seg.config import ConfigError, parse_config
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+broker = pytest.fixture(run_broker, name="broker")
+make_publisher = pytest.fixture(publisher_factory, name="make_publisher")
+KEY = b"k" * 32
+PRIVILEGED = ("update_model", "set_policy", "reload", "snapshot")
+FLEET = "https://models.example/fleet/"
+
+
+def refused_unsigned(cmd: str) -> str:
+    return (f"unsigned '{cmd}' refused: commands need a signature (commands.require_signature, "
+            "or commands.insecure: true)")
+
+
+class Calls:
+    """Hooks that record what they were asked to do."""
+
+    def __init__(self):
+        self.seen: list = []
+
+    def reload(self):
+        self.seen.append("reload")
+        return {"reloaded": True}
+
+    def update_model(self, args: dict) -> dict:
+        self.seen.append(args)
+        return {"outcome": "swapped"}
+
+
+def connected_sender(broker, publisher) -> Collector:
+    results = Collector(broker.host, broker.port, "edge_seg/dev1/#")
+    wait_for(lambda: publisher.link.connected, 10, what="connect")
+    time.sleep(0.2)  # the device's subscription is in place
+    return results
+
+
+def answers_for(results: Collector, ids: list[str]) -> dict:
+    def got():
+        by_id = {r.command_id: r for r in results_of(results)}
+        return by_id if all(i in by_id for i in ids) else None
+
+    return wait_for(got, 10, what=f"results for {ids}")
+
+
+# --- 1. secure by default ---------------------------------------------------------------------------------
+def test_unsigned_privileged_commands_are_refused_by_default_through_the_broker(broker, make_publisher, caplog):
+    caplog.set_level(logging.INFO, logger="edge_seg.publish")
+    calls = Calls()
+    publisher = make_publisher(broker.url, hooks={"reload": calls.reload, "update_model": calls.update_model})
+    assert "privileged commands" in caplog.text and "refused" in caplog.text  # said at start
+    before = publisher.policy.config
+    results = connected_sender(broker, publisher)
+    sent = {"ping": {}, "update_model": {"url": FLEET + "b.tar", "allow_downgrade": True},
+            "set_policy": {"every_n": 0, "area_delta": None}, "reload": {}, "snapshot": {}}
+    for cmd, args in sent.items():
+        command = {"id": f"u-{cmd}", "cmd": cmd, **({"args": args} if args else {})}
+        results.publish("edge_seg/dev1/cmd", json.dumps(command).encode())
+    answers = answers_for(results, [f"u-{cmd}" for cmd in sent])
+    assert answers["u-ping"].ok and answers["u-ping"].result["pong"] is True
+    for cmd in PRIVILEGED:
+        assert not answers[f"u-{cmd}"].ok and answers[f"u-{cmd}"].error == refused_unsigned(cmd), cmd
+    assert calls.seen == [] and publisher.policy.config == before
+    assert not results.on("mask")  # no snapshot was taken
+    results.close()
+
+
+def test_insecure_runs_unsigned_commands_and_warns_at_every_start(broker, make_publisher, caplog):
+    caplog.set_level(logging.WARNING, logger="edge_seg.publish")
+    calls = Calls()
+    for _ in range(2):
+        publisher = make_publisher(broker.url, commands={"insecure": True}, hooks={"reload": calls.reload})
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "commands.insecure" in r.getMessage()]
+    assert len(warnings) == 2
+    results = connected_sender(broker, publisher)
+    results.publish("edge_seg/dev1/cmd", b'{"id": "r1", "cmd": "reload"}')
+    assert answers_for(results, ["r1"])["r1"].ok and calls.seen == ["reload"]
+    results.close()
+
+
+def test_insecure_and_a_signature_key_together_are_a_config_error():
+    with pytest.raises(ConfigError, match="commands.insecure"):
+        parse_config({"mqtt": {"commands": {"insecure": True, "require_signature": "hmac", "key": "x"}}})
+    with pytest.raises(ConfigError, match="insecure"):
+        parse_config({"mqtt": {"commands": {"insecure": "yes"}}})
