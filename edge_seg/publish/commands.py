@@ -11,7 +11,8 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
 * ``set_policy`` → ``args`` holds some of ``every_n``, ``area_delta``, ``uncertainty``,
   ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
 * ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
-* ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``) → download, verify,
+* ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``: strict types,
+  ``schemas.UpdateModelArgs``, so ``"false"`` is refused, not truthy) → download, verify,
   install and hot-swap through ``edge_seg.ota.actions`` (the running service); the result says what happened,
   or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
 
@@ -65,6 +66,7 @@ from edge_seg.publish.messages import (
     encode_command_result,
 )
 from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
+from edge_seg.publish.schemas import UpdateModelArgs
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 1024
@@ -95,6 +97,19 @@ class CommandHooks:
     snapshot: Callable[[str], None] | None = None  # arm a snapshot; the result is sent with the next frame
     reload: Callable[[], dict | None] | None = None  # raises on failure
     update_model: Callable[[dict], dict] | None = None  # download + install + swap; raises with the reason
+
+
+def arg_error(cmd: str, err: ValidationError, fields) -> str:
+    """One line for the first problem in a command's args: the field, what was expected, what came."""
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])[:64] or "args"
+    if first["type"] == "extra_forbidden":
+        return f"{cmd}: unknown field '{where}' (valid: {', '.join(fields)})"
+    if first["type"] == "missing":
+        return f"{cmd}: {where}: missing"
+    got = json.dumps(first.get("input"), default=str)
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{cmd}: {where}: {first['msg']}, got {got}"[:300]
 
 
 def unsigned_refused(cmd: str) -> str:
@@ -171,7 +186,11 @@ class CommandHandler:
             if hooks.update_model is None:
                 return self.result(cid, False, error=UNSUPPORTED_OTA)
             try:
-                return self.result(cid, True, hooks.update_model(args))
+                checked = UpdateModelArgs.model_validate(args)
+            except ValidationError as err:
+                return self.result(cid, False, error=arg_error("update_model", err, UpdateModelArgs.model_fields))
+            try:
+                return self.result(cid, True, hooks.update_model(checked.model_dump(exclude_unset=True)))
             except Exception as err:  # noqa: BLE001 - reported as the command's result
                 return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
         if command.cmd == "set_policy":
@@ -184,6 +203,8 @@ class CommandHandler:
             hooks.snapshot(cid)
             return None
         if command.cmd == "reload":
+            if args:
+                return self.result(cid, False, error="reload takes no args")
             if hooks.reload is None:
                 return self.result(cid, False, error="reload is not available on this device")
             try:

@@ -13,6 +13,7 @@ import pytest
 from mqtt_helpers import Collector, publisher_factory, results_of, run_broker, wait_for
 
 from edge_seg.config import ConfigError, parse_config
+from edge_seg.publish.commands import sign_command
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 broker = pytest.fixture(run_broker, name="broker")
@@ -97,3 +98,31 @@ def test_insecure_and_a_signature_key_together_are_a_config_error():
         parse_config({"mqtt": {"commands": {"insecure": True, "require_signature": "hmac", "key": "x"}}})
     with pytest.raises(ConfigError, match="insecure"):
         parse_config({"mqtt": {"commands": {"insecure": "yes"}}})
+
+
+# --- 2. strict booleans and numbers ------------------------------------------------------------------------
+def test_string_false_for_allow_downgrade_is_refused_through_the_broker(broker, make_publisher):
+    calls = Calls()
+    publisher = make_publisher(broker.url, commands={"require_signature": "hmac", "key": KEY.decode()},
+                               hooks={"update_model": calls.update_model})
+    results = connected_sender(broker, publisher)
+    url = FLEET + "old.tar"
+    bad = {"s-false": {"allow_downgrade": "false"}, "s-zero": {"allow_downgrade": 0},
+           "s-one": {"allow_downgrade": 1}, "s-null": {"allow_downgrade": None},
+           "w-str": {"wait_s": "120"}, "w-bool": {"wait_s": True}, "w-neg": {"wait_s": -1},
+           "h-int": {"sha256": 5}, "h-short": {"sha256": "abc"}, "u-int": {"url": 7}}
+    for cid, args in bad.items():
+        command = sign_command({"id": cid, "cmd": "update_model", "args": {"url": url, **args}}, hmac_key=KEY)
+        results.publish("edge_seg/dev1/cmd", json.dumps(command).encode())
+    good = sign_command({"id": "good", "cmd": "update_model",
+                         "args": {"url": url, "allow_downgrade": False, "wait_s": 30}}, hmac_key=KEY)
+    results.publish("edge_seg/dev1/cmd", json.dumps(good).encode())
+    answers = answers_for(results, [*bad, "good"])
+    for cid in bad:
+        error = answers[cid].error
+        assert not answers[cid].ok and error.startswith("update_model: ") and "\n" not in error, (cid, error)
+    assert "allow_downgrade" in answers["s-false"].error and "boolean" in answers["s-false"].error
+    assert "wait_s" in answers["w-str"].error and "sha256" in answers["h-short"].error
+    assert answers["good"].ok and calls.seen == [{"url": url, "allow_downgrade": False, "wait_s": 30}]
+    assert calls.seen[0]["allow_downgrade"] is False
+    results.close()
