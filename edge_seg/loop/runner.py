@@ -152,7 +152,8 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
                                 summary=lambda: {"loop": stats.snapshot()},
-                                reload=_reload_active_service, update_model=ota.handle_update_model)
+                                reload=_reload_active_service, update_model=ota.handle_update_model,
+                                allowed_url_prefixes=config.ota.allowed_url_prefixes)
     outbox = built.publisher.outbox
     built.metrics.watch_outbox(lambda: outbox.stats().depth)  # read at each scrape (the outbox-growing alert)
     return built.publisher

@@ -12,7 +12,8 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
   ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
 * ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
 * ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``: strict types,
-  ``schemas.UpdateModelArgs``, so ``"false"`` is refused, not truthy) → download, verify,
+  ``schemas.UpdateModelArgs``, so ``"false"`` is refused, not truthy; ``url`` under one of
+  ``ota.allowed_url_prefixes``, http(s) only, see ``commands_urls``) → download, verify,
   install and hot-swap through ``edge_seg.ota.actions`` (the running service); the result says what happened,
   or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
 
@@ -51,12 +52,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from edge_seg.publish.commands_signing import MAX_SKEW_S, Verifier, canonical_json, sign_command
+from edge_seg.publish.commands_urls import UrlRefused, check_update_url
 from edge_seg.publish.messages import (
     MAX_COMMAND_PAYLOAD,
     CommandMessage,
@@ -124,9 +126,10 @@ class CommandHandler:
     Without a ``verifier``, the ``PRIVILEGED`` commands are refused unless ``insecure`` is true."""
 
     def __init__(self, device: str, hooks: CommandHooks, next_seq: Callable[[], int],
-                 verifier: Verifier | None = None, clock=time.time, *, insecure: bool = False):
+                 verifier: Verifier | None = None, clock=time.time, *, insecure: bool = False,
+                 allowed_url_prefixes: Sequence[str] = ()):
         self.device, self.hooks, self.next_seq, self.verifier, self._clock = device, hooks, next_seq, verifier, clock
-        self.insecure = insecure
+        self.insecure, self.allowed_url_prefixes = insecure, tuple(allowed_url_prefixes)
         self._seen: OrderedDict[str, object] = OrderedDict()
         self.counts = {"received": 0, "ok": 0, "error": 0, "duplicate": 0}
 
@@ -190,6 +193,10 @@ class CommandHandler:
             except ValidationError as err:
                 return self.result(cid, False, error=arg_error("update_model", err, UpdateModelArgs.model_fields))
             try:
+                check_update_url(checked.url, self.allowed_url_prefixes)
+            except UrlRefused as err:
+                return self.result(cid, False, error=str(err))
+            try:
                 return self.result(cid, True, hooks.update_model(checked.model_dump(exclude_unset=True)))
             except Exception as err:  # noqa: BLE001 - reported as the command's result
                 return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
@@ -235,8 +242,10 @@ class CommandHandler:
 
 
 def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next_seq: Callable[[], int], *,
-                  clock: Callable[[], float] = time.time) -> CommandHandler:
-    """The device's handler for ``config`` (``mqtt.commands``); says at start what unsigned commands may do."""
+                  allowed_url_prefixes: Sequence[str] = (), clock: Callable[[], float] = time.time
+                  ) -> CommandHandler:
+    """The device's handler for ``config`` (``mqtt.commands``); says at start what unsigned commands may do.
+    ``allowed_url_prefixes`` (``ota.allowed_url_prefixes``) limits the URLs ``update_model`` may fetch."""
     verifier = Verifier.from_config(config)
     if config.enabled and config.insecure:
         log.warning("commands.insecure: true: %s run without a signature; anyone who can publish on the cmd "
@@ -244,7 +253,8 @@ def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next
     elif config.enabled and verifier is None:
         log.info("privileged commands (%s) are refused: no commands.require_signature key is configured; ping "
                  "still answers", ", ".join(PRIVILEGED))
-    return CommandHandler(device, hooks, next_seq, verifier, clock, insecure=config.insecure)
+    return CommandHandler(device, hooks, next_seq, verifier, clock, insecure=config.insecure,
+                          allowed_url_prefixes=allowed_url_prefixes)
 
 
 class CommandRunner:

@@ -72,7 +72,7 @@ class Publisher:
     def __init__(self, config: MqttConfig, *, device: str, state_dir: str | Path, model=None,
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
-                 update_model: Callable[[dict], dict] | None = None,
+                 update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
                  start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
@@ -87,7 +87,8 @@ class Publisher:
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
-        self.commands = build_handler(config.commands, device, hooks, self._next_seq)
+        self.commands = build_handler(config.commands, device, hooks, self._next_seq,
+                                      allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,

@@ -33,7 +33,8 @@ def handler_for_tests(verifier=None, reload=None, update_model=None, insecure=Tr
     hooks = CommandHooks(uptime=lambda: 12.5, set_policy=lambda args: policy.update(**args), reload=reload,
                          snapshot=lambda cid: policy.request_snapshot(), update_model=update_model)
     insecure = insecure and verifier is None
-    return CommandHandler("dev1", hooks, lambda: next(counter), verifier, insecure=insecure), policy
+    return CommandHandler("dev1", hooks, lambda: next(counter), verifier, insecure=insecure,
+                          allowed_url_prefixes=["https://example.invalid/"]), policy
 
 
 def run(handler: CommandHandler, command) -> CommandResultMessage:

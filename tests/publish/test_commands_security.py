@@ -13,7 +13,10 @@ import pytest
 from mqtt_helpers import Collector, publisher_factory, results_of, run_broker, wait_for
 
 from edge_seg.config import ConfigError, parse_config
-from edge_seg.publish.commands import sign_command
+from edge_seg.publish.commands import CommandHooks, build_handler, sign_command
+from edge_seg.publish.messages import decode
+from edge_seg.publish.mqtt_config import CommandsConfig
+from edge_seg.publish.policy import PublishPolicy
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 broker = pytest.fixture(run_broker, name="broker")
@@ -56,6 +59,19 @@ def answers_for(results: Collector, ids: list[str]) -> dict:
         return by_id if all(i in by_id for i in ids) else None
 
     return wait_for(got, 10, what=f"results for {ids}")
+
+
+def handler_on(state_dir, calls: Calls, *, prefixes=(FLEET,), clock=time.time, **commands):
+    policy = PublishPolicy()
+    counter = iter(range(1, 10**9))
+    hooks = CommandHooks(set_policy=lambda args: policy.update(**args), reload=calls.reload,
+                         update_model=calls.update_model, snapshot=lambda cid: None)
+    config = CommandsConfig(**(commands or {"require_signature": "hmac", "key": KEY.decode()}))
+    return build_handler(config, "dev1", hooks, lambda: next(counter), allowed_url_prefixes=prefixes, clock=clock)
+
+
+def run(handler, command: dict):
+    return decode(handler.handle(json.dumps(command).encode()).payload)
 
 
 # --- 1. secure by default ---------------------------------------------------------------------------------
@@ -104,7 +120,7 @@ def test_insecure_and_a_signature_key_together_are_a_config_error():
 def test_string_false_for_allow_downgrade_is_refused_through_the_broker(broker, make_publisher):
     calls = Calls()
     publisher = make_publisher(broker.url, commands={"require_signature": "hmac", "key": KEY.decode()},
-                               hooks={"update_model": calls.update_model})
+                               hooks={"update_model": calls.update_model, "allowed_url_prefixes": [FLEET]})
     results = connected_sender(broker, publisher)
     url = FLEET + "old.tar"
     bad = {"s-false": {"allow_downgrade": "false"}, "s-zero": {"allow_downgrade": 0},
@@ -126,3 +142,65 @@ def test_string_false_for_allow_downgrade_is_refused_through_the_broker(broker, 
     assert answers["good"].ok and calls.seen == [{"url": url, "allow_downgrade": False, "wait_s": 30}]
     assert calls.seen[0]["allow_downgrade"] is False
     results.close()
+
+
+# --- 3. update_model URLs ----------------------------------------------------------------------------------
+def test_update_model_urls_are_refused_unless_allowed_by_default_through_the_broker(broker, make_publisher):
+    calls = Calls()
+    publisher = make_publisher(broker.url, commands={"require_signature": "hmac", "key": KEY.decode()},
+                               hooks={"update_model": calls.update_model})  # ota.allowed_url_prefixes: []
+    results = connected_sender(broker, publisher)
+    command = sign_command({"id": "any", "cmd": "update_model", "args": {"url": FLEET + "b.tar"}}, hmac_key=KEY)
+    results.publish("edge_seg/dev1/cmd", json.dumps(command).encode())
+    answer = answers_for(results, ["any"])["any"]
+    assert not answer.ok and "ota.allowed_url_prefixes" in answer.error and calls.seen == []
+    results.close()
+
+
+@pytest.mark.parametrize("url", [
+    "https://models.example/other/b.tar", "https://models.example.evil.org/fleet/b.tar",
+    "https://models.example:8443/fleet/b.tar", "http://models.example/fleet/b.tar",
+    "https://models.example/fleet/../secret/b.tar", "https://models.example/fleet/%2e%2e/secret/b.tar",
+    "https://user@models.example/fleet/b.tar", "https://models.example/fleetx/b.tar", "file:///etc/passwd",
+    "ftp://models.example/fleet/b.tar", "https://models.example/fleet/b.tar\nX", "not a url"])
+def test_update_model_urls_outside_the_allowed_prefixes_are_refused(tmp_path, url):
+    calls = Calls()
+    handler = handler_on(tmp_path, calls, prefixes=(FLEET, "https://models.example/fleet"))
+    answer = run(handler, sign_command({"id": "u", "cmd": "update_model", "args": {"url": url}}, hmac_key=KEY))
+    assert not answer.ok and answer.error.startswith("update_model: ") and "\n" not in answer.error
+    assert calls.seen == []
+
+
+def test_update_model_urls_inside_the_allowed_prefixes_run(tmp_path):
+    calls = Calls()
+    handler = handler_on(tmp_path, calls, prefixes=(FLEET, "https://cdn.example/m"))
+    for i, url in enumerate([FLEET + "b.tar", "https://MODELS.example/fleet/sub/b.tar?x=1", "https://cdn.example/m",
+                             "https://cdn.example/m/b.tar"]):
+        answer = run(handler, sign_command({"id": f"ok{i}", "cmd": "update_model", "args": {"url": url}},
+                                           hmac_key=KEY))
+        assert answer.ok, (url, answer.error)
+    assert len(calls.seen) == 4
+
+
+def test_non_http_schemes_are_refused_even_when_insecure(tmp_path):
+    calls = Calls()
+    handler = handler_on(tmp_path, calls, prefixes=(FLEET,), insecure=True)
+    answer = run(handler, {"id": "f", "cmd": "update_model", "args": {"url": "file:///etc/edge-seg/keys"}})
+    assert not answer.ok and "http" in answer.error and calls.seen == []
+
+
+def test_allowed_url_prefixes_must_be_http_urls():
+    for prefix in ("file:///var/", "models.example/", "https://"):
+        with pytest.raises(ConfigError, match="ota.allowed_url_prefixes"):
+            parse_config({"ota": {"allowed_url_prefixes": [prefix]}})
+    assert parse_config({}).ota.allowed_url_prefixes == []
+    assert parse_config({"ota": {"allowed_url_prefixes": [FLEET]}}).ota.allowed_url_prefixes == [FLEET]
+
+
+def test_the_cli_update_is_a_local_action_and_not_limited(tmp_path):
+    from edge_seg.ota import actions as ota
+
+    config = parse_config({"device": {"state_dir": str(tmp_path)}})  # no allowed prefixes at all
+    with pytest.raises(Exception) as caught:
+        ota.update(config, "http://127.0.0.1:9/b.tar", state_dir=tmp_path)
+    assert "allowed_url_prefixes" not in str(caught.value)  # it tried to download
