@@ -21,7 +21,9 @@ Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong 
 missing signature, a hook that raises) is answered with ``ok: false``, a one-line ``error`` and
 the command's ``id`` when it could be read (``command_id: null`` otherwise). ``handle`` never
 raises. A command id seen recently (the last 1024) is not executed again: its first result is
-sent again (QoS 1 may deliver a command twice; a signed command cannot be replayed).
+sent again (QoS 1 may deliver a command twice). Signed ids are also kept in the state dir until their
+``ts`` window ends (``commands_replay``), so a sniffed signed command replayed after a restart is
+refused (``replayed command id …``).
 
 **Secure by default**: ``update_model``, ``set_policy``, ``reload`` and ``snapshot`` (``PRIVILEGED``) need a
 valid signature. With no key configured they are refused (``unsigned 'reload' refused: …``; said once at
@@ -39,7 +41,7 @@ separators ``,`` and ``:`` without spaces, UTF-8 without escaping non-ASCII, i.e
 written as Python does (shortest repr); senders in other languages should avoid floats in
 signed commands or format them the same way. Signed commands must carry ``ts`` (Unix seconds)
 within ``MAX_SKEW_S`` of the device clock, so an old command cannot be replayed after its id
-leaves the memory of recent ids. ``sign_command`` makes a signed command (cloud tools, tests).
+leaves the (persisted) set of seen ids. ``sign_command`` makes a signed command (cloud tools, tests).
 The HMAC key is the UTF-8 of ``commands.key`` or the bytes of ``key_file`` (trailing newline
 dropped); the Ed25519 public key is PEM or the base64 of the raw 32 bytes.
 """
@@ -54,9 +56,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
+from edge_seg.publish.commands_replay import ReplayError, SeenIds
 from edge_seg.publish.commands_signing import MAX_SKEW_S, Verifier, canonical_json, sign_command
 from edge_seg.publish.commands_urls import UrlRefused, check_update_url
 from edge_seg.publish.messages import (
@@ -127,9 +131,10 @@ class CommandHandler:
 
     def __init__(self, device: str, hooks: CommandHooks, next_seq: Callable[[], int],
                  verifier: Verifier | None = None, clock=time.time, *, insecure: bool = False,
-                 allowed_url_prefixes: Sequence[str] = ()):
+                 allowed_url_prefixes: Sequence[str] = (), seen_ids: SeenIds | None = None):
         self.device, self.hooks, self.next_seq, self.verifier, self._clock = device, hooks, next_seq, verifier, clock
         self.insecure, self.allowed_url_prefixes = insecure, tuple(allowed_url_prefixes)
+        self.seen_ids = seen_ids  # signed ids, persisted across restarts (None: in memory only)
         self._seen: OrderedDict[str, object] = OrderedDict()
         self.counts = {"received": 0, "ok": 0, "error": 0, "duplicate": 0}
 
@@ -166,6 +171,11 @@ class CommandHandler:
                 self.counts["duplicate"] += 1
                 previous = self._seen[command_id]
                 return None if previous is _PENDING else previous  # type: ignore[return-value]
+            if self.verifier is not None and self.seen_ids is not None and command.ts is not None:
+                try:
+                    self.seen_ids.claim(command_id, float(command.ts))
+                except ReplayError as err:
+                    raise MessageError(str(err), command_id) from None
             self._remember(command_id)
             return self._run(command)
         except MessageError as err:
@@ -242,11 +252,13 @@ class CommandHandler:
 
 
 def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next_seq: Callable[[], int], *,
-                  allowed_url_prefixes: Sequence[str] = (), clock: Callable[[], float] = time.time
-                  ) -> CommandHandler:
+                  state_dir: str | Path | None = None, allowed_url_prefixes: Sequence[str] = (),
+                  clock: Callable[[], float] = time.time) -> CommandHandler:
     """The device's handler for ``config`` (``mqtt.commands``); says at start what unsigned commands may do.
-    ``allowed_url_prefixes`` (``ota.allowed_url_prefixes``) limits the URLs ``update_model`` may fetch."""
+    ``state_dir`` keeps the seen signed ids across restarts (``commands_replay``); ``allowed_url_prefixes``
+    (``ota.allowed_url_prefixes``) limits the URLs ``update_model`` may fetch."""
     verifier = Verifier.from_config(config)
+    seen = SeenIds(state_dir, clock=clock) if verifier is not None and state_dir is not None else None
     if config.enabled and config.insecure:
         log.warning("commands.insecure: true: %s run without a signature; anyone who can publish on the cmd "
                     "topic can run them (set commands.require_signature and a key)", ", ".join(PRIVILEGED))
@@ -254,7 +266,7 @@ def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next
         log.info("privileged commands (%s) are refused: no commands.require_signature key is configured; ping "
                  "still answers", ", ".join(PRIVILEGED))
     return CommandHandler(device, hooks, next_seq, verifier, clock, insecure=config.insecure,
-                          allowed_url_prefixes=allowed_url_prefixes)
+                          allowed_url_prefixes=allowed_url_prefixes, seen_ids=seen)
 
 
 class CommandRunner:

@@ -87,7 +87,7 @@ class Publisher:
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
-        self.commands = build_handler(config.commands, device, hooks, self._next_seq,
+        self.commands = build_handler(config.commands, device, hooks, self._next_seq, state_dir=state_dir,
                                       allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)

@@ -13,7 +13,7 @@ import pytest
 from mqtt_helpers import Collector, publisher_factory, results_of, run_broker, wait_for
 
 from edge_seg.config import ConfigError, parse_config
-from edge_seg.publish.commands import CommandHooks, build_handler, sign_command
+from edge_seg.publish.commands import MAX_SKEW_S, CommandHooks, build_handler, sign_command
 from edge_seg.publish.messages import decode
 from edge_seg.publish.mqtt_config import CommandsConfig
 from edge_seg.publish.policy import PublishPolicy
@@ -67,7 +67,8 @@ def handler_on(state_dir, calls: Calls, *, prefixes=(FLEET,), clock=time.time, *
     hooks = CommandHooks(set_policy=lambda args: policy.update(**args), reload=calls.reload,
                          update_model=calls.update_model, snapshot=lambda cid: None)
     config = CommandsConfig(**(commands or {"require_signature": "hmac", "key": KEY.decode()}))
-    return build_handler(config, "dev1", hooks, lambda: next(counter), allowed_url_prefixes=prefixes, clock=clock)
+    return build_handler(config, "dev1", hooks, lambda: next(counter), state_dir=state_dir,
+                         allowed_url_prefixes=prefixes, clock=clock)
 
 
 def run(handler, command: dict):
@@ -204,3 +205,70 @@ def test_the_cli_update_is_a_local_action_and_not_limited(tmp_path):
     with pytest.raises(Exception) as caught:
         ota.update(config, "http://127.0.0.1:9/b.tar", state_dir=tmp_path)
     assert "allowed_url_prefixes" not in str(caught.value)  # it tried to download
+
+
+# --- 4. replay after a restart -----------------------------------------------------------------------------
+def test_a_signed_command_replayed_after_a_restart_is_refused(tmp_path):
+    calls = Calls()
+    command = sign_command({"id": "r-1", "cmd": "reload"}, hmac_key=KEY)
+    assert run(handler_on(tmp_path, calls), command).ok and calls.seen == ["reload"]
+    restarted = handler_on(tmp_path, calls)  # a new process on the same state dir
+    replay = run(restarted, command)
+    assert not replay.ok and "replayed command id" in replay.error and replay.command_id == "r-1"
+    assert calls.seen == ["reload"]
+    assert run(restarted, sign_command({"id": "r-2", "cmd": "reload"}, hmac_key=KEY)).ok
+    assert calls.seen == ["reload", "reload"]
+
+
+def test_replay_after_a_restart_through_the_broker(broker, make_publisher):
+    calls = Calls()
+    fields = {"commands": {"require_signature": "hmac", "key": KEY.decode()}, "hooks": {"reload": calls.reload}}
+    first = make_publisher(broker.url, **fields)
+    results = connected_sender(broker, first)
+    sniffed = json.dumps(sign_command({"id": "sniffed", "cmd": "reload"}, hmac_key=KEY)).encode()
+    results.publish("edge_seg/dev1/cmd", sniffed)
+    assert answers_for(results, ["sniffed"])["sniffed"].ok and calls.seen == ["reload"]
+    first.close()
+    results.close()
+    second = make_publisher(broker.url, **fields)  # same device, same state dir: a restart
+    results = connected_sender(broker, second)
+    results.publish("edge_seg/dev1/cmd", sniffed)
+    replay = answers_for(results, ["sniffed"])["sniffed"]
+    assert not replay.ok and "replayed command id" in replay.error and calls.seen == ["reload"]
+    results.close()
+
+
+def test_seen_ids_are_dropped_after_their_window_and_capped(tmp_path):
+    from edge_seg.publish import commands_replay
+
+    now = [time.time()]
+    calls = Calls()
+    handler = handler_on(tmp_path, calls, clock=lambda: now[0])
+    for i in range(3):
+        assert run(handler, sign_command({"id": f"w{i}", "cmd": "ping", "ts": now[0]}, hmac_key=KEY)).ok
+    stored = json.loads((tmp_path / commands_replay.SEEN_FILE).read_text())
+    assert sorted(stored["ids"]) == ["w0", "w1", "w2"]
+    now[0] += MAX_SKEW_S + 5
+    later = handler_on(tmp_path, calls, clock=lambda: now[0])
+    assert run(later, sign_command({"id": "w3", "cmd": "ping", "ts": now[0]}, hmac_key=KEY)).ok
+    assert sorted(json.loads((tmp_path / commands_replay.SEEN_FILE).read_text())["ids"]) == ["w3"]
+
+    seen = commands_replay.SeenIds(tmp_path / "capped", cap=2, clock=lambda: now[0])
+    seen.claim("a", now[0])
+    seen.claim("b", now[0])
+    with pytest.raises(commands_replay.ReplayError, match="too many"):
+        seen.claim("c", now[0])  # forgetting a live id would let it be replayed: refuse instead
+    assert len(json.loads((tmp_path / "capped" / commands_replay.SEEN_FILE).read_text())["ids"]) == 2
+
+
+def test_an_unreadable_seen_ids_file_refuses_commands_signed_before_the_start(tmp_path, caplog):
+    from edge_seg.publish import commands_replay
+
+    calls = Calls()
+    old = sign_command({"id": "old", "cmd": "reload", "ts": time.time() - 10}, hmac_key=KEY)
+    (tmp_path / commands_replay.SEEN_FILE).write_bytes(b"\x00garbage{")
+    handler = handler_on(tmp_path, calls)
+    assert "seen command ids" in caplog.text
+    answer = run(handler, old)
+    assert not answer.ok and "replayed command id" in answer.error and calls.seen == []
+    assert run(handler, sign_command({"id": "new", "cmd": "reload", "ts": time.time() + 1}, hmac_key=KEY)).ok
