@@ -139,6 +139,9 @@ class OtaConfig(_Section):
                                      description="Ed25519 public keys (files, or dirs of *.pub/*.pem) bundles must "
                                                  "be signed by")
     max_bundle_mb: float = Field(default=256.0, gt=0, description="refuse bigger downloads and bundles")
+    allowed_url_prefixes: list[str] = Field(default_factory=list, max_length=64,
+                                            description="http(s) URL prefixes the MQTT update_model command may "
+                                                        "download from (empty: none; the CLI is not limited)")
     smoke_frames: int = Field(default=5, ge=1, le=100, description="sample frames the install smoke test segments")
     max_latency_factor: float = Field(default=3.0, ge=1, description="new model ms/frame <= this x the current's")
     hot_reload: bool = Field(default=True, description="the running loop swaps to a new 'current' by itself")
@@ -152,6 +155,19 @@ class OtaConfig(_Section):
                                                                              "falls by more than this")
     max_starts: int = Field(default=3, ge=1, description="service starts on an unconfirmed model before rollback")
     keep: int = Field(default=3, ge=2, description="models 'edge-seg model gc' keeps")
+
+
+    @field_validator("allowed_url_prefixes")
+    @classmethod
+    def _http_prefixes(cls, prefixes: list[str]) -> list[str]:
+        from edge_seg.publish.commands_urls import prefix_problem
+
+        for prefix in prefixes:
+            problem = prefix_problem(prefix)
+            if problem is not None:
+                raise ValueError(f"{prefix!r} is not an http(s) URL prefix ({problem}), e.g. "
+                                 "https://models.example.com/fleet/")
+        return prefixes
 
 
 class ServiceConfig(_Section):

@@ -160,10 +160,11 @@ def publisher_factory(tmp_path):
     """``make(url, device="dev1", **mqtt_fields) -> Publisher``; all closed after the test."""
     made = []
 
-    def make(url: str, device: str = "dev1", **fields) -> Publisher:
+    def make(url: str, device: str = "dev1", *, hooks: dict | None = None, **fields) -> Publisher:
+        """``hooks``: more Publisher keywords (``reload``, ``update_model``, ``allowed_url_prefixes``)."""
         fields.setdefault("reconnect_max_s", 2)
         publisher = Publisher(MqttConfig(url=url, **fields), device=device, state_dir=tmp_path / f"state-{device}",
-                              model=MODEL, classes=CLASSES)
+                              model=MODEL, classes=CLASSES, **(hooks or {}))
         publisher.client.enable_logger(logging.getLogger("paho.test"))  # paho reports swallowed callback errors
         made.append(publisher)
         return publisher

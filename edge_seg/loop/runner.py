@@ -153,7 +153,8 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
                                 degraded=lambda: getattr(built.pipeline.source, "degraded", lambda: None)(),
                                 summary=lambda: {"loop": stats.snapshot()},
-                                reload=_reload_active_service, update_model=ota.handle_update_model)
+                                reload=_reload_active_service, update_model=ota.handle_update_model,
+                                allowed_url_prefixes=config.ota.allowed_url_prefixes)
     outbox = built.publisher.outbox
     built.metrics.watch_outbox(lambda: outbox.stats().depth)  # read at each scrape (the outbox-growing alert)
     return built.publisher

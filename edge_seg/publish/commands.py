@@ -11,7 +11,9 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
 * ``set_policy`` → ``args`` holds some of ``every_n``, ``area_delta``, ``uncertainty``,
   ``max_rate`` (strict types, same ranges as the config); the result is the whole new policy.
 * ``reload`` → calls the reload hook the service wires (config/model reload); ok or the error.
-* ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``) → download, verify,
+* ``update_model`` (args ``url``, optional ``sha256``, ``allow_downgrade``, ``wait_s``: strict types,
+  ``schemas.UpdateModelArgs``, so ``"false"`` is refused, not truthy; ``url`` under one of
+  ``ota.allowed_url_prefixes``, http(s) only, see ``commands_urls``) → download, verify,
   install and hot-swap through ``edge_seg.ota.actions`` (the running service); the result says what happened,
   or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
 
@@ -19,7 +21,14 @@ Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong 
 missing signature, a hook that raises) is answered with ``ok: false``, a one-line ``error`` and
 the command's ``id`` when it could be read (``command_id: null`` otherwise). ``handle`` never
 raises. A command id seen recently (the last 1024) is not executed again: its first result is
-sent again (QoS 1 may deliver a command twice; a signed command cannot be replayed).
+sent again (QoS 1 may deliver a command twice). Signed ids are also kept in the state dir until their
+``ts`` window ends (``commands_replay``), so a sniffed signed command replayed after a restart is
+refused (``replayed command id …``).
+
+**Secure by default**: ``update_model``, ``set_policy``, ``reload`` and ``snapshot`` (``PRIVILEGED``) need a
+valid signature. With no key configured they are refused (``unsigned 'reload' refused: …``; said once at
+start) unless the config says ``commands.insecure: true``, which is warned about at every start; ``ping``
+needs none. With a key (``commands.require_signature``), every command, ``ping`` included, must be signed.
 
 **Signatures** (``commands.require_signature`` in the config): ``sig`` is the standard base64 of
 
@@ -32,29 +41,28 @@ separators ``,`` and ``:`` without spaces, UTF-8 without escaping non-ASCII, i.e
 written as Python does (shortest repr); senders in other languages should avoid floats in
 signed commands or format them the same way. Signed commands must carry ``ts`` (Unix seconds)
 within ``MAX_SKEW_S`` of the device clock, so an old command cannot be replayed after its id
-leaves the memory of recent ids. ``sign_command`` makes a signed command (cloud tools, tests).
+leaves the (persisted) set of seen ids. ``sign_command`` makes a signed command (cloud tools, tests).
 The HMAC key is the UTF-8 of ``commands.key`` or the bytes of ``key_file`` (trailing newline
 dropped); the Ed25519 public key is PEM or the base64 of the raw 32 bytes.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_seg.errors import EdgeSegError
+from edge_seg.publish.commands_replay import ReplayError, SeenIds
+from edge_seg.publish.commands_signing import MAX_SKEW_S, Verifier, canonical_json, sign_command
+from edge_seg.publish.commands_urls import UrlRefused, check_update_url
 from edge_seg.publish.messages import (
     MAX_COMMAND_PAYLOAD,
     CommandMessage,
@@ -64,10 +72,11 @@ from edge_seg.publish.messages import (
     encode_command_result,
 )
 from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
+from edge_seg.publish.schemas import UpdateModelArgs
 
 log = logging.getLogger(__name__)
-MAX_SKEW_S = 300.0
 REMEMBERED_IDS = 1024
+PRIVILEGED = ("update_model", "set_policy", "reload", "snapshot")  # need a signature unless commands.insecure
 UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
 
@@ -85,101 +94,6 @@ def readable_id(payload: bytes) -> str | None:
     return raw if isinstance(raw, str) and 0 < len(raw) <= 128 else None
 
 
-def canonical_json(command: dict) -> bytes:
-    """The bytes a signature covers: the command without ``sig``, sorted keys, no spaces, UTF-8."""
-    body = {k: v for k, v in command.items() if k != "sig"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sign_command(command: dict, *, hmac_key: bytes | None = None, ed25519_private_key=None) -> dict:
-    """A copy of ``command`` with ``sig`` (and ``ts`` if it had none) for a device that requires signatures."""
-    signed = {k: v for k, v in command.items() if k != "sig"}
-    signed.setdefault("ts", time.time())
-    body = canonical_json(signed)
-    if hmac_key is not None:
-        raw = hmac.new(hmac_key, body, hashlib.sha256).digest()
-    elif ed25519_private_key is not None:
-        raw = ed25519_private_key.sign(body)
-    else:
-        raise ValueError("sign_command needs hmac_key or ed25519_private_key")
-    signed["sig"] = base64.b64encode(raw).decode("ascii")
-    return signed
-
-
-class Verifier:
-    """Checks ``sig`` of a raw command object (``MessageError`` when it is missing or wrong)."""
-
-    def __init__(self, kind: str, key: bytes):
-        self.kind = kind
-        if kind == "hmac":
-            if not key:
-                raise EdgeSegError("commands: the HMAC key is empty")
-            self._key = key
-        elif kind == "ed25519":
-            self._public = _ed25519_public_key(key)
-        else:
-            raise EdgeSegError(f"commands.require_signature must be hmac or ed25519, got {kind!r}")
-
-    @classmethod
-    def from_config(cls, config: CommandsConfig) -> Verifier | None:
-        if not config.require_signature:
-            return None
-        if config.key_file is not None:
-            try:
-                key = config.key_file.read_bytes().rstrip(b"\r\n")
-            except OSError as err:
-                raise EdgeSegError(f"cannot read commands.key_file {config.key_file}: {err.strerror}") from None
-        else:
-            key = (config.key or "").encode("utf-8")
-        return cls(config.require_signature, key)
-
-    def verify(self, obj: dict, command_id: str | None, now: float) -> None:
-        sig = obj.get("sig")
-        if not isinstance(sig, str) or not sig:
-            raise MessageError(f"signature required ({self.kind}): add 'sig'", command_id)
-        ts = obj.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise MessageError("signed commands need 'ts' (Unix seconds)", command_id)
-        if abs(now - float(ts)) > MAX_SKEW_S:
-            raise MessageError(f"command ts is more than {MAX_SKEW_S:.0f} s from the device clock", command_id)
-        try:
-            raw = base64.b64decode(sig, validate=True)
-        except (binascii.Error, ValueError):
-            raise MessageError("bad signature: 'sig' is not base64", command_id) from None
-        try:
-            body = canonical_json(obj)
-        except (TypeError, ValueError):
-            raise MessageError("bad signature: the command cannot be put in canonical form", command_id) from None
-        if self.kind == "hmac":
-            good = hmac.compare_digest(raw, hmac.new(self._key, body, hashlib.sha256).digest())
-        else:
-            from cryptography.exceptions import InvalidSignature
-
-            try:
-                self._public.verify(raw, body)
-                good = True
-            except InvalidSignature:
-                good = False
-        if not good:
-            raise MessageError(f"bad signature ({self.kind})", command_id)
-
-
-def _ed25519_public_key(key: bytes):
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        if key.lstrip().startswith(b"-----BEGIN"):
-            public = load_pem_public_key(key)
-        else:
-            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.strip(), validate=True))
-    except (ValueError, binascii.Error, TypeError):
-        raise EdgeSegError("commands key: not an Ed25519 public key (PEM, or base64 of 32 raw bytes)") from None
-    if not isinstance(public, Ed25519PublicKey):
-        raise EdgeSegError("commands key: the PEM key is not an Ed25519 public key")
-    return public
-
-
 @dataclass
 class CommandHooks:
     """What commands act on; the publisher and the service fill these in."""
@@ -191,12 +105,36 @@ class CommandHooks:
     update_model: Callable[[dict], dict] | None = None  # download + install + swap; raises with the reason
 
 
+def arg_error(cmd: str, err: ValidationError, fields) -> str:
+    """One line for the first problem in a command's args: the field, what was expected, what came."""
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])[:64] or "args"
+    if first["type"] == "extra_forbidden":
+        return f"{cmd}: unknown field '{where}' (valid: {', '.join(fields)})"
+    if first["type"] == "missing":
+        return f"{cmd}: {where}: missing"
+    got = json.dumps(first.get("input"), default=str)
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{cmd}: {where}: {first['msg']}, got {got}"[:300]
+
+
+def unsigned_refused(cmd: str) -> str:
+    """The error of a privileged command without a signature on a device that is not ``commands.insecure``."""
+    return (f"unsigned '{cmd}' refused: commands need a signature (commands.require_signature, "
+            "or commands.insecure: true)")
+
+
 class CommandHandler:
-    """Turns a raw command payload into its result message (or None when the result comes later)."""
+    """Turns a raw command payload into its result message (or None when the result comes later).
+
+    Without a ``verifier``, the ``PRIVILEGED`` commands are refused unless ``insecure`` is true."""
 
     def __init__(self, device: str, hooks: CommandHooks, next_seq: Callable[[], int],
-                 verifier: Verifier | None = None, clock=time.time):
+                 verifier: Verifier | None = None, clock=time.time, *, insecure: bool = False,
+                 allowed_url_prefixes: Sequence[str] = (), seen_ids: SeenIds | None = None):
         self.device, self.hooks, self.next_seq, self.verifier, self._clock = device, hooks, next_seq, verifier, clock
+        self.insecure, self.allowed_url_prefixes = insecure, tuple(allowed_url_prefixes)
+        self.seen_ids = seen_ids  # signed ids, persisted across restarts (None: in memory only)
         self._seen: OrderedDict[str, object] = OrderedDict()
         self.counts = {"received": 0, "ok": 0, "error": 0, "duplicate": 0}
 
@@ -227,10 +165,17 @@ class CommandHandler:
             command_id = command.id
             if self.verifier is not None:
                 self.verifier.verify(json.loads(bytes(payload)), command_id, self._clock())
+            elif command.cmd in PRIVILEGED and not self.insecure:
+                raise MessageError(unsigned_refused(command.cmd), command_id)
             if command_id in self._seen:
                 self.counts["duplicate"] += 1
                 previous = self._seen[command_id]
                 return None if previous is _PENDING else previous  # type: ignore[return-value]
+            if self.verifier is not None and self.seen_ids is not None and command.ts is not None:
+                try:
+                    self.seen_ids.claim(command_id, float(command.ts))
+                except ReplayError as err:
+                    raise MessageError(str(err), command_id) from None
             self._remember(command_id)
             return self._run(command)
         except MessageError as err:
@@ -254,7 +199,15 @@ class CommandHandler:
             if hooks.update_model is None:
                 return self.result(cid, False, error=UNSUPPORTED_OTA)
             try:
-                return self.result(cid, True, hooks.update_model(args))
+                checked = UpdateModelArgs.model_validate(args)
+            except ValidationError as err:
+                return self.result(cid, False, error=arg_error("update_model", err, UpdateModelArgs.model_fields))
+            try:
+                check_update_url(checked.url, self.allowed_url_prefixes)
+            except UrlRefused as err:
+                return self.result(cid, False, error=str(err))
+            try:
+                return self.result(cid, True, hooks.update_model(checked.model_dump(exclude_unset=True)))
             except Exception as err:  # noqa: BLE001 - reported as the command's result
                 return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
         if command.cmd == "set_policy":
@@ -267,6 +220,8 @@ class CommandHandler:
             hooks.snapshot(cid)
             return None
         if command.cmd == "reload":
+            if args:
+                return self.result(cid, False, error="reload takes no args")
             if hooks.reload is None:
                 return self.result(cid, False, error="reload is not available on this device")
             try:
@@ -294,6 +249,24 @@ class CommandHandler:
             where = ".".join(str(p) for p in first["loc"])
             return self.result(cid, False, error=f"set_policy: {where}: {first['msg']}"[:300])
         return self.result(cid, True, {"policy": policy.model_dump()})
+
+
+def build_handler(config: CommandsConfig, device: str, hooks: CommandHooks, next_seq: Callable[[], int], *,
+                  state_dir: str | Path | None = None, allowed_url_prefixes: Sequence[str] = (),
+                  clock: Callable[[], float] = time.time) -> CommandHandler:
+    """The device's handler for ``config`` (``mqtt.commands``); says at start what unsigned commands may do.
+    ``state_dir`` keeps the seen signed ids across restarts (``commands_replay``); ``allowed_url_prefixes``
+    (``ota.allowed_url_prefixes``) limits the URLs ``update_model`` may fetch."""
+    verifier = Verifier.from_config(config)
+    seen = SeenIds(state_dir, clock=clock) if verifier is not None and state_dir is not None else None
+    if config.enabled and config.insecure:
+        log.warning("commands.insecure: true: %s run without a signature; anyone who can publish on the cmd "
+                    "topic can run them (set commands.require_signature and a key)", ", ".join(PRIVILEGED))
+    elif config.enabled and verifier is None:
+        log.info("privileged commands (%s) are refused: no commands.require_signature key is configured; ping "
+                 "still answers", ", ".join(PRIVILEGED))
+    return CommandHandler(device, hooks, next_seq, verifier, clock, insecure=config.insecure,
+                          allowed_url_prefixes=allowed_url_prefixes, seen_ids=seen)
 
 
 class CommandRunner:
@@ -335,5 +308,5 @@ class CommandRunner:
         self._thread.join(timeout=timeout)
 
 
-__all__ = ["CommandHandler", "CommandHooks", "CommandRunner", "MAX_SKEW_S", "UNSUPPORTED_OTA", "Verifier",
-           "canonical_json", "sign_command"]
+__all__ = ["CommandHandler", "CommandHooks", "CommandRunner", "MAX_SKEW_S", "PRIVILEGED", "UNSUPPORTED_OTA", "Verifier",
+           "build_handler", "canonical_json", "sign_command", "unsigned_refused"]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.publish import snapshot
-from edge_seg.publish.commands import CommandHandler, CommandHooks, CommandRunner, Verifier
+from edge_seg.publish.commands import CommandHooks, CommandRunner, build_handler
 from edge_seg.publish.discovery import discovery_configs
 from edge_seg.publish.messages import (
     Encoded,
@@ -73,7 +73,7 @@ class Publisher:
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
-                 update_model: Callable[[dict], dict] | None = None,
+                 update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
                  start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
@@ -88,7 +88,8 @@ class Publisher:
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
-        self.commands = CommandHandler(device, hooks, self._next_seq, Verifier.from_config(config.commands))
+        self.commands = build_handler(config.commands, device, hooks, self._next_seq, state_dir=state_dir,
+                                      allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,

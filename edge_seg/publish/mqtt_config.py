@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from edge_seg.errors import EdgeSegError, FieldValueError
 
@@ -89,11 +89,16 @@ class CommandsConfig(_Section):
         default=None, description="reject commands without a valid signature (see edge_seg.publish.commands)")
     key: str | None = Field(default=None, description="HMAC shared secret, or Ed25519 public key (PEM or base64)")
     key_file: Path | None = Field(default=None, description="file holding the key instead of 'key'")
+    insecure: StrictBool = Field(default=False, description="run update_model, set_policy, reload and snapshot "
+                                 "without a signature (anyone who can publish on /cmd can); warned at every start")
 
     @model_validator(mode="after")
     def _key(self) -> "CommandsConfig":
         if self.key is not None and self.key_file is not None:
             raise ValueError("set commands.key or commands.key_file, not both")
+        if self.insecure and self.require_signature:
+            raise ValueError("commands.insecure: true turns signatures off: remove it, or remove "
+                             "commands.require_signature")
         if self.require_signature and self.key is None and self.key_file is None:
             raise ValueError(f"commands.require_signature={self.require_signature} needs commands.key or key_file")
         return self

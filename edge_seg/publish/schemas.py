@@ -10,7 +10,7 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from edge_seg.publish import rle
 
@@ -272,6 +272,16 @@ class CommandMessage(BaseModel):
     sig: Annotated[str, Field(max_length=1024)] | None = None
 
 
+class UpdateModelArgs(BaseModel):
+    """``update_model`` args, strict: ``"false"`` is not a boolean, ``"120"`` not a number, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    allow_downgrade: StrictBool = False
+    wait_s: Annotated[float, Field(ge=0, le=3600)] = 120.0  # strict: an int or a float, never a bool or a string
+
+
 Message = Union[MaskMessage, InstancesMessage, CropMessage, InstanceCropMessage, StatusMessage,  # noqa: UP007
                 MetricsMessage, CommandResultMessage]
 BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, INSTANCES_SCHEMA: InstancesMessage,
@@ -284,4 +294,4 @@ __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP
            "INSTANCE_CROP_SCHEMA", "InstanceCropMessage", "InstanceRLE", "InstancesMessage", "JPEG_MAGIC",
            "JSON_CONTENT_TYPE", "MASK_SCHEMA", "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA",
            "MSG_ID_PATTERN", "MaskMessage", "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "Reason",
-           "RunnerUp", "STATUS_SCHEMA", "StatusMessage", "b64decode"]
+           "RunnerUp", "STATUS_SCHEMA", "StatusMessage", "UpdateModelArgs", "b64decode"]

@@ -25,12 +25,16 @@ broker = pytest.fixture(run_broker, name="broker")
 make_publisher = pytest.fixture(publisher_factory, name="make_publisher")
 
 
-def handler_for_tests(verifier=None, reload=None, update_model=None) -> tuple[CommandHandler, PublishPolicy]:
+def handler_for_tests(verifier=None, reload=None, update_model=None, insecure=True
+                      ) -> tuple[CommandHandler, PublishPolicy]:
+    """A handler whose hooks act on a policy; ``insecure`` (unsigned privileged commands run) unless a verifier."""
     policy = PublishPolicy()
     counter = iter(range(1, 10**9))
     hooks = CommandHooks(uptime=lambda: 12.5, set_policy=lambda args: policy.update(**args), reload=reload,
                          snapshot=lambda cid: policy.request_snapshot(), update_model=update_model)
-    return CommandHandler("dev1", hooks, lambda: next(counter), verifier), policy
+    insecure = insecure and verifier is None
+    return CommandHandler("dev1", hooks, lambda: next(counter), verifier, insecure=insecure,
+                          allowed_url_prefixes=["https://example.invalid/"]), policy
 
 
 def run(handler: CommandHandler, command) -> CommandResultMessage:
@@ -160,7 +164,7 @@ def test_commands_through_the_broker(broker, make_publisher, monkeypatch):
 
 def test_hundreds_of_bad_commands_through_the_broker_are_each_answered(broker, make_publisher, caplog):
     caplog.set_level(logging.DEBUG, logger="paho.test")
-    publisher = make_publisher(broker.url)
+    publisher = make_publisher(broker.url, commands={"insecure": True})  # unsigned set_policy etc. reach the checks
     sender = Collector(broker.host, broker.port, "edge_seg/dev1/cmd/result")
     wait_for(lambda: publisher.link.connected, 10, what="connect")
     time.sleep(0.2)
