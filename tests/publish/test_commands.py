@@ -142,6 +142,7 @@ def test_commands_through_the_broker(broker, make_publisher, monkeypatch):
 
     send({"id": "late", "cmd": "snapshot"})  # no frame comes: a timeout error
     wait_for(lambda: any(r.command_id == "late" for r in results_of(results)), 5, what="snapshot timeout")
+    monkeypatch.setattr(snapshot_module, "SNAPSHOT_TIMEOUT_S", 30.0)  # "snap" waits for the frame sent below
     send({"id": "unsigned", "cmd": "ping"}, sign=False)
     send({"id": "pol", "cmd": "set_policy", "args": {"every_n": 2}})
     send({"id": "snap", "cmd": "snapshot"})
