@@ -20,7 +20,7 @@ Durability (``sync``): the database is in WAL mode.
   pages); a power cut can lose the transactions since the last checkpoint, never corrupt the
   file.
 * ``"full"``: one fsync per commit: also survives a power cut, at the cost of the fsync (several
-  ms on SD cards and eMMC, see ``python -m edge_seg.publish.outbox``). The publisher commits all
+  ms on SD cards and eMMC, see ``python -m edge_seg.publish.outbox_bench``). The publisher commits all
   messages waiting in its queue in one transaction, so the fsync is paid per batch.
 
 We choose ``normal``: the failure the outbox exists for is the process or the link dying, and a
@@ -38,11 +38,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from edge_seg.errors import EdgeSegError
+from edge_seg.publish.outbox_types import Message, OutboxRow, OutboxStats
 
 Sync = Literal["normal", "full"]
 _SYNC_PRAGMA = {"normal": "NORMAL", "full": "FULL"}
@@ -68,40 +68,6 @@ CREATE TABLE IF NOT EXISTS produced (
     outcome TEXT
 );
 """
-
-
-class Message(Protocol):
-    """What ``put`` stores: ``edge_seg.publish.messages.Encoded`` has these fields."""
-
-    topic: str
-    payload: bytes
-    content_type: str | None
-    msg_id: str
-    seq: int
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One stored message; ``id`` orders the replay."""
-
-    id: int
-    topic: str
-    payload: bytes
-    content_type: str | None
-    msg_id: str
-    seq: int
-    created: float
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    depth: int  # rows waiting (not yet acknowledged)
-    bytes: int  # their payload bytes
-    written: int  # rows put since open
-    acked: int  # rows deleted on PUBACK since open
-    dropped_ttl: int  # rows dropped for age since open
-    dropped_cap: int  # rows dropped (oldest first) to stay under max_bytes since open
-    rejected: int  # rows the broker refused (error PUBACK) since open
 
 
 class Outbox:
@@ -273,55 +239,4 @@ class Outbox:
         self.close()
 
 
-# --- measuring the sync levels ------------------------------------------------------------
-@dataclass(frozen=True)
-class _Fake:
-    topic: str
-    payload: bytes
-    content_type: str | None
-    msg_id: str
-    seq: int
-
-
-def measure(directory: str | Path, sync: Sync, batch: int = 1, count: int = 500, payload: int = 2_000) -> dict:
-    """Microseconds per message for put (``batch`` messages per commit) and ack, on a fresh outbox in ``directory``."""
-    path = Path(directory) / f"bench-{sync}-{batch}.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    body = bytes(payload)
-    with Outbox(path, sync=sync, ttl_s=None) as box:
-        ids: list[int] = []
-        t0 = time.perf_counter()
-        for start in range(0, count, batch):
-            ids += box.put([_Fake("mask", body, None, f"m{i}", i) for i in range(start, min(count, start + batch))])
-        put_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for start in range(0, count, batch):
-            box.ack(ids[start:start + batch])
-        ack_s = time.perf_counter() - t0
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return {"sync": sync, "batch": batch, "put_us": put_s / count * 1e6, "ack_us": ack_s / count * 1e6}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m edge_seg.publish.outbox [DIR]``: print the cost per message of each sync level and batch size."""
-    import sys
-    import tempfile
-
-    args = sys.argv[1:] if argv is None else argv
-    directory = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="outbox-bench-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    print(f"{'sync':6} {'batch':>5} {'put µs/msg':>11} {'ack µs/msg':>11}   (2 KB payloads, {directory})")
-    for sync in ("normal", "full"):
-        for batch in (1, 10):
-            r = measure(directory, sync, batch)  # type: ignore[arg-type]
-            print(f"{r['sync']:6} {r['batch']:>5} {r['put_us']:>11.1f} {r['ack_us']:>11.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = ["Outbox", "OutboxRow", "OutboxStats", "Sync", "measure"]
+__all__ = ["Message", "Outbox", "OutboxRow", "OutboxStats", "Sync"]

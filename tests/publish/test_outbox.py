@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge_seg.publish.outbox import Outbox, measure
+from edge_seg.publish.outbox import Outbox
+from edge_seg.publish.outbox_bench import measure
 
 
 @dataclass(frozen=True)
