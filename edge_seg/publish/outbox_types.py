@@ -26,7 +26,7 @@ class OutboxRow:
     content_type: str | None
     msg_id: str
     seq: int
-    created: float
+    created: float  # wall clock at put (for people; never compared)
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ class OutboxStats:
     dropped_ttl: int  # rows dropped for age since open
     dropped_cap: int  # rows dropped (oldest first) to stay under max_bytes since open
     rejected: int  # rows the broker refused (error PUBACK) since open
+    dropped_full: int = 0  # rows lost to a full disk (oldest dropped for room, or new ones not stored)
+    recovered_corrupt: int = 0  # corrupt files moved aside and replaced since open
+    file_bytes: int = 0  # database + WAL on disk
 
 
-__all__ = ["Message", "OutboxRow", "OutboxStats"]
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+__all__ = ["Message", "OutboxRow", "OutboxStats", "one_line"]
