@@ -19,6 +19,7 @@ from mqtt_helpers import Collector, fake_result, publisher_factory, run_broker, 
 
 from edge_seg.errors import EdgeSegError
 from edge_seg.publish.messages import decode
+from edge_seg.publish.mqtt_config import OutboxConfig
 from edge_seg.publish.outbox import Outbox
 from edge_seg.publish.outbox_file import KEEP_CORRUPT
 
@@ -241,6 +242,14 @@ def test_max_bytes_bounds_the_file_and_its_wal(tmp_path):
         kept = small_rows(box)
         assert kept == list(range(seq - len(kept), seq))  # the oldest went first
         assert stats.bytes >= cap // 3  # and the cap is not wasted: a fair share of it holds messages
+
+
+def test_the_outbox_config_refuses_a_cap_below_its_overhead_and_an_infinite_ttl():
+    with pytest.raises(ValueError, match="max_bytes"):
+        OutboxConfig(max_bytes=4_096)  # the schema and the WAL share alone take more
+    with pytest.raises(ValueError, match="ttl_s"):
+        OutboxConfig(ttl_s=float("inf"))  # "never expire" is ttl_s: null
+    assert OutboxConfig(max_bytes=64 * 1024, ttl_s=None).max_bytes == 65_536
 
 
 def test_the_byte_cap_keeps_in_flight_rows_and_an_oversized_message(tmp_path):
