@@ -67,8 +67,11 @@ class TLSConfig(_Section):
 
 
 class OutboxConfig(_Section):
-    ttl_s: float | None = Field(default=86_400.0, gt=0, description="drop unsent messages older than this")
-    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="drop the oldest beyond this many bytes")
+    ttl_s: float | None = Field(default=86_400.0, gt=0, allow_inf_nan=False,
+                                description="drop unsent messages older than this many seconds of device running "
+                                            "time (monotonic; wall-clock steps do not count; None: never)")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, description="the outbox file (database + WAL) "
+                           "stays within this many bytes on disk: the oldest unsent messages are dropped first")
     sync: Literal["normal", "full"] = Field(default="normal", description="normal: survives a crash; full: also "
                                                                           "power loss, one fsync per batch")
     audit: bool = Field(default=False, description="debug: keep a log of every produced msg_id in the outbox")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge_seg.publish.outbox import Outbox, measure
+from edge_seg.publish.outbox import Outbox
+from edge_seg.publish.outbox_bench import measure
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def test_replay_after_reopen_is_in_order_and_ids_never_repeat(tmp_path):
 
 
 def test_ttl_drops_old_rows_but_not_inflight_ones(tmp_path):
-    clock = Clock()
-    with Outbox(tmp_path / "o.sqlite", ttl_s=60, clock=clock, audit=True) as box:
+    clock = Clock()  # monotonic: the TTL never looks at the wall clock (test_outbox_hardening.py)
+    with Outbox(tmp_path / "o.sqlite", ttl_s=60, monotonic=clock, boot_id=lambda: "boot", audit=True) as box:
         old = box.put(msgs(0, 4))
         clock.now += 30
         box.put(msgs(4, 2))
@@ -109,20 +110,6 @@ def test_ttl_drops_old_rows_but_not_inflight_ones(tmp_path):
         assert (stats.dropped_ttl, stats.depth, stats.bytes) == (3, 3, 300)
         outcomes = {p["seq"]: p["outcome"] for p in box.produced()}
         assert outcomes == {0: "dropped_ttl", 1: None, 2: "dropped_ttl", 3: "dropped_ttl", 4: None, 5: None}
-
-
-def test_byte_cap_drops_oldest_first_and_counts(tmp_path):
-    with Outbox(tmp_path / "o.sqlite", max_bytes=1000, audit=True) as box:
-        ids = box.put(msgs(0, 10))  # exactly 1000 bytes
-        assert box.stats().dropped_cap == 0
-        box.put(msgs(10, 3), inflight={ids[0]})  # needs 300 bytes: drops seq 1, 2, 3 (0 is in flight)
-        assert [r.seq for r in box.fetch(0, 100)] == [0, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-        stats = box.stats()
-        assert (stats.dropped_cap, stats.depth, stats.bytes) == (3, 10, 1000)
-        assert [p["seq"] for p in box.produced() if p["outcome"] == "dropped_cap"] == [1, 2, 3]
-        box.put([Msg("crop", b"z" * 5000, None, "big", 99)])  # larger than the cap: kept alone
-        assert [r.msg_id for r in box.fetch(0, 100)] == ["big"]
-        assert box.stats().dropped_cap == 13
 
 
 def test_bad_sync_level_is_rejected(tmp_path):
