@@ -12,7 +12,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_seg.errors import ManifestError
 
 SCHEMA = "edge_seg.manifest/v1"
+Channel = Annotated[int, Field(ge=0, le=255)]  # one 8-bit colour channel of the palette
 MANIFEST_NAME = "manifest.json"
 OUTPUT_KINDS = ("logits", "probabilities", "sigmoid", "class_map", "yolo_seg")
 
@@ -37,7 +38,7 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN mean, no inf scale
 
 
 class InputSpec(_Strict):
@@ -88,7 +89,7 @@ class Manifest(_Strict):
     version: str = "0.0.0"
     task: Literal["semantic", "binary", "instance"]
     classes: list[str] = Field(min_length=1)
-    palette: list[tuple[int, int, int]] = Field(default_factory=list)
+    palette: list[tuple[Channel, Channel, Channel]] = Field(default_factory=list)
     input: InputSpec
     output: OutputSpec
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -96,7 +97,7 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -145,6 +146,8 @@ def read_manifest(path: Path) -> Manifest:
         raise ManifestError(f"manifest not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: not readable JSON ({err})") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: nested too deeply to be a manifest") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: a manifest is a JSON object")
     return parse_manifest(data, str(path))

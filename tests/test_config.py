@@ -65,3 +65,20 @@ def test_config_schema_is_json_schema(capsys):
     assert main(["config", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "source" in schema["properties"] and schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("source:\n  uri: synthetic://\n  backoff_cap_s: .inf\nota:\n  max_bundle_mb: .inf\n",
+     "source.backoff_cap_s: input should be a finite number, got Infinity; ota.max_bundle_mb: input should be a "
+     "finite number, got Infinity"),
+    ("source:\n  deadline_s: .nan\n", "source.deadline_s: input should be a finite number"),
+    ("mqtt:\n  url: mqtt://127.0.0.1:1883\n  status_interval_s: .inf\n", "mqtt.status_interval_s: input should be a "
+     "finite number"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to be a device config"),
+])
+def test_hostile_configs_are_one_line_errors(tmp_path, capsys, yaml_text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err

@@ -129,3 +129,29 @@ def test_inferred_float_input_scales_to_unit_range_unless_mean_std_given(tiny_mo
     assert loaded.manifest.input.mean == [0.0] * 3 and loaded.manifest.input.std == [255.0] * 3
     loaded = load_model(tiny_models["colour_logits_float"], mean=[127.5], std=[127.5])
     assert loaded.manifest.input.mean == [127.5] and loaded.manifest.input.std == [127.5]
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda m: m["palette"].__setitem__(1, [999, 0, 0]), "field 'palette.1.0': Input should be less than or equal "
+     "to 255"),
+    (lambda m: m["palette"].__setitem__(1, [-1, 0, 0]), "field 'palette.1.0': Input should be greater than"),
+    (lambda m: m["input"].__setitem__("mean", [float("nan")] * 3), "field 'input.mean.0': Input should be a finite "
+     "number"),
+    (lambda m: m["input"].__setitem__("std", [float("inf")] * 3), "field 'input.std.0': Input should be a finite "
+     "number"),
+])
+def test_a_manifest_with_impossible_numbers_is_refused_in_one_line(tiny_models, tmp_path, edit, expected):
+    path = write_manifest(tiny_models["colour_probs_uint8"], tmp_path / "m")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # json writes NaN / Infinity, as a hand-edited file may hold them
+    with pytest.raises(ManifestError, match="^" + str(path).replace(".", r"\.")) as err:
+        load_model(path.parent)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_manifest_nested_too_deeply_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(path)

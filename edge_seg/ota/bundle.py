@@ -239,6 +239,11 @@ def hash_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str,
     return h.hexdigest()
 
 
+def _no_constant(name: str):
+    """``json.loads`` hook: NaN and Infinity are not JSON (and cannot be signed canonically)."""
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
 def verify_bundle(path: Path, keys: dict, max_bytes: int = 1 << 30,
                   checkpoint: Callable[[str], None] | None = None) -> VerifiedBundle:
     """Check members, signature and every file hash of a bundle; nothing is written."""
@@ -250,9 +255,11 @@ def verify_bundle(path: Path, keys: dict, max_bytes: int = 1 << 30,
             raise BundleError(f"bundle {name} has no {MANIFEST_NAME}: not an edge-seg bundle")
         raw_manifest = _read_small(tar, members[MANIFEST_NAME], name)
         try:
-            manifest_obj = json.loads(raw_manifest)
+            manifest_obj = json.loads(raw_manifest, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as err:
             raise BundleError(f"bundle {name}: {MANIFEST_NAME} is not JSON ({err})") from None
+        except RecursionError:
+            raise BundleError(f"bundle {name}: {MANIFEST_NAME} is nested too deeply to be a manifest") from None
         if not isinstance(manifest_obj, dict):
             raise BundleError(f"bundle {name}: {MANIFEST_NAME} is not a JSON object")
         sig_data = _read_small(tar, members[SIG_NAME], name) if SIG_NAME in members else None

@@ -137,8 +137,8 @@ def check_signature(sig_data: bytes | None, manifest_obj: dict, keys: dict, name
         kid = str(sig["key_id"])
         if sig.get("alg") != "ed25519":
             raise ValueError(f"algorithm {sig.get('alg')!r}")
-    except (ValueError, KeyError, TypeError, binascii.Error) as err:
-        raise SignatureError(f"bundle {name}: {SIG_NAME} is malformed ({err}): refusing") from None
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as err:
+        raise SignatureError(f"bundle {name}: {SIG_NAME} is malformed ({str(err)[:100]}): refusing") from None
     if not keys:
         raise SignatureError("no trusted OTA public key is configured: install one (ota.trusted_keys, "
                              "default /etc/edge-seg/keys/*.pub) or pass --pubkey")

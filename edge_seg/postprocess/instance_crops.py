@@ -35,7 +35,7 @@ REASONS: tuple[str, ...] = ("low_score", "overlap", "ambiguous_class")
 class InstanceCropConfig(BaseModel):
     """When an instance of an instance model is uncertain (each test can be switched off)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     low_score: float = Field(0.5, ge=0.0, le=1.0, description="instances scoring below this are uncertain (0: off)")
     overlap_iou: float = Field(0.5, ge=0.0, le=1.0,

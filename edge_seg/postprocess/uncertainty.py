@@ -89,7 +89,7 @@ class CropConfig(BaseModel):
     its box, so a box around a few scattered pixels does not pass. 0.002 of 720p is ~43x43 px.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: Method = "confidence"
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a pixel is uncertain above this")

@@ -50,7 +50,7 @@ def parse_broker_url(url: str) -> tuple[str, str | None, str, int]:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TLSConfig(_Section):

@@ -4,6 +4,7 @@ entries) is refused in well under a second and a few MB, and never while the mod
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from ota_helpers import keypair
 
-from edge_seg.ota.bundle import BundleError, load_public_keys, verify_bundle
+from edge_seg.ota.bundle import BundleError, OtaError, load_public_keys, verify_bundle
 from edge_seg.ota.install import install_bundle
 from edge_seg.ota.store import ModelStore
 
@@ -46,7 +47,7 @@ def test_a_million_member_bundle_is_refused_at_once_in_little_memory(bomb, tmp_p
     code = f"""
 import json, resource, time
 from pathlib import Path
-from edge_seg.ota.bundle import BundleError, load_public_keys, verify_bundle
+from edge_seg.ota.bundle import BundleError, OtaError, load_public_keys, verify_bundle
 keys = load_public_keys([Path({str(pub)!r})])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -90,3 +91,31 @@ def test_a_bomb_is_refused_without_taking_the_store_lock(bomb, tmp_path):
     with store.lock():
         with pytest.raises(BundleError, match="entries"):
             install_bundle(bomb, store, load_public_keys([pub]))
+
+
+def _hand_bundle(path: Path, manifest: bytes, sig: bytes) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("manifest.json", manifest), ("manifest.sig", sig)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(("manifest", "sig", "expected"), [
+    (b'{"name": "m", "version": "1", "baseline": {"a": NaN}}', None, "NaN is not a number a manifest may hold"),
+    (b'{"name": "m", "scale": Infinity}', None, "Infinity is not a number a manifest may hold"),
+    (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, None, "nested too deeply"),
+    (b'{"name": "m"}', b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "manifest.sig is malformed"),
+])
+def test_hostile_manifest_json_is_refused_in_one_line(tmp_path, manifest, sig, expected):
+    """A signature is checked over the canonical manifest, which has no NaN: a manifest holding one, or nested
+    past the parser's depth, is a refusal, not a traceback (today: ValueError / RecursionError)."""
+    _key, pub = keypair(tmp_path / "keys")
+    keys = load_public_keys([pub])
+    kid = next(iter(keys))
+    sig = sig or json.dumps({"schema": "x", "alg": "ed25519", "key_id": kid, "sig": "AAAA"}).encode()
+    path = _hand_bundle(tmp_path / "b.tar", manifest, sig)
+    with pytest.raises(OtaError) as err:
+        verify_bundle(path, keys)
+    assert expected in str(err.value) and "\n" not in str(err.value)
