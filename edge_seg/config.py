@@ -155,6 +155,8 @@ class OtaConfig(_Section):
                                                                              "falls by more than this")
     max_starts: int = Field(default=3, ge=1, description="service starts on an unconfirmed model before rollback")
     keep: int = Field(default=3, ge=2, description="models 'edge-seg model gc' keeps")
+    min_free_mb: float = Field(default=32.0, ge=0, description="below this much free space in the state dir, "
+                                                               "a start first removes downloads and old models")
 
 
     @field_validator("allowed_url_prefixes")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 
 from edge_seg.ota.bundle import (
@@ -68,7 +69,7 @@ def update(config, url: str, *, pubkeys: list[Path] | None = None, state_dir: Pa
     store = store_for(config, state_dir)
     store.ensure()
     path = download(url, store.root.parent / "downloads", int(config.ota.max_bundle_mb * (1 << 20)),
-                    progress=progress)
+                    progress=progress, expected_sha256=expected_sha256)
     if expected_sha256:
         h = hashlib.sha256(path.read_bytes()).hexdigest()
         if h != expected_sha256.lower():
@@ -80,6 +81,24 @@ def update(config, url: str, *, pubkeys: list[Path] | None = None, state_dir: Pa
         return install_bundle(path, store, trusted_keys(config, pubkeys), options, source=url)
     finally:
         path.unlink(missing_ok=True)
+
+
+def reclaim_space(store: ModelStore, min_free_bytes: int, keep: int) -> list[str]:
+    """Before a start writes anything: when the store's filesystem has less than ``min_free_bytes`` free, remove
+    what can go, cheapest first: downloads, then what interrupted installs left and models beyond ``keep`` (never
+    current, previous or pending). The names removed; nothing when there is room."""
+    from edge_seg.ota.fetch import clear_slot
+
+    def free() -> int:
+        return shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free
+
+    if free() >= min_free_bytes:
+        return []
+    removed = [f"downloads/{name}" for name in clear_slot(store.root.parent / "downloads")]
+    if free() < min_free_bytes and store.root.is_dir():
+        removed += store.gc(keep)
+    log.warning("low on disk space (%d MB free): removed %s", free() >> 20, ", ".join(removed) or "nothing")
+    return removed
 
 
 def status(config, state_dir: Path | None = None) -> dict:

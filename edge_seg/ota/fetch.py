@@ -1,10 +1,13 @@
 """``edge-seg model update --url``: a resumable HTTP(S) download of a bundle, then the install.
 
-The download goes to ``<state_dir>/downloads/<hash of URL>.part``; an interrupted transfer
-resumes with a ``Range`` request (a server answering 200 instead of 206 restarts it), within one
-call (``attempts``) and across calls. The size limit is checked against ``Content-Length`` /
-``Content-Range`` before anything is written and while bytes arrive. Nothing is trusted until
-the install verifies the signature and hashes.
+The download goes to ``<state_dir>/downloads/<hash of URL and sha256>.part``: one slot. Starting
+a download removes what any other left there, so however many downloads a remote sender starts,
+the folder never holds more than one partial bundle (at most the size limit). An interrupted
+transfer resumes with a ``Range`` request (a server answering 200 instead of 206 restarts it),
+within one call (``attempts``) and across calls of the same URL and sha256; a refused one (over the
+size limit, an HTTP error) is removed. The size limit is checked against ``Content-Length`` /
+``Content-Range`` before anything is written and while bytes arrive. Nothing is trusted until the
+install verifies the signature and hashes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ CHUNK = 64 * 1024
 
 
 class DownloadError(OtaError):
-    """The bundle could not be downloaded completely (or is over the size limit)."""
+    """The bundle could not be downloaded completely (or is over the size limit); ``resumable``: the partial
+    file is kept for the next try of the same URL."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 def _total_from(resp, have: int) -> int | None:
@@ -40,15 +48,42 @@ def _total_from(resp, have: int) -> int | None:
     return int(length) if length and length.isdigit() else None
 
 
+def clear_slot(dest_dir: Path, keep: str | None = None) -> list[str]:
+    """Remove every download in ``dest_dir`` but the one named ``keep`` (a stem); the names removed."""
+    removed = []
+    if Path(dest_dir).is_dir():
+        for path in Path(dest_dir).iterdir():
+            if keep is None or not path.name.startswith(keep + "."):
+                try:
+                    path.unlink()
+                    removed.append(path.name)
+                except (IsADirectoryError, FileNotFoundError):
+                    pass
+    return removed
+
+
 def download(url: str, dest_dir: Path, max_bytes: int, attempts: int = 4, timeout: float = 30.0,
-             progress: Callable[[int, int | None], None] | None = None) -> Path:
-    """Download ``url`` into ``dest_dir``, resuming a partial file; the complete file's path."""
+             progress: Callable[[int, int | None], None] | None = None, expected_sha256: str | None = None) -> Path:
+    """Download ``url`` into ``dest_dir``, resuming a partial file of the same URL and sha256; the complete
+    file's path. Any other download in ``dest_dir`` is removed first (one slot)."""
     if not url.startswith(("http://", "https://")):
         raise DownloadError(f"unsupported URL '{url}': use http:// or https://")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    stem = hashlib.sha256(url.encode()).hexdigest()[:16]
+    stem = hashlib.sha256(f"{url}\n{(expected_sha256 or '').lower()}".encode()).hexdigest()[:16]
+    for name in clear_slot(dest_dir, keep=stem):
+        log.info("removed the earlier download %s: one download at a time", name)
     part, done = dest_dir / f"{stem}.part", dest_dir / f"{stem}.bundle"
+    try:
+        return _fetch(url, part, done, max_bytes, attempts, timeout, progress)
+    except DownloadError as err:
+        if not err.resumable:
+            part.unlink(missing_ok=True)
+        raise
+
+
+def _fetch(url: str, part: Path, done: Path, max_bytes: int, attempts: int, timeout: float,
+           progress: Callable[[int, int | None], None] | None) -> Path:
     total: int | None = None
     last_error = "no attempt"
     for attempt in range(1, attempts + 1):
@@ -103,7 +138,8 @@ def download(url: str, dest_dir: Path, max_bytes: int, attempts: int = 4, timeou
     have = part.stat().st_size if part.exists() else 0
     of = f" of {total}" if total is not None else ""
     raise DownloadError(f"download of {url} is incomplete: {have}{of} bytes after {attempts} attempts "
-                        f"({last_error}); nothing was installed, run the same command again to resume")
+                        f"({last_error}); nothing was installed, run the same command again to resume",
+                        resumable=True)
 
 
-__all__ = ["DownloadError", "download"]
+__all__ = ["DownloadError", "clear_slot", "download"]

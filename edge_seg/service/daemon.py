@@ -58,6 +58,9 @@ class Service:
         store = store_of(config.model.path)
         if store is None or Path(config.model.path).name != "current":  # not in a store, or pinned to one model
             return config
+        from edge_seg.ota.actions import reclaim_space
+
+        reclaim_space(store, int(config.ota.min_free_mb * (1 << 20)), config.ota.keep)  # before anything is written
         if config.ota.hot_reload:  # only the hot reloader's probation confirms a model: count starts only then
             reason = store.note_start(config.ota.max_starts)
             if reason:
