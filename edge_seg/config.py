@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge_seg.errors import EdgeSegError, FieldValueError
+from edge_seg.errors import EdgeSegError, FieldValueError, field_path
 from edge_seg.postprocess.uncertainty import CropConfig
 from edge_seg.publish.mqtt_config import MqttConfig
 
@@ -201,8 +201,8 @@ _SCALAR = (int, float, str, bool, type(None))
 
 def _describe(err: dict) -> str:
     raised = (err.get("ctx") or {}).get("error")  # the exception a validator raised (type value_error)
-    loc = [str(p) for p in err["loc"]] + ([raised.field] if isinstance(raised, FieldValueError) else [])
-    where = ".".join(loc) or "(top level)"
+    loc = list(err["loc"]) + ([raised.field] if isinstance(raised, FieldValueError) else [])
+    where = field_path(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{where}: unknown field"
     msg = str(raised) if err["type"] == "value_error" and raised is not None else err["msg"]

@@ -35,3 +35,14 @@ class FieldValueError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+def field_path(loc) -> str:
+    """A validation error's location as ``a.b.0.c``; a key that is not a plain name is quoted and escaped (a key
+    from the input may hold a newline or be megabytes long: the message stays one short line)."""
+    parts = []
+    for part in loc:
+        text = str(part)
+        plain = isinstance(part, int) or (0 < len(text) <= 64 and all(c.isalnum() or c in "_-" for c in text))
+        parts.append(text if plain else repr(text[:40]))
+    return ".".join(parts)

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_seg.errors import ManifestError
+from edge_seg.errors import ManifestError, field_path
 
 SCHEMA = "edge_seg.manifest/v1"
 Channel = Annotated[int, Field(ge=0, le=255)]  # one 8-bit colour channel of the palette
@@ -122,7 +122,7 @@ class Manifest(_Strict):
 
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = field_path(first["loc"]) or "(top level)"
     msg = first["msg"]
     if first["type"] == "literal_error":
         msg = f"got {first['input']!r}; {msg[0].lower()}{msg[1:]}"

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from edge_seg.errors import field_path
 from edge_seg.publish import rle
 from edge_seg.publish.envelope import (  # noqa: F401 - re-exported: messages is the public API
     Encoded,
@@ -126,7 +127,7 @@ def _load_json(payload: bytes, what: str) -> dict:
 
 def _one_line(err: ValidationError) -> str:
     first = err.errors(include_url=False, include_input=False)[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "message"
+    loc = field_path(first["loc"]) or "message"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{loc}: {first['msg']}"[:300] + more
 
