@@ -144,7 +144,8 @@ def handle_update_model(args: dict) -> dict:
     ticket = reloader.request("update_model")
     outcome = ticket.wait(wait_s)
     if outcome is not None and outcome.get("outcome") == "unchanged":  # the file watch got there first
-        outcome = next((o for o in reversed(reloader.outcomes) if o.get("id") == result.id), outcome)
+        outcome = next((o for o in reversed(reloader.outcomes)
+                        if o.get("id") == result.id and o.get("outcome") != "unchanged"), outcome)
     if outcome is None:
         reply["reload"] = {"outcome": "pending", "note": f"not finished within {wait_s:g} s; see the status"}
         return reply
