@@ -35,7 +35,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 REDACT = ["disc", "triangle"]  # "box" stays visible: unredacted pixels must keep the frame's values
 HMAC_KEY = "r" * 32
 FILL = np.zeros(3)  # redact_mode "fill" with the default colour (0, 0, 0)
-JPEG_TOLERANCE = 12  # mean abs difference a q85 JPEG of these flat scenes stays well under
+JPEG_TOLERANCE = 12  # per-pixel difference (largest channel) a JPEG keeps most pixels of these scenes under
+SAME_IMAGE = 20  # mean of that difference over a whole crop or snapshot: a small JPEG of an edge rings more
 
 
 class RawFrames:
@@ -150,7 +151,7 @@ def test_every_published_crop_shows_redacted_classes_redacted(redacted_run):
         hidden = np.isin(_crop_class_map(crop), ids)
         expected = raw.copy()
         expected[hidden] = FILL  # the redacted crop, made here from the raw frame and the crop's own class map
-        if float(_diff(image, expected).mean()) >= JPEG_TOLERANCE:
+        if float(_diff(image, expected).mean()) >= SAME_IMAGE:
             off.append((crop.frame_seq, crop.bbox))
         if not hidden.any():
             continue
@@ -160,9 +161,9 @@ def test_every_published_crop_shows_redacted_classes_redacted(redacted_run):
             continue
         # the raw object's pixels are far from the fill; in the JPEG they must be near the fill, not the object
         shows_raw = float(np.mean(_diff(image, raw)[visible] < JPEG_TOLERANCE))
-        near_fill = float(np.mean(_diff(image, expected)[visible] < 3 * JPEG_TOLERANCE))
-        if shows_raw > 0.01 or near_fill < 0.97:
-            leaking.append((crop.frame_seq, crop.bbox, round(shows_raw, 3)))
+        near_fill = float(np.mean(_diff(image, expected)[visible]))  # mean error from the fill (JPEG ringing)
+        if shows_raw > 0.01 or near_fill > JPEG_TOLERANCE:
+            leaking.append((crop.frame_seq, crop.bbox, round(shows_raw, 3), round(near_fill, 1), int(visible.sum())))
     assert with_redacted >= 10, f"only {with_redacted} crops hold a redacted class: the test proves nothing"
     assert not leaking, f"{len(leaking)} of {with_redacted} crops holding redacted classes show their raw pixels: " \
                         f"{leaking[:5]}"
@@ -183,11 +184,11 @@ def test_the_snapshot_jpeg_without_video_is_redacted(redacted_run):
     redacted[hidden] = FILL
     drawn = Overlay(alpha=0.5, legend=True)  # what the snapshot answer draws when the loop drew no overlay
     want, leak = drawn.annotate(redacted, seg), drawn.annotate(raw, seg)
-    assert float(_diff(image, want).mean()) < JPEG_TOLERANCE
-    visible = hidden & (_diff(want, leak) > 4 * JPEG_TOLERANCE)
+    assert float(_diff(image, want).mean()) < SAME_IMAGE
+    visible = hidden & (_diff(want, leak) > 4 * JPEG_TOLERANCE)  # where redacting changes the overlay a lot
     assert visible.sum() > 100
-    assert float(np.mean(_diff(image, leak)[visible] < JPEG_TOLERANCE)) < 0.01
-    assert float(np.mean(_diff(image, want)[visible] < 3 * JPEG_TOLERANCE)) > 0.97
+    assert float(np.mean(_diff(image, leak)[visible] < JPEG_TOLERANCE)) < 0.01  # the raw object does not show
+    assert float(np.mean(_diff(image, want)[visible])) < JPEG_TOLERANCE  # the fill does
 
 
 def test_a_redacted_class_the_model_does_not_have_is_a_one_line_error(request, tmp_path):
@@ -200,3 +201,99 @@ def test_a_redacted_class_the_model_does_not_have_is_a_one_line_error(request, t
         message = str(err.value)
         assert "\n" not in message and "overlay.redact_classes" in message and said in message, message
         assert "disc, box, triangle" in message or "4 classes" in message, message
+
+
+# --- the loop without a broker: every stage, in any order, sees redacted pixels only ------------------
+
+class SeenByStage:
+    """A loop stage keeping what it was handed: the frame, the segmented image, the raw image, the class map."""
+
+    name = "seen"
+
+    def __init__(self):
+        self.results: list = []
+
+    def __call__(self, result) -> None:
+        self.results.append((result.frame.image.copy(), result.image.copy(), result.raw_image.copy(),
+                             result.segmentation.class_map.copy(), result.extras.get("crops")))
+
+
+def _colour_frames(directory, count: int = 4) -> np.ndarray:
+    """Images for the tiny colour model: red left, blue right (red, class 0, is the class to hide)."""
+    directory.mkdir()
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[:, :70] = (0, 0, 255)
+    frame[:, 70:] = (255, 0, 0)
+    frame[40:80, 60:90] = (0, 128, 128)  # a region the model cannot decide: crops come from here
+    for i in range(count):
+        cv2.imwrite(str(directory / f"{i:03d}.png"), frame)
+    return frame
+
+
+@pytest.mark.parametrize("roi", [None, [20, 10, 120, 100]])
+def test_every_stage_and_the_video_get_redacted_pixels_whatever_the_order(tiny_models, tmp_path, roi):
+    raw = _colour_frames(tmp_path / "imgs")
+    video = tmp_path / "out.avi"
+    config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
+                           "source": {"uri": f"images://{tmp_path / 'imgs'}", "loop": False},
+                           "pipeline": {"roi": roi},
+                           "overlay": {"enabled": False, "redact_classes": [0]},
+                           "uncertainty": {"enabled": True, "crops": {"threshold": 0.2, "min_area": 0.0,
+                                                                                "crops_per_minute": 100}},
+                           "output": {"video": str(video)}})
+    built = build(config)
+    first, last = SeenByStage(), SeenByStage()
+    crops = next(s for s in built.pipeline.stages if s.name == "crops")
+    built.pipeline.stages.remove(crops)
+    built.pipeline.stages[:0] = [first, crops]  # the crops before anything else, the overlay stage or not
+    built.pipeline.stages.append(last)
+    stats = built.pipeline.run()
+    built.segmenter.close()
+    assert stats.completed == 4 and len(first.results) == len(last.results) == 4
+    x, y, w, h = roi or (0, 0, 160, 120)
+    for seen in (first, last):
+        for frame, image, raw_image, class_map, found in seen.results:
+            hidden = class_map == 0  # "red"
+            assert hidden.mean() > 0.2
+            assert (image[hidden] == 0).all() and np.array_equal(image[~hidden], raw[y:y + h, x:x + w][~hidden])
+            assert np.array_equal(frame[y:y + h, x:x + w], image)
+            assert np.array_equal(raw_image, raw[y:y + h, x:x + w])  # the model's own view stays on the device
+            if roi is not None:
+                assert np.array_equal(frame[:y], raw[:y])  # outside the ROI there is no class map to redact by
+            if seen is first:  # before the crop stage
+                continue
+            assert found, "no crop: the test proves nothing about them"
+            for crop in found:
+                cx, cy, cw, ch = crop.bbox
+                decoded = cv2.imdecode(np.frombuffer(crop.jpeg, np.uint8), cv2.IMREAD_COLOR)
+                mask = crop.class_map == 0
+                assert mask.any() and float(_diff(decoded, image[cy:cy + ch, cx:cx + cw])[mask].mean()) < JPEG_TOLERANCE
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (ok := capture.read())[0]:
+        frames.append(ok[1])
+    capture.release()
+    assert len(frames) == 4
+    for written in frames:
+        region = written[y:y + h, x:x + w]
+        hidden = first.results[0][3] == 0
+        assert float(_diff(region, first.results[0][1])[hidden].mean()) < JPEG_TOLERANCE
+        assert float(np.mean(_diff(region, raw[y:y + h, x:x + w])[hidden] < JPEG_TOLERANCE)) < 0.01
+
+
+def test_a_frame_that_cannot_be_redacted_reaches_no_stage(tiny_models, tmp_path, caplog):
+    """A model swapped in without the redacted class (hot reload): its frames go nowhere, logged once."""
+    from edge_seg.loop.pipeline import Pipeline
+    from edge_seg.segmenter import Segmenter
+    from edge_seg.sources import open_source
+    from edge_seg.view.redact import Redactor
+
+    _colour_frames(tmp_path / "imgs")
+    seen = SeenByStage()
+    with Segmenter.create(model=tiny_models["colour_probs_uint8"]) as segmenter:
+        pipeline = Pipeline(open_source(f"images://{tmp_path / 'imgs'}", loop=False), segmenter, stages=[seen],
+                            redactor=Redactor(["person"]))
+        stats = pipeline.run()
+    assert stats.segmented == 4 and seen.results == [] and stats.sink_errors == 4
+    failures = [r for r in caplog.records if "redacting frame" in r.getMessage()]
+    assert len(failures) == 1 and "'person'" in failures[0].getMessage()
