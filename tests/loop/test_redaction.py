@@ -297,3 +297,70 @@ def test_a_frame_that_cannot_be_redacted_reaches_no_stage(tiny_models, tmp_path,
     assert stats.segmented == 4 and seen.results == [] and stats.sink_errors == 4
     failures = [r for r in caplog.records if "redacting frame" in r.getMessage()]
     assert len(failures) == 1 and "'person'" in failures[0].getMessage()
+
+
+# --- instance crops: every instance of a redacted class is hidden, also where another instance covers it ---
+
+INSTANCE_CANDIDATES = [  # cx, cy, w, h (input px), class, score, prototype 3 (the whole box); 64x64 input
+    (16, 48, 20, 20, 0, 0.88, 3),  # a box ...
+    (20, 48, 20, 20, 1, 0.86, 3),  # ... and a bag under it (mask IoU 2/3): one "overlap" crop of both
+    (50, 14, 14, 14, 1, 0.35, 3),  # a bag of low score: a "low_score" crop
+    (14, 14, 16, 16, 0, 0.90, 3),  # a confident box: no crop
+]
+
+
+@pytest.fixture(scope="module")
+def bag_model(tmp_path_factory):
+    import instance_builders as ib
+
+    from edge_seg.manifest import FileEntry, InputSpec, Manifest, OutputSpec, sha256_file
+
+    root = tmp_path_factory.mktemp("redact_instances")
+    model = ib.build(root / "yolo_seg.tflite", "float32", INSTANCE_CANDIDATES)
+    manifest = Manifest(name="bags", version="1.0.0", task="instance", classes=["box", "bag"],
+                        input=InputSpec(width=64, height=64, resize="letterbox"), output=OutputSpec(kind="yolo_seg"),
+                        files={"tflite": FileEntry(path=model.name, sha256=sha256_file(model))})
+    (root / "manifest.json").write_text(manifest.dump())
+    return root
+
+
+def test_published_instance_crops_hide_every_instance_of_a_redacted_class(bag_model, tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    raw = Collector(broker.host, broker.port, "edge_seg/cam-i/#")
+    try:
+        config = parse_config({
+            "device": {"name": "cam-i", "state_dir": str(tmp_path / "state")},
+            "model": {"path": str(bag_model)},
+            "source": {"uri": "synthetic://?seed=3&width=128&height=128", "fps": 15},
+            "pipeline": {"max_frames": 5},
+            "overlay": {"enabled": False, "redact_classes": ["bag"]},
+            "uncertainty": {"enabled": True, "crops": {"max_crops": 8, "crops_per_minute": 100}},
+            "mqtt": {"url": broker.url, "policy": {"every_n": 1, "max_rate": 100}}})
+        built = build(config)
+        source = built.pipeline.source = RawFrames(built.pipeline.source)
+        stats = built.pipeline.run()  # closes the publisher: flushed
+        built.segmenter.close()
+        assert stats.completed == 5
+        received = wait_for(lambda: len(raw.on("crop")) >= 10 and raw.on("crop"), 20, what="2 crops a frame")
+    finally:
+        raw.close()
+        broker.stop()
+    bags_seen = 0
+    for message in received:
+        crop = decode(message.payload, message.content_type)
+        x, y, w, h = crop.bbox
+        image, frame = _jpeg(crop.jpeg), source.frames[crop.frame_seq][y:y + h, x:x + w]
+        hidden = np.zeros((h, w), bool)
+        for item in crop.instances:
+            if item.class_id == 1:  # a bag, wherever it is: under the box too
+                hidden |= coco_mask.decode({"size": [h, w], "counts": item.counts.encode("ascii")}).astype(bool)
+        assert hidden.any(), f"crop {crop.reasons} of frame {crop.frame_seq} shows no bag"
+        bags_seen += 1
+        expected = frame.copy()
+        expected[hidden] = FILL
+        visible = hidden & (_diff(frame, expected) > 4 * JPEG_TOLERANCE)
+        assert visible.sum() > 50
+        assert float(np.mean(_diff(image, frame)[visible] < JPEG_TOLERANCE)) < 0.01, "the raw bag shows"
+        assert float(np.mean(_diff(image, expected)[visible])) < JPEG_TOLERANCE
+        assert float(_diff(image, expected)[~hidden].mean()) < SAME_IMAGE  # the rest keeps the frame's pixels
+    assert bags_seen == len(received) >= 10
