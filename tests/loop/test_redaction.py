@@ -230,8 +230,24 @@ def _colour_frames(directory, count: int = 4) -> np.ndarray:
     return frame
 
 
+class PreviewJpegs:
+    """A loop stage (after the preview's) fetching the preview server's snapshot.jpg of each frame."""
+
+    name = "fetch_preview"
+
+    def __init__(self, built):
+        self.built = built
+        self.images: list[np.ndarray] = []
+
+    def __call__(self, result) -> None:
+        import urllib.request
+
+        with urllib.request.urlopen(self.built.preview.url + "snapshot.jpg", timeout=10) as response:
+            self.images.append(_jpeg(response.read()))
+
+
 @pytest.mark.parametrize("roi", [None, [20, 10, 120, 100]])
-def test_every_stage_and_the_video_get_redacted_pixels_whatever_the_order(tiny_models, tmp_path, roi):
+def test_every_stage_the_preview_and_the_video_get_redacted_pixels_whatever_the_order(tiny_models, tmp_path, roi):
     raw = _colour_frames(tmp_path / "imgs")
     video = tmp_path / "out.avi"
     config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
@@ -240,13 +256,14 @@ def test_every_stage_and_the_video_get_redacted_pixels_whatever_the_order(tiny_m
                            "overlay": {"enabled": False, "redact_classes": [0]},
                            "uncertainty": {"enabled": True, "crops": {"threshold": 0.2, "min_area": 0.0,
                                                                                 "crops_per_minute": 100}},
+                           "preview": {"enabled": True, "port": 0},
                            "output": {"video": str(video)}})
     built = build(config)
-    first, last = SeenByStage(), SeenByStage()
+    first, last, preview = SeenByStage(), SeenByStage(), PreviewJpegs(built)
     crops = next(s for s in built.pipeline.stages if s.name == "crops")
     built.pipeline.stages.remove(crops)
     built.pipeline.stages[:0] = [first, crops]  # the crops before anything else, the overlay stage or not
-    built.pipeline.stages.append(last)
+    built.pipeline.stages += [last, preview]
     stats = built.pipeline.run()
     built.segmenter.close()
     assert stats.completed == 4 and len(first.results) == len(last.results) == 4
@@ -273,8 +290,8 @@ def test_every_stage_and_the_video_get_redacted_pixels_whatever_the_order(tiny_m
     while (ok := capture.read())[0]:
         frames.append(ok[1])
     capture.release()
-    assert len(frames) == 4
-    for written in frames:
+    assert len(frames) == len(preview.images) == 4
+    for written in frames + preview.images:
         region = written[y:y + h, x:x + w]
         hidden = first.results[0][3] == 0
         assert float(_diff(region, first.results[0][1])[hidden].mean()) < JPEG_TOLERANCE
