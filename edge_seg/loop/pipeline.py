@@ -9,9 +9,10 @@
 - The inference loop (the thread that calls ``run``) owns the backend: invoke, one frame in
   flight. ``every_n`` skips frames, ``roi`` crops them, tiling splits big frames (tiles are
   prepared on the inference thread).
-- The sink thread decodes the raw output and runs the sinks (overlay → preview / video / JSONL /
-  crops / publish). Its queue is bounded; when it is full the oldest result is dropped and
-  counted, so a slow sink never blocks inference (a ``lossless`` source waits instead).
+- The sink thread decodes the raw output, redacts the chosen classes (``redactor``: no sink sees their
+  pixels) and runs the sinks (overlay → preview / video / JSONL / crops / publish). Its queue is
+  bounded; when it is full the oldest result is dropped and counted, so a slow sink never blocks
+  inference (a ``lossless`` source waits instead).
 - ``stop()`` (SIGTERM/SIGINT via ``install_signal_handlers``) drains in-flight work and ends with
   a stats line.
 """
@@ -24,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from edge_seg.loop.stats import LoopStats, StageClock
 from edge_seg.segmentation import Segmentation
 from edge_seg.segmenter import Segmenter
 from edge_seg.sources.base import Frame, Source, SourceEnded
+from edge_seg.view.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,24 @@ class FrameResult:
     timings: dict[str, float]
     overlay: np.ndarray | None = None  # filled by the overlay stage when one runs
     extras: dict = field(default_factory=dict)  # e.g. "crops" from the uncertainty stage
+    unredacted: np.ndarray | None = field(default=None, repr=False)  # the frame before redaction, if any was done
 
     @property
     def image(self) -> np.ndarray:
-        """The part of the frame that was segmented (the ROI, or the whole frame)."""
-        if self.roi is None:
-            return self.frame.image
-        x, y, w, h = self.roi
-        return self.frame.image[y:y + h, x:x + w]
+        """The part of the frame that was segmented (the ROI, or the whole frame); redacted when the loop redacts."""
+        return _region(self.frame.image, self.roi)
+
+    @property
+    def raw_image(self) -> np.ndarray:
+        """``image`` before redaction, for on-device model checks only (hot-reload shadow): never send or show it."""
+        return _region(self.frame.image if self.unredacted is None else self.unredacted, self.roi)
+
+
+def _region(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    return image[y:y + h, x:x + w]
 
 
 class LatestSlot:
@@ -105,7 +117,8 @@ class Pipeline:
     def __init__(self, source: Source, segmenter: Segmenter, stages: list[Stage] | None = None,
                  every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
                  tiler=None, sink_queue: int = 2, stats: LoopStats | None = None,
-                 other_cpus: set[int] | None = None, after_frame: Callable[[], None] | None = None):
+                 other_cpus: set[int] | None = None, after_frame: Callable[[], None] | None = None,
+                 redactor: Redactor | None = None):
         self.source = source
         self.segmenter = segmenter
         self.stages = list(stages or [])
@@ -116,12 +129,14 @@ class Pipeline:
         self.stats = stats or LoopStats()
         self.other_cpus = other_cpus  # where the capture and sink threads run (None: anywhere); see bench
         self.after_frame = after_frame  # called on the inference thread after each segmented frame (bench)
+        self.redactor = redactor  # hides the chosen classes in every frame before the first stage sees it
         self._slot = LatestSlot()
         self._queue: queue.Queue = queue.Queue(maxsize=sink_queue)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
         self._roi_checked: tuple | None = None  # the frame shape the ROI was last found to fit
+        self._redact_error: str | None = None  # the last redaction failure logged
         self._swap: tuple | None = None  # (segmenter, applied event) waiting for the next frame boundary
         self._swap_lock = threading.Lock()
         self._running = False
@@ -189,7 +204,9 @@ class Pipeline:
                 if self.on_model_error is not None:
                     self.on_model_error(err)
                 continue
-            result = FrameResult(frame, segmentation, self.roi, clock.wall)
+            result = self._result(frame, segmentation, clock)
+            if result is None:
+                continue
             for stage in self.stages:
                 name = getattr(stage, "name", type(stage).__name__)
                 with clock.stage(name):
@@ -199,6 +216,25 @@ class Pipeline:
                         self.stats.sink_errors += 1
                         log.error("sink %s failed: %s", name, err)
             self.stats.record(clock.wall, frame.ts, clock.cpu)
+
+    def _result(self, frame: Frame, segmentation: Segmentation, clock: StageClock) -> FrameResult | None:
+        """What the stages get: the frame with the chosen classes hidden (None if that fails: sent nowhere)."""
+        image = frame.image
+        if self.redactor is not None:
+            try:
+                with clock.stage("redact"):
+                    image = self.redactor.redact(frame.image, segmentation, self.roi)
+            except Exception as err:  # noqa: BLE001 - e.g. a swapped-in model without a redacted class
+                self.stats.sink_errors += 1
+                if str(err) != self._redact_error:  # once per failure, not per frame
+                    log.error("redacting frame %d failed, frames are dropped until it works: %s", frame.seq, err)
+                self._redact_error = str(err)
+                return None
+            self._redact_error = None
+        if image is frame.image:  # no redactor, or nothing to hide in this frame
+            return FrameResult(frame, segmentation, self.roi, clock.wall)
+        return FrameResult(replace(frame, image=image, lores=None), segmentation, self.roi, clock.wall,
+                           unredacted=frame.image)
 
     def _handoff(self, item) -> None:
         if getattr(self.source, "lossless", False):  # every frame of a file is kept: wait for the sinks
@@ -218,12 +254,6 @@ class Pipeline:
             except queue.Empty:
                 pass
             self._queue.put_nowait(item)
-
-    def _region(self, frame: Frame) -> np.ndarray:
-        if self.roi is None:
-            return frame.image
-        x, y, w, h = self.roi
-        return frame.image[y:y + h, x:x + w]
 
     def _check_roi(self, frame: Frame) -> None:
         """Raise ``InputError`` (recorded in ``self.error``) when the ROI does not lie inside the frame; checked
@@ -252,7 +282,7 @@ class Pipeline:
         clock = StageClock.for_frame(frame.seq)
         try:
             with clock.stage("preprocess"):
-                batch, transform = segmenter.prepare(self._region(frame), self._lores(frame))
+                batch, transform = segmenter.prepare(_region(frame.image, self.roi), self._lores(frame))
         except Exception:  # noqa: BLE001 - the inference thread prepares again and reports the error
             return None
         return segmenter, batch, transform, clock
@@ -261,7 +291,7 @@ class Pipeline:
         clock = StageClock.for_frame(frame.seq, {"capture_age": (time.time() - frame.ts) * 1e3})
         if self.tiler is not None:
             with clock.stage("tiles"):
-                raw, transform, invoke_ms = self.tiler.run(self._region(frame))
+                raw, transform, invoke_ms = self.tiler.run(_region(frame.image, self.roi))
             clock.wall["infer"] = invoke_ms
         else:
             if prepared is not None and prepared[0] is self.segmenter:  # not prepared for a model since swapped
@@ -270,7 +300,7 @@ class Pipeline:
                 clock.cpu.update(pre.cpu)
             else:
                 with clock.stage("preprocess"):
-                    batch, transform = self.segmenter.prepare(self._region(frame), self._lores(frame))
+                    batch, transform = self.segmenter.prepare(_region(frame.image, self.roi), self._lores(frame))
             with clock.stage("infer"):
                 raw = self.segmenter.invoke(batch)
         self._handoff((frame, raw, transform, clock, self.segmenter, self.tiler))

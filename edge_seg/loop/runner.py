@@ -91,14 +91,12 @@ def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built
 
 def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> None:
     from edge_seg.loop.sinks import JsonlSink, MetricsStage, OverlayStage, PreviewSink, VideoSink
-    from edge_seg.view.overlay import Overlay, Redactor
+    from edge_seg.view.overlay import Overlay
 
     ov = config.overlay
     drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
-    if (ov.enabled or ov.redact_classes) and (config.preview.enabled or config.output.video):
-        overlay = Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend) if ov.enabled else None
-        redactor = Redactor(ov.redact_classes, mode=ov.redact_mode) if ov.redact_classes else None
-        drawer = OverlayStage(overlay, redactor)
+    if ov.enabled and (config.preview.enabled or config.output.video):  # redaction: the pipeline's (``_redactor``)
+        drawer = OverlayStage(Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend))
         if config.output.video:
             stages.append(drawer)
     if config.uncertainty.enabled:
@@ -129,6 +127,27 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
         stages.append(JsonlSink(config.output.jsonl))
     if config.mqtt.url:
         stages.append(_publisher(config, segmenter, stats, built))
+
+
+def _redactor(config: Config, segmenter: Segmenter):
+    """The ``Redactor`` of ``overlay.redact_classes`` (None without classes), checked against the model's classes.
+
+    The pipeline runs it on every frame before any stage: crops, snapshots, preview, video and every
+    message carry redacted pixels only, whichever stages are on.
+    """
+    from edge_seg.errors import InputError
+    from edge_seg.view.redact import Redactor
+
+    ov = config.overlay
+    if not ov.redact_classes:
+        return None
+    redactor = Redactor(ov.redact_classes, mode=ov.redact_mode)
+    try:
+        redactor.check(segmenter.manifest.classes)
+    except InputError as err:
+        raise InputError(f"overlay.redact_classes: {err}") from None
+    log.info("redacting %s (%s) in every frame", ", ".join(map(str, ov.redact_classes)), ov.redact_mode)
+    return redactor
 
 
 def _reload_active_service() -> dict:
@@ -170,6 +189,11 @@ def build(config: Config) -> Built:
         segmenter.close()
         raise EdgeSegError(f"pipeline.tiling works with semantic and binary models only, and {name} is an instance "
                            "model: set pipeline.tiling.enabled: false")
+    try:
+        redactor = _redactor(config, segmenter)
+    except Exception:
+        segmenter.close()
+        raise
     stats = LoopStats()
     events: list = []
     try:
@@ -188,7 +212,7 @@ def build(config: Config) -> Built:
         tiler = Tiler(segmenter, overlap=tiling.overlap, min_scale=tiling.min_scale)
     p = config.pipeline
     built.pipeline = Pipeline(source, segmenter, every_n=p.every_n, roi=p.roi, max_frames=p.max_frames,
-                              tiler=tiler, stats=stats)
+                              tiler=tiler, stats=stats, redactor=redactor)
     try:
         built.pipeline.stages = _stages(config, segmenter, stats, built)
         metrics = built.metrics

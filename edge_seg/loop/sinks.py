@@ -17,7 +17,8 @@ import numpy as np
 
 from edge_seg.errors import InputError
 from edge_seg.loop.pipeline import FrameResult
-from edge_seg.view.overlay import Overlay, Redactor
+from edge_seg.view.overlay import Overlay
+from edge_seg.view.redact import Redactor
 
 
 class PublishSink(Protocol):
@@ -39,7 +40,11 @@ def _paste(frame: np.ndarray, region: np.ndarray, roi: tuple[int, int, int, int]
 
 
 class OverlayStage:
-    """Draws redaction (if any classes are chosen) and the class overlay into ``result.overlay``."""
+    """Draws the class overlay into ``result.overlay`` (and a ``redactor``'s redaction first, if given).
+
+    The runner gives none: its pipeline redacts every frame before the first stage (``Pipeline.redactor``),
+    so the overlay, like every other stage, draws on redacted pixels already.
+    """
 
     name = "overlay"
 

@@ -136,7 +136,7 @@ class HotReloader:
             elif self._phase in ("idle", "loading", "shadow"):
                 self._baseline.append(check)
             if self._phase == "shadow":
-                self._shadow_in.append((result.image, result.segmentation, check))
+                self._shadow_in.append((result.raw_image, result.segmentation, check))  # the model's view
                 self._lock.notify_all()
 
     def _on_model_error(self, err: BaseException) -> bool:

@@ -21,6 +21,7 @@ def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int,
     """Base64 JPEG of the result's overlay (drawn here when the loop drew none) and its (width, height).
 
     The image is downscaled (max side ``MAX_SIDE``, then halved) until its base64 fits ``max_b64`` bytes.
+    The result's frame is already redacted (the loop redacts before any stage), so is the JPEG.
     """
     if overlay is None:
         image = result.frame.image

@@ -1,4 +1,4 @@
-"""Overlays: palette-LUT blend, contours, legend, privacy redaction, palette PNG.
+"""Overlays: palette-LUT blend, contours, legend, palette PNG (privacy redaction: ``edge_seg.view.redact``).
 
 Annotators follow the supervision style: appearance in the constructor, ``annotate(frame_bgr,
 segmentation)`` does the work and returns a new BGR image (the input frame is never modified).
@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edge_seg.errors import InputError
 from edge_seg.segmentation import Segmentation
+from edge_seg.view.redact import Redactor
+from edge_seg.view.redact import check_frame as _check_frame
+from edge_seg.view.redact import check_labels as _check_labels
 
 Palette = Sequence[Sequence[int]]
 
@@ -170,84 +172,6 @@ def _foreground_boxes(fg: np.ndarray, frame_size: tuple[int, int], bands: int = 
         boxes.append((x * width // w, y * height // h,
                       min(width, -(-(x + bw) * width // w)), min(height, -(-(y + bh) * height // h))))
     return boxes
-
-
-class Redactor:
-    """Hide the pixels of chosen classes (privacy redaction), pixel-accurate at frame size.
-
-    ``classes`` are class ids or names. ``mode="fill"`` paints them with ``color`` (BGR);
-    ``mode="blur"`` replaces them with a Gaussian blur (odd ``blur_kernel``) of the frame.
-    Pixels of other classes keep the frame's exact values.
-    """
-
-    def __init__(self, classes: Sequence[int | str], mode: str = "fill",
-                 color: tuple[int, int, int] = (0, 0, 0), blur_kernel: int = 31) -> None:
-        if mode not in ("fill", "blur"):
-            raise ValueError(f"mode must be 'fill' or 'blur', got {mode!r}")
-        if blur_kernel < 3 or blur_kernel % 2 == 0:
-            raise ValueError(f"blur_kernel must be an odd number >= 3, got {blur_kernel}")
-        if len(color) != 3:
-            raise ValueError(f"color must be 3 BGR values, got {color!r}")
-        self.classes = tuple(classes)
-        self.mode = mode
-        self.color = tuple(int(v) for v in color)
-        self.blur_kernel = int(blur_kernel)
-
-    def mask(self, segmentation: Segmentation, size: tuple[int, int] | None = None) -> np.ndarray:
-        """uint8 mask (255 = redact) at ``size`` (width, height), default the frame size."""
-        selected = np.zeros(256, np.uint8)
-        selected[list(self._resolve(segmentation.classes))] = 255
-        size = tuple(size or segmentation.frame_size)
-        class_map = (segmentation.class_map if size == tuple(segmentation.frame_size)
-                     else cv2.resize(segmentation.label_map, size, interpolation=cv2.INTER_NEAREST))
-        return cv2.LUT(_check_labels(class_map), selected)
-
-    def annotate(self, frame_bgr: np.ndarray, segmentation: Segmentation) -> np.ndarray:
-        """Return a copy of ``frame_bgr`` with the chosen classes filled or blurred."""
-        _check_frame(frame_bgr)
-        mask = self.mask(segmentation, (frame_bgr.shape[1], frame_bgr.shape[0]))
-        out = frame_bgr.copy()
-        x, y, w, h = cv2.boundingRect(mask)
-        if w == 0 or h == 0:
-            return out
-        if self.mode == "fill":
-            solid = np.empty((h, w, 3), np.uint8)
-            solid[:] = self.color
-            cv2.copyTo(solid, mask[y:y + h, x:x + w], out[y:y + h, x:x + w])
-            return out
-        # Blur only the masked box plus a kernel-wide margin of context, then copy under the mask.
-        m = self.blur_kernel
-        x0, y0 = max(x - m, 0), max(y - m, 0)
-        x1, y1 = min(x + w + m, out.shape[1]), min(y + h + m, out.shape[0])
-        blurred = cv2.GaussianBlur(frame_bgr[y0:y1, x0:x1], (m, m), 0)
-        cv2.copyTo(blurred, mask[y0:y1, x0:x1], out[y0:y1, x0:x1])
-        return out
-
-    def _resolve(self, names: Sequence[str]) -> set[int]:
-        ids = set()
-        for c in self.classes:
-            if isinstance(c, str):
-                if c not in names:
-                    raise InputError(f"unknown class {c!r} to redact; the model has: {', '.join(names)}")
-                ids.add(list(names).index(c))
-            elif 0 <= int(c) < 256:
-                ids.add(int(c))
-            else:
-                raise InputError(f"class id {c} to redact is outside 0..255")
-        return ids
-
-
-def _check_frame(frame: np.ndarray) -> None:
-    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
-            and frame.shape[2] == 3):
-        shape = getattr(frame, "shape", None)
-        raise InputError(f"frame must be a uint8 BGR image (H, W, 3), got shape {shape}")
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    if labels.dtype != np.uint8 or labels.ndim != 2:
-        raise InputError(f"label map must be uint8 (H, W), got {labels.dtype} {labels.shape}")
-    return labels
 
 
 def _present(labels: np.ndarray, skip_background: bool) -> list[int]:

@@ -173,7 +173,7 @@ def test_redactor_with_absent_class_returns_the_frame(frame):
 
 
 def test_redactor_rejects_unknown_class_name(frame):
-    with pytest.raises(InputError, match="unknown class 'cat'.*person"):
+    with pytest.raises(InputError, match="class 'cat' to redact is not a class of the model.*person"):
         Redactor(["cat"]).annotate(frame, make_seg(blocks()))
 
 
