@@ -86,6 +86,8 @@ class Metrics:
         self._dropped_at = {where: self._dropped.labels(where=where) for where in DROP_POINTS}
         self._skipped = Counter("edge_seg_frames_skipped", "Frames skipped on purpose (every-n)", registry=r)
         self._reconnects = Counter("edge_seg_source_reconnects", "Times the source was reopened", registry=r)
+        self._stuck = Counter("edge_seg_source_stuck_captures", "Closed sources whose capture thread stayed stuck in "
+                              "the driver (the reopen waits for it)", registry=r)
         self._area = Gauge("edge_seg_class_area_fraction", "Fraction of the last frame covered by each class",
                            ["class"], registry=r)
         self._uncertainty = Gauge("edge_seg_mean_uncertainty", "Mean per-pixel uncertainty of the last frame",
@@ -147,6 +149,9 @@ class Metrics:
         if n > 0:
             self._reconnects.inc(n)
             self._counts["reconnects"] += n
+
+    def source_stuck(self) -> None:
+        self._stuck.inc()
 
     def set_source_up(self, up: bool) -> None:
         self._source_up.set(1 if up else 0)

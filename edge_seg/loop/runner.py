@@ -66,7 +66,9 @@ def _source(config: Config, stats: LoopStats, events: list, listeners: list, lor
 
 def _source_state(metrics, event) -> None:
     """``source_up``: 1 from the first frame after a reopen (a reopen alone proves nothing), 0 on a failure."""
-    if event.kind == "recovered":
+    if event.kind == "stuck":
+        metrics.source_stuck()
+    elif event.kind == "recovered":
         metrics.set_source_up(True)
     elif event.kind in ("stalled", "open_failed", "ended"):
         metrics.set_source_up(False)

@@ -162,6 +162,11 @@ class CaptureThread:
                 raise SourceEnded(f"{self._thread.name}: closed")
             return None
 
+    @property
+    def alive(self) -> bool:
+        """The thread still runs (after ``stop``: stuck in the driver)."""
+        return self._thread.is_alive()
+
     def stop(self, join_timeout: float = 2.0) -> None:
         """Ask the thread to end and wait up to ``join_timeout`` s; a thread stuck in a driver is left."""
         with self._cond:

@@ -111,6 +111,10 @@ class OpenCVSource:
             raise SourceEnded(f"{self.uri}: closed")
         return timed_grab(self._grab, f"capture {redact(self.uri)}")
 
+    def capturing(self) -> bool:
+        """The capture thread still runs (after ``close``: stuck in the driver, holding the device)."""
+        return self._thread is not None and self._thread.alive
+
     def close(self) -> None:
         """Stop the capture thread; the device is released on that thread. Safe to call twice."""
         if self._thread is not None:

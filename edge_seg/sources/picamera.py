@@ -96,6 +96,10 @@ class PicameraSource:
         self._seq += 1
         return frame
 
+    def capturing(self) -> bool:
+        """The capture thread still runs (after ``close``: stuck in the driver, holding the camera)."""
+        return self._thread.alive
+
     def close(self) -> None:
         """Stop capturing; the camera is closed on the capture thread. Safe to call twice."""
         self._thread.stop()

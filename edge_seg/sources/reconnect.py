@@ -30,7 +30,7 @@ from edge_seg.sources.base import Frame, Source, SourceEnded, SourceError, Sourc
 log = logging.getLogger(__name__)
 
 PERIODS_PER_DEADLINE = 3  # frame periods a deadline never runs shorter than (see ``_adopt``)
-EventKind = Literal["stalled", "reopened", "recovered", "open_failed", "ended"]
+EventKind = Literal["stalled", "reopened", "recovered", "open_failed", "ended", "stuck"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ class ResilientSource:
         self.uri = uri
         self.state: Literal["live", "reconnecting", "ended"] = "reconnecting"
         self.reconnects = 0
+        self.stuck = 0  # retired sources whose capture thread stayed in the driver (counted once each)
+        self._retired: list[list] = []  # [source, its closer thread, reported stuck] of closed, maybe capturing
         self._down: tuple[float, float] | None = None  # (wall, clock) of the first failure since the last frame
         self._factory, self._deadline, self._on_event = factory, deadline, on_event
         self._initial, self._cap = backoff_initial, backoff_cap
@@ -157,6 +159,7 @@ class ResilientSource:
         closer = threading.Thread(target=_close_quietly, args=(source,), name="source-close", daemon=True)
         closer.start()
         self._closers.append(closer)
+        self._retired.append([source, closer, False])
 
     def _open_step(self, end: float) -> None:
         """Wait out the backoff, start or finish an open; returns early at ``end``."""
@@ -166,6 +169,9 @@ class ResilientSource:
                 self._sleep(max(0.0, min(self._next_open, end) - now))
                 if self._clock() < self._next_open:
                     return
+            if self._still_capturing():
+                self._next_open = self._clock() + self._backoff  # opening again would strand one more thread
+                return
             self._opener = _Opener(self._factory)
         if not self._opener.wait(end - self._clock()):
             return
@@ -180,6 +186,19 @@ class ResilientSource:
         if self._attempt:
             self.reconnects += 1
             self._emit("reopened", f"{self.uri}: reopened after {self._attempt} attempt(s)")
+
+    def _still_capturing(self) -> bool:
+        """True while a retired source's capture thread is still in its driver: the device is not free, and each
+        reopen would leave one more thread stuck there. Reported once per source, once its close has given up."""
+        self._retired = [entry for entry in self._retired if getattr(entry[0], "capturing", lambda: False)()]
+        for entry in self._retired:
+            source, closer, reported = entry
+            if not reported and not closer.is_alive():
+                entry[2] = True
+                self.stuck += 1
+                self._emit("stuck", f"{self.uri}: the capture thread of the closed source is stuck in the driver; "
+                                    "reopening waits until it lets go")
+        return bool(self._retired)
 
     def _adopt(self, source: Source) -> None:
         """Take on what the newly opened ``source`` says of itself; a slow source (a frame every few

@@ -466,3 +466,50 @@ def test_a_source_down_says_since_when_and_clears_on_the_first_frame():
     assert int(before) - 1 <= since <= time.time() + 1  # wall time of the first failure
     assert source.read(100.0) is not None and source.degraded() is None
     source.close()
+
+
+class HungDriverSource:
+    """A camera whose driver call never returns once it hangs (``release`` lets every stuck call go): the capture
+    thread stays in ``grab`` after close, as OpenCV's does with a vanished USB or RTSP device."""
+
+    def __init__(self, release: threading.Event, opens: list) -> None:
+        from edge_seg.sources._common import CaptureThread
+
+        self.uri = "hung://cam"
+        opens.append(self)
+        self._release = release
+        self._thread = CaptureThread("capture hung://cam", self._grab)
+
+    def _grab(self) -> np.ndarray:
+        self._release.wait()  # the driver hangs until released; then it delivers
+        time.sleep(0.01)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def read(self, timeout: float) -> Frame | None:
+        got = self._thread.get(timeout)
+        return None if got is None else Frame(image=got[0], ts=got[1], seq=0)
+
+    def capturing(self) -> bool:
+        return self._thread.alive
+
+    def close(self) -> None:
+        self._thread.stop(join_timeout=0.05)
+
+
+def test_a_capture_thread_stuck_in_the_driver_is_not_joined_by_more_on_every_reopen():
+    release, opens, events = threading.Event(), [], []
+    source = ResilientSource(lambda: HungDriverSource(release, opens), deadline=0.1, backoff_initial=0.05,
+                             backoff_cap=0.1, on_event=events.append)
+    try:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            source.read(0.1)
+        stuck = [t for t in threading.enumerate() if t.name == "capture hung://cam" and t.is_alive()]
+        # today: a new capture thread per reopen, each stuck (about 20 in 2 s); now one, until it lets go
+        assert len(stuck) == 1 and len(opens) == 1, (len(stuck), len(opens))
+        assert source.stuck == 1 and [e.kind for e in events].count("stuck") == 1
+        release.set()  # the driver lets go: the device can be opened again, and frames flow
+        assert _read_until_frame(source, 3.0) is not None and len(opens) == 2
+    finally:
+        release.set()
+        source.close()
