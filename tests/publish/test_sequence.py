@@ -15,9 +15,10 @@ from collections import defaultdict
 import pytest
 from mqtt_helpers import Collector, device_model, fake_result, publisher_factory, run_broker, start_device, wait_for
 
+from edge_seg.cloud.consumer import Consumer
 from edge_seg.publish.messages import StatusMessage, decode
 from edge_seg.publish.outbox import Outbox
-from edge_seg.publish.sequence import FILE_NAME, Sequences
+from edge_seg.publish.sequence import DEFAULT_BLOCK, FILE_NAME, Sequences
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 broker = pytest.fixture(run_broker, name="broker")
@@ -129,6 +130,8 @@ def strictly_increasing(items) -> bool:
 
 def test_seq_continues_across_a_clean_restart_on_every_topic(broker, tmp_path, make_publisher):
     collector = Collector(broker.host, broker.port, "edge_seg/dev1/#")
+    consumer = Consumer(broker.url, tmp_path / "consumer").start()
+    assert consumer.ready.wait(10)
     for run in range(2):
         publisher = make_publisher(broker.url, policy={"every_n": 1, "max_rate": 1e6}, metrics_interval_s=0.2,
                                    status_interval_s=0.2)
@@ -147,11 +150,17 @@ def test_seq_continues_across_a_clean_restart_on_every_topic(broker, tmp_path, m
     masks = got["mask"]
     assert [s for _, s, _ in masks] == list(range(1, 11))  # a clean restart: no number skipped
     assert [f for _, _, f in masks] == [0, 1, 2, 3, 4] * 2  # frame_seq stays the frame's number
+    wait_for(lambda: consumer.stats["by_kind"]["mask"] == 10, 10, what="the consumer's masks")
+    stats = consumer.stats
+    consumer.close()
+    assert stats["gaps"] == 0 and stats["devices"]["dev1"]["gaps"] == {}  # a restart is no gap
     collector.close()
 
 
 def test_seq_never_repeats_across_a_sigkill(broker, tmp_path, request):
     collector = Collector(broker.host, broker.port, "edge_seg/dev1/#")
+    consumer = Consumer(broker.url, tmp_path / "consumer").start()
+    assert consumer.ready.wait(10)
     state, model, log = tmp_path / "state", device_model(request), tmp_path / "device.log"
     device = start_device(broker.url, state, model, fps=10, log=log)
     try:
@@ -179,4 +188,8 @@ def test_seq_never_repeats_across_a_sigkill(broker, tmp_path, request):
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     finally:
         db.close()
+    wait_for(lambda: consumer.stats["by_kind"]["mask"] >= len(got["mask"]), 10, what="the consumer's masks")
+    gaps = consumer.stats["devices"]["dev1"]["gaps"]
+    consumer.close()
+    assert all(0 <= n < DEFAULT_BLOCK for n in gaps.values()), gaps  # the kill skips the rest of a block at most
     collector.close()
