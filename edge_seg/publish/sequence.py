@@ -39,6 +39,7 @@ FILE_NAME = "seq.json"
 SCHEMA = "edge_seg.seq/1"
 DEFAULT_BLOCK = 256
 _MAX = 2**63 - 1  # the wire schema's bound
+_MAX_FILE = 64 * 1024
 
 
 class Sequences:
@@ -60,7 +61,8 @@ class Sequences:
     def _load(self, outbox: Path) -> tuple[dict[str, int], int | None]:
         """(next number per topic, the start for a topic not in the file: None means 1)."""
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                raw = f.read(_MAX_FILE)  # a sane file is well under a kilobyte
         except FileNotFoundError:
             if not outbox.exists():
                 return {}, None  # a fresh state dir

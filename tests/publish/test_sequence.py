@@ -193,3 +193,35 @@ def test_seq_never_repeats_across_a_sigkill(broker, tmp_path, request):
     consumer.close()
     assert all(0 <= n < DEFAULT_BLOCK for n in gaps.values()), gaps  # the kill skips the rest of a block at most
     collector.close()
+
+
+
+@pytest.mark.parametrize("damage", ["garbage", "a directory"])
+def test_a_publisher_on_a_damaged_counter_file_starts_and_numbers_above_the_last_run(broker, tmp_path, make_publisher,
+                                                                                     caplog, damage):
+    collector = Collector(broker.host, broker.port, "edge_seg/dev1/mask")
+    state = tmp_path / "state-dev1"  # make_publisher's state dir
+
+    def one_run() -> None:
+        publisher = make_publisher(broker.url, policy={"every_n": 1, "max_rate": 1e6}, metrics_interval_s=None)
+        wait_for(lambda: publisher.link.connected, 10, what="connect")
+        for i in range(3):
+            publisher.publish(fake_result(i, frame_size=(320, 180), model_size=(64, 36)))
+        assert publisher.flush(20)
+        publisher.close()
+
+    one_run()
+    (state / FILE_NAME).unlink()
+    if damage == "garbage":
+        (state / FILE_NAME).write_bytes(b"\xff" * 100_000)
+    else:
+        (state / FILE_NAME).mkdir()  # cannot be read, cannot be replaced: numbering still goes on
+    caplog.set_level(logging.WARNING, logger="edge_seg.publish.sequence")
+    one_run()
+    wait_for(lambda: len(collector.on("mask")) == 6, 10, what="both runs' masks")
+    seqs = [decode(m.payload).seq for m in collector.on("mask")]
+    assert seqs[:3] == [1, 2, 3] and seqs == sorted(set(seqs)) and seqs[3] > 10**12
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_seg.publish.sequence"]
+    assert "numbering starts above anything sent" in lines[0]
+    assert len(lines) == (1 if damage == "garbage" else 2), lines  # a directory: and the write fails, once
+    collector.close()
