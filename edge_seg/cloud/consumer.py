@@ -14,6 +14,11 @@ the dead letters (``edge_seg.cloud.dead_letters``: topic, reason, time, size, pa
 acknowledged: nothing a device sends stops the consumer or is redelivered forever (unacknowledged
 messages would fill the broker's in-flight window, 20 in Mosquitto, and stall every device).
 
+Gaps: devices number each topic's messages on across restarts, so the store counts, per device and
+topic, messages that never arrived (``edge_seg.cloud.gaps``): ``stats`` has ``gaps``, ``late``,
+``out_of_order``, ``seq_resets`` and per device ``gaps`` by topic (also in ``devices.json``). The
+consumer has no Prometheus registry; a scraper reads these from the stats.
+
 Storage happens in paho's network thread inside ``on_message``, and the PUBACK is sent (manual
 ack) only after the message is on disk, found a duplicate or parked: a crash before that makes the
 broker redeliver it, and the dedupe drops the copy. Only a message that cannot even be parked (the
@@ -297,11 +302,12 @@ class Consumer:
     @property
     def stats(self) -> dict:
         """Counters: received, stored, duplicates, bad, errors, dead_letters (this run; ``dead_letters_total``
-        ever, in this out_dir), connects, by_kind; plus ``devices`` (last status)."""
+        ever, in this out_dir), connects, by_kind; gaps, late, out_of_order, seq_resets (this run,
+        ``edge_seg.cloud.gaps``); plus ``devices`` (online, last seen, gaps per topic ever in this out_dir)."""
         with self._lock:
-            out = {**self._stats, "by_kind": dict(self._stats["by_kind"])}
+            out = {**self._stats, **self.store.gaps.counts, "by_kind": dict(self._stats["by_kind"])}
             out["devices"] = {dev: {"online": (entry.get("status") or {}).get("online"),
-                                    "last_seen": entry.get("last_seen")}
+                                    "last_seen": entry.get("last_seen"), "gaps": dict(entry.get("gaps") or {})}
                               for dev, entry in self.store.devices.items()}
         return out
 
@@ -309,7 +315,8 @@ class Consumer:
         """``received 120 stored 118 duplicates 2 bad 0 | cam-1 online 14.9 fps outbox 0 (3 s ago)``."""
         s = self.stats
         parts = [f"received {s['received']} stored {s['stored']} duplicates {s['duplicates']} bad {s['bad']}"
-                 + (f" dead letters {s['dead_letters']}" if s["dead_letters"] else "")]
+                 + (f" dead letters {s['dead_letters']}" if s["dead_letters"] else "")
+                 + (f" gaps {s['gaps']}" if s["gaps"] or s["late"] else "")]
         now = time.time()
         with self._lock:
             devices = {dev: dict(entry) for dev, entry in self.store.devices.items()}

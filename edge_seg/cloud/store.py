@@ -2,14 +2,16 @@
 
 Layout of ``out_dir``::
 
-    consumer.sqlite                 msg_id of every stored message (dedupe), COCO rows, categories
+    consumer.sqlite                 msg_id (dedupe), device, seq, frame_seq of every stored message, COCO rows,
+                                    categories
     messages.jsonl                  one JSON line per stored message (pixel data left out)
     masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
     labelling/images/{device}/{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue (one folder per
                                     device: names of two devices never collide)
     labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
                                     per instance (instance crops: score, reasons, runner-up in attributes)
-    devices.json                    per device: last status, counts, last seen
+    devices.json                    per device: last status, counts, last seen, gaps per topic (messages that
+                                    never arrived, ``edge_seg.cloud.gaps``)
     consumer.sqlite: dead_letters   what could not be stored, with the reason (``edge_seg.cloud.dead_letters``)
 
 A message is stored in this order: files (each written to a temporary name and renamed) → one
@@ -36,6 +38,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from edge_seg.cloud.dead_letters import DeadLetters
+from edge_seg.cloud.gaps import GapCounter
 from edge_seg.errors import InputError
 from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
@@ -57,7 +60,7 @@ _INSTANCE_COLOURS = [(0, 0, 0)] + [tuple(int(v) for v in np.random.default_rng(k
                                    for k in range(1, 256)]
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS messages (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL,
-    seq INTEGER NOT NULL, ts REAL NOT NULL, received REAL NOT NULL, path TEXT);
+    seq INTEGER NOT NULL, ts REAL NOT NULL, received REAL NOT NULL, path TEXT, frame_seq INTEGER);
 CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE,
     image TEXT NOT NULL, annotations TEXT NOT NULL);
@@ -133,6 +136,7 @@ class StoredMask:
     msg_id: str
     ts: float
     path: Path
+    frame_seq: int | None = None  # the device's frame number (``seq`` numbers the device's mask messages)
 
     def class_map(self) -> np.ndarray:
         return read_palette_png(self.path)
@@ -149,6 +153,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
+        if "frame_seq" not in {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}:
+            self.db.execute("ALTER TABLE messages ADD COLUMN frame_seq INTEGER")  # an out_dir from before
+        self.db.execute("CREATE INDEX IF NOT EXISTS messages_stream ON messages (device, kind)")
+        self.gaps = GapCounter(self._highest)
         self.dead_letters = DeadLetters(self.db)
         self._jsonl = open(self.out / "messages.jsonl", "a", encoding="utf-8")
         self.devices: dict[str, dict] = self._load_devices()
@@ -163,6 +171,13 @@ class Store:
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def _highest(self, device: str, kind: str, msg_id: str) -> int | None:
+        """The highest ``seq`` among the last 100 messages stored of a stream, but ``msg_id`` (gap counting)."""
+        row = self.db.execute("SELECT MAX(seq) FROM (SELECT seq FROM messages WHERE device = ? AND kind = ? AND "
+                              "msg_id != ? AND seq > 0 ORDER BY rowid DESC LIMIT 100)",
+                              (device, kind, msg_id)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def seen(self, msg_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone() is not None
@@ -189,8 +204,10 @@ class Store:
         rel = None if path is None else path.relative_to(self.out).as_posix()
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            cur = self.db.execute("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  (msg.msg_id, kind, msg.device, msg.seq, msg.ts, now, rel))
+            cur = self.db.execute("INSERT OR IGNORE INTO messages (msg_id, kind, device, seq, ts, received, path, "
+                                  "frame_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                  (msg.msg_id, kind, msg.device, msg.seq, msg.ts, now, rel,
+                                   getattr(msg, "frame_seq", None)))
             if cur.rowcount == 0:
                 self.db.execute("ROLLBACK")
                 return False
@@ -244,6 +261,10 @@ class Store:
         entry = self.devices.setdefault(msg.device, {"counts": {}})
         entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
         entry["last_seen"] = round(now, 3)
+        delta = self.gaps.observe(msg.device, kind, msg.seq, msg.msg_id)
+        if delta:
+            gaps = entry.setdefault("gaps", {})
+            gaps[kind] = gaps.get(kind, 0) + delta
         if isinstance(msg, StatusMessage):
             entry["status"] = msg.model_dump(mode="json", by_alias=True)
             entry["status_received"] = round(now, 3)
@@ -292,15 +313,15 @@ def iter_masks(out_dir: str | os.PathLike, device: str | None = None) -> Iterato
         raise InputError(f"{out} holds no consumer.sqlite: not a consumer's output directory")
     db = sqlite3.connect(f"file:{out / 'consumer.sqlite'}?mode=ro", uri=True)
     try:
-        sql = "SELECT device, seq, msg_id, ts, path FROM messages WHERE kind = 'mask'"
+        sql = "SELECT device, seq, msg_id, ts, path, frame_seq FROM messages WHERE kind = 'mask'"
         args: tuple = ()
         if device is not None:
             sql, args = sql + " AND device = ?", (device,)
         rows = db.execute(sql + " ORDER BY device, seq, msg_id", args).fetchall()
     finally:
         db.close()
-    for dev, seq, msg_id, ts, path in rows:
-        yield StoredMask(dev, seq, msg_id, ts, out / path)
+    for dev, seq, msg_id, ts, path, frame_seq in rows:
+        yield StoredMask(dev, seq, msg_id, ts, out / path, frame_seq)
 
 
 __all__ = ["Store", "StoredMask", "crop_file_name", "iter_masks", "kind_of"]

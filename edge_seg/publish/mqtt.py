@@ -21,6 +21,8 @@ dedupe by ``msg_id``. Within a process, paho retransmits its in-flight window af
 after a restart, the outbox is replayed from its oldest row. Status, command results and
 discovery configs are control messages sent directly at QoS 1: a replayed stale status or an
 answer to a command from before a restart would be wrong, so they are not kept on disk.
+Every message's ``seq`` comes from ``edge_seg.publish.sequence`` (per topic, monotonic across restarts);
+``frame_seq`` is the frame's number. The LWT has ``seq`` 0: the broker sends it at a time nobody knows.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from edge_seg.publish.mqtt_client import connection
 from edge_seg.publish.mqtt_config import MqttConfig, parse_broker_url
 from edge_seg.publish.outbox import Outbox
 from edge_seg.publish.policy import PublishPolicy
+from edge_seg.publish.sequence import Sequences
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 5.0
@@ -80,21 +83,20 @@ class Publisher:
         self.model, self.classes = model, tuple(classes)
         self._source_state, self._degraded, self._summary = source_state, degraded, summary
         self._started = time.monotonic()
-        self._seq = 0
-        self._seq_lock = threading.Lock()
         self.counts = {"frames": 0, "queued": 0, "queue_dropped": 0, "masks": 0, "crops": 0, "encode_errors": 0,
                        "sent": 0, "acked": 0, "rejected": 0, "qos0_dropped": 0}
         self.call_ms: deque[tuple[float, float]] = deque(maxlen=2000)  # (wall, thread CPU) ms per publish()
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
-        self.commands = build_handler(config.commands, device, hooks, self._next_seq, state_dir=state_dir,
-                                      allowed_url_prefixes=allowed_url_prefixes)
+        self.commands = build_handler(config.commands, device, hooks, lambda: self.seqs.next("cmd/result"),
+                                      state_dir=state_dir, allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
         will = encode_status(device=device, seq=0, online=False, model=model)
         self.link = connection(config, device, f"{self.base}/status", will.payload, on_online=self._on_online,
                                on_ack=lambda mid, failed: self._wake((mid, failed)), on_command=self.runner.submit)
         self.client = self.link.client
+        self.seqs = Sequences(state_dir)  # seq per topic, monotonic across restarts; reads the outbox: before it
         self.outbox = Outbox(Path(state_dir) / "outbox.sqlite", ttl_s=config.outbox.ttl_s,  # last: nothing to undo
                              max_bytes=config.outbox.max_bytes, sync=config.outbox.sync, audit=config.outbox.audit)
         self._cond = threading.Condition()
@@ -143,11 +145,6 @@ class Publisher:
     def uptime(self) -> float:
         return time.monotonic() - self._started
 
-    def _next_seq(self) -> int:
-        with self._seq_lock:
-            self._seq += 1
-            return self._seq
-
     def _wake(self, ack: tuple[int, bool] | None = None) -> None:
         with self._cond:
             if ack is not None:
@@ -176,7 +173,7 @@ class Publisher:
             fps = (self.counts["frames"] - frames) / (now - at)
             self._fps = (self.counts["frames"], now, fps)
         state, degraded = self._hook(self._source_state), self._hook(self._degraded)
-        return encode_status(device=self.device, seq=self._next_seq(), online=online, model=self.model, fps=fps,
+        return encode_status(device=self.device, seq=self.seqs.next("status"), online=online, model=self.model, fps=fps,
                              uptime_s=self.uptime(), source_state=state, outbox_depth=self.outbox.stats().depth,
                              degraded=degraded, extra={"nodelay": self.link.nodelay})
 
@@ -233,7 +230,8 @@ class Publisher:
                         self._send_direct(self._status(True), retain=True)
                 if self.config.metrics_interval_s and now >= next_metrics:
                     next_metrics = now + self.config.metrics_interval_s
-                    self._store([encode_metrics(device=self.device, seq=self._next_seq(), summary=self.summary())])
+                    seq = self.seqs.next("metrics")
+                    self._store([encode_metrics(device=self.device, seq=seq, summary=self.summary())])
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY_S
                     self.outbox.expire(set(self._mids.values()))
@@ -276,16 +274,16 @@ class Publisher:
         try:
             if item.reason is not None:
                 if seg.instances is not None:  # an instance model: one RLE per instance
-                    out.append(encode_instances(seg, device=self.device, seq=frame.seq, ts=frame.ts,
+                    out.append(encode_instances(seg, device=self.device, seq=self.seqs.next("mask"), ts=frame.ts,
                                                 max_bytes=cfg.max_payload, timings=result.timings,
                                                 frame_seq=frame.seq))
                 else:
-                    out.append(encode_mask(seg, device=self.device, seq=frame.seq, ts=frame.ts,
+                    out.append(encode_mask(seg, device=self.device, seq=self.seqs.next("mask"), ts=frame.ts,
                                            fmt=cfg.mask_format, max_bytes=cfg.max_payload, timings=result.timings,
                                            mean_uncertainty=item.uncertainty, frame_seq=frame.seq))
                 self.counts["masks"] += 1
             for crop in item.crops:
-                out.append(encode_crop(crop, device=self.device, seq=frame.seq, model=seg.model,
+                out.append(encode_crop(crop, device=self.device, seq=self.seqs.next("crop"), model=seg.model,
                                        frame_size=seg.frame_size, classes=seg.classes))
                 self.counts["crops"] += 1
         except MessageError as err:
@@ -377,6 +375,7 @@ class Publisher:
             except (RuntimeError, ValueError):
                 pass
         self.link.stop()
+        self.seqs.close()  # the exact next numbers: the next start skips none
         self.outbox.close()
 
 

@@ -98,7 +98,7 @@ def test_every_mask_decodes_to_the_device_class_map(tmp_path, e2e_model):
         stored = list(iter_masks(tmp_path / "consumer", "cam-1"))
         assert len(stored) == masks
         for item in stored:
-            assert np.array_equal(item.class_map(), record.maps[item.seq])
+            assert np.array_equal(item.class_map(), record.maps[item.frame_seq])
         for m in raw.on("crop"):  # crops carry the exact local class map too
             crop = decode(m.payload, m.content_type)
             assert m.content_type == CROP_CONTENT_TYPE
@@ -156,8 +156,8 @@ def check_exactly_once(state_dir: Path, out_dir: Path, consumer: Consumer, recor
     assert all(len(v) == 1 for v in digests.values())
     checked = 0
     for mask in iter_masks(out_dir, "dev1"):
-        if mask.seq in digests:
-            assert hashlib.sha256(mask.class_map().tobytes()).hexdigest() in digests[mask.seq]
+        if mask.frame_seq in digests:
+            assert hashlib.sha256(mask.class_map().tobytes()).hexdigest() in digests[mask.frame_seq]
             checked += 1
     stats = consumer.stats
     frames = len(record.read_text().splitlines())  # frames the loops handed to their sinks, over all runs
