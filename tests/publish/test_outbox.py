@@ -7,25 +7,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
+from outbox_builders import msgs
 
 from edge_seg.publish.outbox import Outbox
 from edge_seg.publish.outbox_bench import measure
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    payload: bytes
-    content_type: str | None
-    msg_id: str
-    seq: int
-
-
-def msgs(start: int, count: int, size: int = 100) -> list[Msg]:
-    return [Msg("mask", bytes([i % 256]) * size, "application/json", f"id-{i}", i) for i in range(start, start + count)]
 
 
 class Clock:

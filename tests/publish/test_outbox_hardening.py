@@ -11,11 +11,12 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import outbox_builders
 import pytest
 from mqtt_helpers import Collector, fake_result, publisher_factory, run_broker, wait_for
+from outbox_builders import Msg
 
 from edge_seg.errors import EdgeSegError
 from edge_seg.publish.messages import decode
@@ -29,17 +30,8 @@ make_publisher = pytest.fixture(publisher_factory, name="make_publisher")
 DAY = 86_400.0
 
 
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    payload: bytes
-    content_type: str | None
-    msg_id: str
-    seq: int
-
-
 def msgs(start: int, count: int, size: int = 100) -> list[Msg]:
-    return [Msg("mask", bytes([i % 256]) * size, None, f"id-{i}", i) for i in range(start, start + count)]
+    return outbox_builders.msgs(start, count, size, content_type=None)
 
 
 class Clock:
