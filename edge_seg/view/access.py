@@ -30,9 +30,10 @@ def is_loopback(host: str) -> bool:
 def token_problem(token: str) -> str | None:
     """Why ``token`` cannot be a bearer token, or None."""
     if len(token) < MIN_TOKEN:
-        return f"at least {MIN_TOKEN} characters are needed (e.g. the output of `openssl rand -hex 16`)"
+        return (f"at least {MIN_TOKEN} characters are needed (e.g. the output of `openssl rand -hex 16`), "
+                f"got {len(token)}")  # the message never repeats the token
     if not re.fullmatch(r"[\x21-\x7e]+", token):
-        return "only printable ASCII without spaces can travel in an Authorization header"
+        return "only printable ASCII without spaces can travel in an Authorization header, got other characters"
     return None
 
 
