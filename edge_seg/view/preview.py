@@ -1,6 +1,6 @@
 """Live preview over HTTP for headless devices: an MJPEG overlay stream, stats, metrics, health.
 
-``PreviewServer`` runs a stdlib ``ThreadingHTTPServer`` in a daemon thread, bound to 127.0.0.1
+``PreviewServer`` runs a bounded stdlib HTTP server (``edge_seg.view.httpd``) in a daemon thread, bound to 127.0.0.1
 unless told otherwise (reach it through an SSH tunnel). The pipeline's sink thread calls
 ``update(overlay_bgr, stats)`` for every frame; that only stores a reference and a timestamp.
 JPEG encoding happens on the HTTP threads, lazily: only while someone asks (stream or snapshot),
