@@ -152,11 +152,12 @@ class PreviewConfig(_Section):
 
     @model_validator(mode="after")
     def _guarded_off_loopback(self) -> PreviewConfig:
-        from edge_seg.view.access import is_loopback
+        from edge_seg.view.access import is_address, is_loopback
 
         if self.token is not None and self.token_file is not None:
             raise ValueError("set preview.token or preview.token_file, not both")
-        if self.enabled and not (is_loopback(self.host) or self.token or self.token_file or self.allow_open):
+        guarded = is_loopback(self.host) or self.token or self.token_file or self.allow_open
+        if self.enabled and not guarded and is_address(self.host):  # a name is checked at start, after its bind
             raise ValueError(f"host {self.host or '(all addresses)'} is reachable from other machines: set "
                              "preview.token (or preview.token_file), or preview.allow_open: true to serve "
                              "anyone who reaches the port")

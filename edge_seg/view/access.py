@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from edge_seg.errors import EdgeSegError
 
-__all__ = ["TokenGate", "is_loopback", "read_token_file", "redact", "token_problem"]
+__all__ = ["TokenGate", "is_address", "is_loopback", "read_token_file", "redact", "token_problem"]
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*")
 MIN_TOKEN = 16
@@ -25,6 +25,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_address(host: str) -> bool:
+    """True for an IP address or "" (every address), False for a name (or a mistake) only a bind can resolve."""
+    if not host:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def token_problem(token: str) -> str | None:

@@ -82,10 +82,6 @@ class PreviewServer:
         if self._httpd is not None:
             raise RuntimeError("preview server already started")
         where = f"[{self.host}]:{self._port}" if ":" in self.host else f"{self.host}:{self._port}"
-        if not (is_loopback(self.host) or self.gate.enabled or self.allow_open):
-            raise EdgeSegError(f"preview: {where} is reachable from other machines and anyone there could watch the "
-                               "camera: set preview.token (or preview.token_file), or preview.allow_open: true "
-                               "to serve it without one")
         self._stopping.clear()
         try:
             self._httpd = BoundedHTTPServer((self.host, self._port), _Handler, max_clients=self.max_clients,
@@ -96,6 +92,12 @@ class PreviewServer:
             hint = ("another program listens there: pick another port" if err.errno == errno.EADDRINUSE
                     else "HOST must be an address or name of this machine, e.g. 127.0.0.1, 0.0.0.0 or [::1]")
             raise EdgeSegError(f"preview: cannot listen on {where}: {err.strerror or err} ({hint})") from None
+        if not (is_loopback(self.host) or self.gate.enabled or self.allow_open):  # checked after a bind that
+            self._httpd.server_close()  # says what is wrong with HOST itself; nothing was served
+            self._httpd = None
+            raise EdgeSegError(f"preview: {where} is reachable from other machines and anyone there could watch the "
+                               "camera: set preview.token (or preview.token_file), or preview.allow_open: true "
+                               "to serve it without one")
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="preview-http", daemon=True)
         self._thread.start()

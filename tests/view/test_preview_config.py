@@ -56,6 +56,7 @@ def test_mistakes_are_one_line(section, expected):
     {"enabled": True, "host": "0.0.0.0", "allow_open": True},
     {"enabled": True, "host": "localhost"},
     {"enabled": False, "host": "0.0.0.0"},  # not served: nothing to refuse
+    {"enabled": True, "host": "camera.example"},  # a name: checked at start, after the bind resolves it
 ])
 def test_off_loopback_with_a_token_or_an_explicit_allow_open_is_accepted(section):
     assert parse_config({"preview": section}).preview.host == section["host"]
@@ -109,3 +110,4 @@ def test_run_preview_off_loopback_without_a_token_is_one_line(tmp_path, capsys):
     assert main(["run", "--max-frames", "1", "--state-dir", str(tmp_path / "state"), "--preview", "0.0.0.0:0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("edge-seg: error: ") and "set preview.token" in err[0], err
+
