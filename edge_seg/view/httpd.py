@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8192  # request line + headers; a GET needs far less
 LINGER_S = 0.5  # how long a refused socket waits for the client's request before it is closed
 MAX_LINGERING = 256
+WARN_EVERY_S = 60.0
 
 
 def raw_response(code: int, reason: str, body: str, extra: str = "") -> bytes:
@@ -58,6 +59,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         self.write_timeout_s = float(write_timeout_s)
         self.refused = 0  # connections answered 503 (over the cap)
         self.app: Any = None  # what the handlers serve (the owner sets it)
+        self._warned: tuple[float, int] | None = None  # (when, refused then): one warning a minute at most
         self._busy = raw_response(503, "Service Unavailable",
                                   f"busy: {self.max_clients} preview clients already connected, retry shortly\n",
                                   "Retry-After: 2\r\n")
@@ -90,7 +92,12 @@ class BoundedHTTPServer(socketserver.TCPServer):
     def _refuse(self, sock: socket.socket, client_address) -> None:
         """Answer 503 without blocking the accept thread, then let the socket linger briefly."""
         self.refused += 1
-        log.debug("preview: refused %s: %d clients connected", client_address[0], self.max_clients)
+        now = time.monotonic()
+        if self._warned is None or now - self._warned[0] >= WARN_EVERY_S:
+            since = self.refused - (self._warned[1] if self._warned else 0)
+            log.warning("preview: refused %d connection(s) (latest from %s): %d clients already connected; raise "
+                        "preview.max_clients if they are real viewers", since, client_address[0], self.max_clients)
+            self._warned = (now, self.refused)
         try:
             sock.setblocking(False)
             sock.send(self._busy)  # a new socket's send buffer is empty: this does not block

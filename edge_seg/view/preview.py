@@ -194,13 +194,15 @@ class PreviewServer:
         return True, "ok"
 
     def stats(self) -> dict:
-        """What ``/stats.json`` serves: metrics snapshot, frame seq/age and the pipeline's stats."""
+        """What ``/stats.json`` serves: metrics snapshot, frame seq/age, the pipeline's stats, this server's clients."""
         latest = self._latest
         out = self.metrics.snapshot() if self.metrics is not None else {}
         out["frame"] = ({"seq": latest[0], "age_s": round(time.monotonic() - latest[1], 3),
                          "width": latest[4][0], "height": latest[4][1]}
                         if latest is not None else None)
         out["pipeline"] = latest[3] if latest is not None else {}
+        out["preview"] = {"clients": self.active_clients, "max_clients": self.max_clients,
+                          "refused": self.refused_clients}
         return out
 
     def wait_stopping(self, seconds: float) -> bool:

@@ -66,7 +66,10 @@ def server():
     assert preview_threads() == []
 
 
-def test_connections_over_the_cap_get_a_quick_503_and_no_thread(server):
+def test_connections_over_the_cap_get_a_quick_503_and_no_thread(server, caplog):
+    import json
+    import logging
+
     held = [connect(server.port) for _ in range(CAP)]  # connected, silent: each holds a slot
     try:
         time.sleep(0.2)
@@ -85,6 +88,10 @@ def test_connections_over_the_cap_get_a_quick_503_and_no_thread(server):
         assert reply.startswith(b"HTTP/1.0 503 "), reply[:80]
         assert b"\r\nRetry-After: " in reply
         assert took < 1.0, f"503 took {took:.2f} s"
+    stats = json.loads(get(server.url + "stats.json")[2])
+    assert stats["preview"] == {"clients": 1, "max_clients": CAP, "refused": 20}  # this request is the one client
+    refusals = [r for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.getMessage()]
+    assert len(refusals) == 1, "the first refusal is a warning, the next ones within a minute are not"
 
 
 def test_an_mjpeg_stream_holds_a_slot_while_it_streams(server):
