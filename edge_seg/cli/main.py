@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: by model file suffix)")
     p.add_argument("--threads", type=int, default=None, help="inference threads")
     p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
-                   help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given)")
+                   help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given; "
+                        "another HOST needs preview.token in the config)")
     p.add_argument("--out", "-o", type=Path, default=None, help="write the overlay video here (.mp4)")
     p.add_argument("--jsonl", type=Path, default=None, help="append one JSON summary per frame here")
     p.add_argument("--max-frames", type=int, default=None, help="stop after N segmented frames")

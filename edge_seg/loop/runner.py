@@ -113,10 +113,14 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
     built.metrics.set_model(manifest.name, manifest.version, segmenter.loaded.sha256)
     stages.append(MetricsStage(built.metrics, stats))
     if config.preview.enabled:
+        from edge_seg.view.access import read_token_file
         from edge_seg.view.preview import PreviewServer
 
         pv = config.preview
-        built.preview = PreviewServer(host=pv.host, port=pv.port, metrics=built.metrics, max_fps=pv.max_fps)
+        token = read_token_file(pv.token_file) if pv.token_file is not None else pv.token
+        built.preview = PreviewServer(host=pv.host, port=pv.port, metrics=built.metrics, max_fps=pv.max_fps,
+                                      max_clients=pv.max_clients, request_timeout_s=pv.request_timeout_s,
+                                      write_timeout_s=pv.write_timeout_s, token=token, allow_open=pv.allow_open)
         built.preview.start()
         info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
         stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,

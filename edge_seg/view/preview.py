@@ -1,6 +1,6 @@
 """Live preview over HTTP for headless devices: an MJPEG overlay stream, stats, metrics, health.
 
-``PreviewServer`` runs a stdlib ``ThreadingHTTPServer`` in a daemon thread, bound to 127.0.0.1
+``PreviewServer`` runs a bounded stdlib HTTP server (``edge_seg.view.httpd``) in a daemon thread, bound to 127.0.0.1
 unless told otherwise (reach it through an SSH tunnel). The pipeline's sink thread calls
 ``update(overlay_bgr, stats)`` for every frame; that only stores a reference and a timestamp.
 JPEG encoding happens on the HTTP threads, lazily: only while someone asks (stream or snapshot),
@@ -9,6 +9,12 @@ The caller must not write into an array after handing it to ``update()``.
 
 Routes: ``/`` page, ``/stream.mjpg``, ``/snapshot.jpg``, ``/stats.json``, ``/metrics``,
 ``/healthz``; anything else is 404.
+
+Bounds (``edge_seg.view.httpd``): at most ``max_clients`` connections at once (a stream holds one
+while it streams; beyond that a quick 503, no thread), the request head within
+``request_timeout_s``, each write within ``write_timeout_s``. With a ``token`` every route but
+``/healthz`` needs ``Authorization: Bearer <token>`` (the page and the stream also take
+``?token=``); a host off loopback needs a token or ``allow_open=True``.
 """
 
 from __future__ import annotations
@@ -16,17 +22,18 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from edge_seg.errors import EdgeSegError
+from edge_seg.view.access import TokenGate, is_loopback, redact
+from edge_seg.view.httpd import BoundedHTTPServer, DeadlineRequestHandler
+from edge_seg.view.page import PAGE
 
 if TYPE_CHECKING:
     from edge_seg.loop.metrics import Metrics
@@ -41,16 +48,23 @@ class PreviewServer:
     """Serve the latest overlay frame and the runtime's stats; see the module docstring."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, metrics: Metrics | None = None,
-                 jpeg_quality: int = 80, max_fps: float = 10.0, stale_after_s: float = 5.0) -> None:
+                 jpeg_quality: int = 80, max_fps: float = 10.0, stale_after_s: float = 5.0, *,
+                 max_clients: int = 8, request_timeout_s: float = 5.0, write_timeout_s: float = 5.0,
+                 token: str | None = None, allow_open: bool = False) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
         if max_fps <= 0:
             raise ValueError("max_fps must be positive")
+        if max_clients < 1 or request_timeout_s <= 0 or write_timeout_s <= 0:
+            raise ValueError("max_clients must be at least 1, request_timeout_s and write_timeout_s positive")
         self.host, self._port = host, port
         self.metrics = metrics
         self.jpeg_quality = int(jpeg_quality)
         self.min_interval = 1.0 / max_fps
         self.stale_after_s = stale_after_s
+        self.max_clients, self.request_timeout_s, self.write_timeout_s = max_clients, request_timeout_s, write_timeout_s
+        self.gate = TokenGate(token)
+        self.allow_open = allow_open
         # seq, monotonic time, frame (or a function drawing it), stats, (width, height)
         self._latest: tuple[int, float, np.ndarray | Callable[[], np.ndarray], dict, tuple[int, int]] | None = None
         self._seq = 0
@@ -58,7 +72,7 @@ class PreviewServer:
         self._jpeg: tuple[int, bytes] | None = None  # (seq, bytes) of the last encoded frame
         self._encoded_at = 0.0
         self._stopping = threading.Event()
-        self._httpd: _Server | None = None
+        self._httpd: BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -67,18 +81,28 @@ class PreviewServer:
         """Bind and serve in a daemon thread; returns self (so ``with PreviewServer().start()`` works)."""
         if self._httpd is not None:
             raise RuntimeError("preview server already started")
+        where = f"[{self.host}]:{self._port}" if ":" in self.host else f"{self.host}:{self._port}"
         self._stopping.clear()
         try:
-            self._httpd = _Server((self.host, self._port), _Handler, self)
+            self._httpd = BoundedHTTPServer((self.host, self._port), _Handler, max_clients=self.max_clients,
+                                            request_timeout_s=self.request_timeout_s,
+                                            write_timeout_s=self.write_timeout_s)
+            self._httpd.app = self
         except OSError as err:  # the port is taken, no permission, or HOST is not an address of this machine
-            where = f"[{self.host}]:{self._port}" if ":" in self.host else f"{self.host}:{self._port}"
             hint = ("another program listens there: pick another port" if err.errno == errno.EADDRINUSE
                     else "HOST must be an address or name of this machine, e.g. 127.0.0.1, 0.0.0.0 or [::1]")
             raise EdgeSegError(f"preview: cannot listen on {where}: {err.strerror or err} ({hint})") from None
+        if not (is_loopback(self.host) or self.gate.enabled or self.allow_open):  # checked after a bind that
+            self._httpd.server_close()  # says what is wrong with HOST itself; nothing was served
+            self._httpd = None
+            raise EdgeSegError(f"preview: {where} is reachable from other machines and anyone there could watch the "
+                               "camera: set preview.token (or preview.token_file), or preview.allow_open: true "
+                               "to serve it without one")
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="preview-http", daemon=True)
         self._thread.start()
-        log.info("preview on %s", self.url)
+        log.info("preview on %s (at most %d clients%s)", self.url, self.max_clients,
+                 ", bearer token required" if self.gate.enabled else "")
         return self
 
     @property
@@ -105,6 +129,16 @@ class PreviewServer:
             thread.join(timeout)
         httpd.join_handlers(timeout)
         self._httpd = self._thread = None
+
+    @property
+    def active_clients(self) -> int:
+        """Connections holding a client slot now (0 when not started)."""
+        return self._httpd.active if self._httpd is not None else 0
+
+    @property
+    def refused_clients(self) -> int:
+        """Connections answered 503 because ``max_clients`` were already connected."""
+        return self._httpd.refused if self._httpd is not None else 0
 
     def __enter__(self) -> PreviewServer:
         return self if self._httpd is not None else self.start()
@@ -160,13 +194,15 @@ class PreviewServer:
         return True, "ok"
 
     def stats(self) -> dict:
-        """What ``/stats.json`` serves: metrics snapshot, frame seq/age and the pipeline's stats."""
+        """What ``/stats.json`` serves: metrics snapshot, frame seq/age, the pipeline's stats, this server's clients."""
         latest = self._latest
         out = self.metrics.snapshot() if self.metrics is not None else {}
         out["frame"] = ({"seq": latest[0], "age_s": round(time.monotonic() - latest[1], 3),
                          "width": latest[4][0], "height": latest[4][1]}
                         if latest is not None else None)
         out["pipeline"] = latest[3] if latest is not None else {}
+        out["preview"] = {"clients": self.active_clients, "max_clients": self.max_clients,
+                          "refused": self.refused_clients}
         return out
 
     def wait_stopping(self, seconds: float) -> bool:
@@ -174,61 +210,21 @@ class PreviewServer:
         return self._stopping.wait(seconds)
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that tracks its handler threads and open sockets so stop() can end them."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, handler, preview: PreviewServer) -> None:
-        self.preview = preview
-        self._conns: set[socket.socket] = set()
-        self._handlers: set[threading.Thread] = set()
-        self._track = threading.Lock()
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.address_family = family
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address) -> None:
-        t = threading.Thread(target=self._handle, args=(request, client_address), name="preview-client", daemon=True)
-        with self._track:
-            self._conns.add(request)
-            self._handlers.add(t)
-        t.start()
-
-    def _handle(self, request, client_address) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._track:
-                self._conns.discard(request)
-                self._handlers.discard(threading.current_thread())
-
-    def close_connections(self) -> None:
-        with self._track:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def join_handlers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._track:
-            threads = list(self._handlers)
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
-    timeout = 10  # a client that connects and says nothing cannot hold a thread for ever
+class _Handler(DeadlineRequestHandler):
     server_version = "edge-seg-preview"
+    QUERY_TOKEN_ROUTES = frozenset({"/", "/index.html", "/stream.mjpg"})  # what a browser loads without headers
+
+    @property
+    def preview(self) -> PreviewServer:
+        return self.server.app
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        route = self.path.split("?", 1)[0]
+        route, _, query = self.path.partition("?")
+        if route != "/healthz" and not self.preview.gate.allows(self.headers.get("Authorization"), query,
+                                                                 route in self.QUERY_TOKEN_ROUTES):
+            self._send(401, b"unauthorized: send Authorization: Bearer <preview.token>\n",
+                       extra={"WWW-Authenticate": "Bearer"})
+            return
         handler = {"/": self._page, "/index.html": self._page, "/stream.mjpg": self._stream,
                    "/snapshot.jpg": self._snapshot, "/stats.json": self._stats, "/metrics": self._metrics,
                    "/healthz": self._healthz}.get(route)
@@ -241,13 +237,17 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("preview client %s went away", self.client_address)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("preview %s " + format, self.client_address[0], *args)
+        log.debug("preview %s %s", self.client_address[0], redact(format % args))
 
-    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")  # a ?token= URL is not passed on
         self.end_headers()
         self.wfile.write(body)
 
@@ -255,18 +255,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, PAGE.encode(), "text/html; charset=utf-8")
 
     def _snapshot(self) -> None:
-        jpeg = self.server.preview.latest_jpeg()
+        jpeg = self.preview.latest_jpeg()
         if jpeg is None:
             self._send(503, b"no frame yet: the pipeline has not produced an overlay\n")
         else:
             self._send(200, jpeg[1], "image/jpeg")
 
     def _stats(self) -> None:
-        body = json.dumps(self.server.preview.stats(), default=_json_default).encode()
+        body = json.dumps(self.preview.stats(), default=_json_default).encode()
         self._send(200, body, "application/json")
 
     def _metrics(self) -> None:
-        metrics = self.server.preview.metrics
+        metrics = self.preview.metrics
         if metrics is None:
             self._send(404, b"metrics are not enabled on this preview server\n")
             return
@@ -275,11 +275,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
 
     def _healthz(self) -> None:
-        ok, reason = self.server.preview.health()
+        ok, reason = self.preview.health()
         self._send(200 if ok else 503, (reason + "\n").encode())
 
     def _stream(self) -> None:
-        preview = self.server.preview
+        preview = self.preview
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
@@ -293,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
                 head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg[1])}\r\n\r\n"
                 self.wfile.write(head.encode() + jpeg[1] + b"\r\n")
                 self.wfile.flush()
-            if preview.wait_stopping(preview.min_interval):
+            if preview.wait_stopping(preview.min_interval) or self.client_gone():
                 return
 
 
@@ -301,57 +301,3 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edge_seg preview</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{margin:0;font:14px/1.4 system-ui,sans-serif;background:#111;color:#ddd;display:flex;flex-wrap:wrap}
- main{flex:1 1 520px;padding:12px} aside{flex:0 0 300px;padding:12px;background:#1b1b1b}
- img{max-width:100%;background:#000;display:block} h1{font-size:16px;margin:0 0 8px}
- table{border-collapse:collapse;width:100%} td{padding:2px 4px;border-bottom:1px solid #333}
- td:last-child{text-align:right;font-variant-numeric:tabular-nums} .bad{color:#f66} .good{color:#6c6}
- #err{color:#f66;min-height:1.4em}
-</style></head><body>
-<main><h1>edge_seg live preview</h1><img id="overlay" src="/stream.mjpg" alt="live overlay"></main>
-<aside><h1>Stats</h1><div id="err"></div><table>
- <tr><td>FPS</td><td id="fps">&ndash;</td></tr>
- <tr><td>Source</td><td id="source">&ndash;</td></tr>
- <tr><td>Model</td><td id="model">&ndash;</td></tr>
- <tr><td>Frames processed</td><td id="processed">&ndash;</td></tr>
- <tr><td>Frames dropped</td><td id="dropped">&ndash;</td></tr>
- <tr><td>Drift (JS)</td><td id="drift">&ndash;</td></tr>
- <tr><td>Frame age (s)</td><td id="age">&ndash;</td></tr>
-</table><h1 style="margin-top:12px">Latency p50 (ms)</h1><table id="stages"></table></aside>
-<script>
-"use strict";
-const $ = (id) => document.getElementById(id);
-const num = (v, d) => (typeof v === "number" && isFinite(v)) ? v.toFixed(d) : "\\u2013";
-function pick(s, p, a, b) { return s[a] !== undefined && s[a] !== null ? s[a] : p[b]; }
-async function poll() {
-  try {
-    const r = await fetch("/stats.json", {cache: "no-store"});
-    const s = await r.json(); const p = s.pipeline || {};
-    $("fps").textContent = num(pick(s, p, "fps", "fps"), 1);
-    const up = pick(s, p, "source_up", "source_up");
-    const src = $("source");
-    src.textContent = up === null || up === undefined ? "unknown" : (up ? "up" : "down");
-    src.className = up ? "good" : (up === 0 || up === false ? "bad" : "");
-    const m = s.model || p.model;
-    $("model").textContent = m ? m.name + " " + m.version : "\\u2013";
-    $("processed").textContent = pick(s, p, "frames_processed", "completed") ?? "\\u2013";
-    $("dropped").textContent = pick(s, p, "frames_dropped", "dropped") ?? "\\u2013";
-    $("drift").textContent = num(s.drift_js, 3);
-    $("age").textContent = s.frame ? num(s.frame.age_s, 1) : "no frame yet";
-    const st = s.stages_p50_ms || p.p50_ms || {};
-    const t = $("stages"); t.replaceChildren();
-    for (const [k, v] of Object.entries(st)) {
-      const row = t.insertRow(); row.insertCell().textContent = k; row.insertCell().textContent = num(v, 1);
-    }
-    $("err").textContent = "";
-  } catch (e) { $("err").textContent = "stats unavailable: " + e; }
-}
-poll(); setInterval(poll, 1000);
-</script></body></html>
-"""

@@ -335,10 +335,23 @@ class Chromium:
 @pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("bash")),
                     reason="needs /usr/bin/chromium (Debian package chromium; `make install` installs it)")
 def test_page_in_headless_chromium_shows_a_live_image_and_stats(server, metrics, tmp_path):
+    check_page_in_chromium(server, metrics, tmp_path, server.url)
+
+
+@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and shutil.which("bash")),
+                    reason="needs /usr/bin/chromium (Debian package chromium; `make install` installs it)")
+def test_page_behind_a_token_passes_it_on_to_the_stream_and_the_stats(metrics, tmp_path):
+    token = "page-token-0123456789abcdef"
+    with PreviewServer(metrics=metrics, token=token) as guarded:
+        assert get(guarded.url + "stats.json")[0] == 401
+        check_page_in_chromium(guarded, metrics, tmp_path, guarded.url + f"?token={token}")
+
+
+def check_page_in_chromium(server: PreviewServer, metrics: Metrics, tmp_path: Path, url: str) -> None:
     browser = Chromium(tmp_path / "profile", tmp_path / "chromium.log")
     try:
         with Producer(server, metrics):
-            page = browser.open(server.url)
+            page = browser.open(url)
             fps = browser.wait_for(page, "/^\\d+\\.\\d$/.test(document.getElementById('fps').textContent)"
                                    " && document.getElementById('fps').textContent")
             assert float(fps) == pytest.approx(30.0, abs=0.1)

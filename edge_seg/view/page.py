@@ -1,0 +1,64 @@
+"""The preview's browser page: the MJPEG overlay and a stats table polled once a second.
+
+With a bearer token, open it as ``/?token=...``: the script passes the token on to the stream
+(``?token=``, which an ``<img>`` can carry) and to ``/stats.json`` (an ``Authorization`` header).
+"""
+
+__all__ = ["PAGE"]
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edge_seg preview</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{margin:0;font:14px/1.4 system-ui,sans-serif;background:#111;color:#ddd;display:flex;flex-wrap:wrap}
+ main{flex:1 1 520px;padding:12px} aside{flex:0 0 300px;padding:12px;background:#1b1b1b}
+ img{max-width:100%;background:#000;display:block} h1{font-size:16px;margin:0 0 8px}
+ table{border-collapse:collapse;width:100%} td{padding:2px 4px;border-bottom:1px solid #333}
+ td:last-child{text-align:right;font-variant-numeric:tabular-nums} .bad{color:#f66} .good{color:#6c6}
+ #err{color:#f66;min-height:1.4em}
+</style></head><body>
+<main><h1>edge_seg live preview</h1><img id="overlay" alt="live overlay"></main>
+<aside><h1>Stats</h1><div id="err"></div><table>
+ <tr><td>FPS</td><td id="fps">&ndash;</td></tr>
+ <tr><td>Source</td><td id="source">&ndash;</td></tr>
+ <tr><td>Model</td><td id="model">&ndash;</td></tr>
+ <tr><td>Frames processed</td><td id="processed">&ndash;</td></tr>
+ <tr><td>Frames dropped</td><td id="dropped">&ndash;</td></tr>
+ <tr><td>Drift (JS)</td><td id="drift">&ndash;</td></tr>
+ <tr><td>Frame age (s)</td><td id="age">&ndash;</td></tr>
+</table><h1 style="margin-top:12px">Latency p50 (ms)</h1><table id="stages"></table></aside>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token");  // set when the server asks for one
+$("overlay").src = "/stream.mjpg" + (token ? "?token=" + encodeURIComponent(token) : "");
+const auth = token ? {Authorization: "Bearer " + token} : {};
+const num = (v, d) => (typeof v === "number" && isFinite(v)) ? v.toFixed(d) : "\\u2013";
+function pick(s, p, a, b) { return s[a] !== undefined && s[a] !== null ? s[a] : p[b]; }
+async function poll() {
+  try {
+    const r = await fetch("/stats.json", {cache: "no-store", headers: auth});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    const s = await r.json(); const p = s.pipeline || {};
+    $("fps").textContent = num(pick(s, p, "fps", "fps"), 1);
+    const up = pick(s, p, "source_up", "source_up");
+    const src = $("source");
+    src.textContent = up === null || up === undefined ? "unknown" : (up ? "up" : "down");
+    src.className = up ? "good" : (up === 0 || up === false ? "bad" : "");
+    const m = s.model || p.model;
+    $("model").textContent = m ? m.name + " " + m.version : "\\u2013";
+    $("processed").textContent = pick(s, p, "frames_processed", "completed") ?? "\\u2013";
+    $("dropped").textContent = pick(s, p, "frames_dropped", "dropped") ?? "\\u2013";
+    $("drift").textContent = num(s.drift_js, 3);
+    $("age").textContent = s.frame ? num(s.frame.age_s, 1) : "no frame yet";
+    const st = s.stages_p50_ms || p.p50_ms || {};
+    const t = $("stages"); t.replaceChildren();
+    for (const [k, v] of Object.entries(st)) {
+      const row = t.insertRow(); row.insertCell().textContent = k; row.insertCell().textContent = num(v, 1);
+    }
+    $("err").textContent = "";
+  } catch (e) { $("err").textContent = "stats unavailable: " + e; }
+}
+poll(); setInterval(poll, 1000);
+</script></body></html>
+"""
