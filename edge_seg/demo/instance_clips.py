@@ -63,7 +63,7 @@ def render_instance_clip(seed: int, n_frames: int, size: tuple[int, int] = (320,
     for t in range(int(n_frames)):
         f = t / steps
         frame_objs = []
-        for k, ((_, start, end, frac, wobble), obj) in enumerate(zip(_SCRIPT, objs)):
+        for k, ((_, start, end, _size, wobble), obj) in enumerate(zip(_SCRIPT, objs)):
             cx, cy = _track(start, end, f)
             cx, cy = cx * width, cy * height + wobble * short * math.sin(2 * math.pi * 2 * f + phases[k])
             if k == 3:  # the second of the pair rides beside the first: centres 73-83 % of a size apart

@@ -9,8 +9,10 @@ not computed (``trackeval`` is not a dependency).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -65,4 +67,26 @@ def evaluate_tracking(frames: Iterable, segment: Callable[[np.ndarray], tuple[In
     return out
 
 
-__all__ = ["MATCH_IOU", "evaluate_tracking", "mask_distances"]
+def run_tracking_eval(segmenter, out_dir: str | Path, seed: int = 1, frames: int = 150,
+                      size: tuple[int, int] = (320, 240), progress: bool = False,
+                      tracker_options: dict | None = None) -> tuple[dict, Path]:
+    """Score a default ``Tracker`` (or one with ``tracker_options``) on ``render_instance_clip(seed, frames)``
+    segmented by ``segmenter``; writes ``tracking.json`` into ``out_dir`` and returns (metrics, its path)."""
+    from edge_seg.demo.instance_clips import render_instance_clip
+    from edge_seg.errors import InputError
+    from edge_seg.postprocess.tracking import Tracker
+
+    if frames < 2:
+        raise InputError(f"--frames must be at least 2, got {frames}")
+    result = evaluate_tracking(render_instance_clip(seed, frames, size), lambda im: segmenter.segment(im).instances,
+                               Tracker(**(tracker_options or {})), progress=progress)
+    result.update(seed=seed, size=list(size), model=f"{segmenter.manifest.name} {segmenter.manifest.version}",
+                  match="mask IoU >= 0.5", hota=None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tracking.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result, path
+
+
+__all__ = ["MATCH_IOU", "evaluate_tracking", "mask_distances", "run_tracking_eval"]

@@ -58,7 +58,8 @@ def _mask_iou(a: Instance, a_shift: tuple[int, int], b: Instance) -> float:
     y1 = min(ay + a.mask.shape[0], by + b.mask.shape[0])
     inter = 0
     if x1 > x0 and y1 > y0:
-        inter = int(np.count_nonzero(a.mask[y0 - ay:y1 - ay, x0 - ax:x1 - ax] & b.mask[y0 - by:y1 - by, x0 - bx:x1 - bx]))
+        inter = int(np.count_nonzero(a.mask[y0 - ay:y1 - ay, x0 - ax:x1 - ax]
+                                     & b.mask[y0 - by:y1 - by, x0 - bx:x1 - bx]))
     union = a.area + b.area - inter
     return inter / union if union else 0.0
 
@@ -127,7 +128,7 @@ class Tracker:
         ids = {int(k): int(self._ids[row]) for k, row in enumerate(track_of)
                if row >= 0 and self._hits[row] >= self.min_hits}
         self._prune(tentative)  # rows change here: ``track_of`` is stale from now on
-        born = self._births(high, scores, boxes, track_of)
+        born = self._births(instances, high, scores, boxes, track_of)
         out = list(instances)
         rows = self._start([instances[k] for k in born], boxes[born], det_cls[born])
         for k, row in zip(born, rows):
@@ -137,9 +138,11 @@ class Tracker:
             out[k] = replace(inst, track_id=ids.get(k))
         return tuple(out)
 
-    def _births(self, left: np.ndarray, scores: np.ndarray, boxes: np.ndarray, track_of: np.ndarray) -> list[int]:
-        """Detections that start a track: score >= ``new_track_score`` and not a duplicate (box IoU >= 0.5,
-        any class: NMS is per class) of a detection matched this frame or of a better one born."""
+    def _births(self, instances, left: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+                track_of: np.ndarray) -> list[int]:
+        """Detections that start a track: score >= ``new_track_score`` and not a duplicate (IoU >= 0.5 of boxes,
+        or of masks with ``iou='mask'``; any class: NMS is per class) of a detection matched this frame or of a
+        better one born."""
         left = [int(k) for k in left if scores[k] >= self.new_track_score]
         if not left:
             return left
@@ -147,7 +150,14 @@ class Tracker:
         born: list[int] = []
         for k in left:  # highest score first, as the instances come
             others = taken + born
-            if not others or box_iou(_cwh_to_xyxy(boxes[[k]]), _cwh_to_xyxy(boxes[others])).max() < _DUPLICATE_IOU:
+            if not others:
+                born.append(k)
+                continue
+            if self.iou == "mask":
+                overlap = max(_mask_iou(instances[k], (0, 0), instances[j]) for j in others)
+            else:
+                overlap = box_iou(_cwh_to_xyxy(boxes[[k]]), _cwh_to_xyxy(boxes[others])).max()
+            if overlap < _DUPLICATE_IOU:
                 born.append(k)
         return born
 
