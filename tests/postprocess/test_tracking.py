@@ -108,3 +108,16 @@ def test_twenty_moving_instances_keep_twenty_ids_and_cost_little():
     timing = tracking_ms(20, frames=200)
     print(f"\ntracking at 20 instances: {timing}")
     assert timing["p50_ms"] < 2.0  # measured ~0.33 ms on an idle core; shared CI cores get slack
+
+
+def test_the_tracking_config_block_is_off_by_default_and_checked():
+    from edge_seg.config import ConfigError, parse_config
+
+    assert parse_config({}).tracking.enabled is False
+    options = parse_config({"tracking": {"enabled": True, "iou": "mask"}}).tracking.tracker_options()
+    assert Tracker(**options).iou == "mask"
+    for bad, words in [({"max_ages": 3}, "tracking.max_ages: unknown field"),
+                       ({"high_score": float("nan")}, "tracking.high_score"),
+                       ({"low_score": 0.7}, "must not exceed high_score")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_config({"tracking": bad})
