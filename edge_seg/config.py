@@ -106,6 +106,32 @@ class SmoothingConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """Stable ids for the instances of an instance model (``edge_seg.postprocess.tracking``); off by default:
+    semantic and binary models have no instances, and ids cost nothing only where something reads them."""
+
+    enabled: bool = False
+    high_score: float = Field(default=0.5, ge=0, le=1, description="detections at least this sure are matched first")
+    low_score: float = Field(default=0.1, ge=0, le=1, description="below this a detection is ignored")
+    new_track_score: float = Field(default=0.6, ge=0, le=1, description="least score that starts a track")
+    match_iou: float = Field(default=0.2, gt=0, le=1, description="least IoU of a track and a high-score detection")
+    low_match_iou: float = Field(default=0.5, gt=0, le=1, description="least IoU with a low-score detection")
+    min_hits: int = Field(default=3, ge=1, le=1000, description="frames a track needs before it gives its id")
+    max_age: int = Field(default=30, ge=0, le=100000, description="segmented frames a lost track is kept")
+    iou: Literal["box", "mask"] = Field(default="box", description="overlap of boxes, or of masks (slower)")
+    class_aware: bool = Field(default=False, description="match only instances of the track's class")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrackingConfig":
+        if self.low_score > self.high_score:
+            raise FieldValueError("low_score", f"must not exceed high_score ({self.high_score}), got {self.low_score}")
+        return self
+
+    def tracker_options(self) -> dict:
+        """Keyword arguments of ``Tracker``."""
+        return self.model_dump(exclude={"enabled"})
+
+
 class UncertaintyConfig(_Section):
     enabled: bool = Field(default=False, description="extract crops of uncertain regions for labelling")
     crops: CropConfig = CropConfig()
@@ -224,6 +250,7 @@ class Config(_Section):
     source: SourceConfig = SourceConfig()
     pipeline: PipelineConfig = PipelineConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
+    tracking: TrackingConfig = TrackingConfig()
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     overlay: OverlayConfig = OverlayConfig()
     preview: PreviewConfig = PreviewConfig()

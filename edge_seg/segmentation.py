@@ -29,7 +29,8 @@ class Instance:
     ``bbox`` is (x, y, width, height) in frame pixels; ``mask`` is a bool array covering the
     integer pixel box that starts at ``origin`` (x, y) in the frame (``frame_mask`` gives it at
     frame size). ``runner_up`` is (class id, score) of the second-best class when the model has
-    more than one (a small gap to ``score`` means the class is ambiguous).
+    more than one (a small gap to ``score`` means the class is ambiguous). ``track_id`` names the
+    same object over frames once a tracker follows it (None without tracking or before confirmation).
     """
 
     class_id: int
@@ -38,6 +39,7 @@ class Instance:
     mask: np.ndarray
     origin: tuple[int, int] = (0, 0)
     runner_up: tuple[int, float] | None = None
+    track_id: int | None = None  # set by a tracker (edge_seg.postprocess.tracking) when tracking is on
 
     def frame_mask(self, frame_size: tuple[int, int]) -> np.ndarray:
         """The instance mask as bool (height, width) at ``frame_size`` (width, height)."""
@@ -109,7 +111,8 @@ class Segmentation:
         }
         if self.instances is not None:
             out["instances"] = [{"class": self.classes[i.class_id] if i.class_id < len(self.classes) else i.class_id,
-                                 "score": round(i.score, 6), "bbox": [round(v, 2) for v in i.bbox], "area": i.area}
+                                 "score": round(i.score, 6), "bbox": [round(v, 2) for v in i.bbox], "area": i.area,
+                                 **({} if i.track_id is None else {"track_id": i.track_id})}
                                 for i in self.instances]
         return out
 

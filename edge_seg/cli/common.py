@@ -52,7 +52,8 @@ def command_actions(sub, name: str, help: str):
 EXTRA_OF = {"tensorflow": "convert", "tf_keras": "convert", "tensorflow_model_optimization": "convert",
             "tf2onnx": "convert", "onnx": "convert", "onnxruntime": "convert", "paho": "device",
             "pycocotools": "device", "prometheus_client": "device", "cryptography": "device",
-            "ai_edge_litert": "device", "picamera2": "pi", "tensorrt": "jetson"}
+            "ai_edge_litert": "device", "picamera2": "pi", "tensorrt": "jetson", "scipy": "device",
+            "motmetrics": "dev"}
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:

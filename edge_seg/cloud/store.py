@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS messages (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE,
     image TEXT NOT NULL, annotations TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instance_tracks (msg_id TEXT NOT NULL, device TEXT NOT NULL, frame_seq INTEGER,
+    ts REAL NOT NULL, track_id INTEGER NOT NULL, class_id INTEGER NOT NULL, score REAL NOT NULL,
+    x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instance_tracks_track ON instance_tracks (device, track_id, ts);
 """
 
 
@@ -211,6 +215,10 @@ class Store:
             if cur.rowcount == 0:
                 self.db.execute("ROLLBACK")
                 return False
+            if isinstance(msg, InstancesMessage):  # tracked instances: one row each (dwell time, counting)
+                self.db.executemany("INSERT INTO instance_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [(msg.msg_id, msg.device, msg.frame_seq, msg.ts, item.track_id, item.class_id,
+                                      item.score, *item.bbox) for item in msg.instances if item.track_id is not None])
             if coco is not None:
                 image, anns = coco
                 names = [ann.pop("category_name") for ann in anns]

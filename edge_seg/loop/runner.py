@@ -95,6 +95,14 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
     from edge_seg.loop.sinks import JsonlSink, MetricsStage, OverlayStage, PreviewSink, VideoSink
     from edge_seg.view.overlay import Overlay
 
+    if config.tracking.enabled:  # first: every later stage sees the track ids
+        from edge_seg.loop.track_stage import TrackStage
+        from edge_seg.postprocess.tracking import Tracker
+
+        stages.append(TrackStage(Tracker(**config.tracking.tracker_options())))
+        if segmenter.manifest.task != "instance":
+            log.warning("tracking.enabled: %s is a %s model, which has no instances to track",
+                        segmenter.manifest.name, segmenter.manifest.task)
     ov = config.overlay
     drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
     if ov.enabled and (config.preview.enabled or config.output.video):  # redaction: the pipeline's (``_redactor``)

@@ -204,6 +204,8 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
                       "name": classes[inst.class_id] if inst.class_id < len(classes) else None,
                       "score": min(max(round(float(inst.score), 6), 0.0), 1.0), "bbox": [x, y, w, h],
                       "counts": rle.encode_binary(inst.frame_mask(frame_size))})
+        if getattr(inst, "track_id", None) is not None:  # only with tracking on: older consumers reject the key
+            items[-1]["track_id"] = int(inst.track_id)
     tail = {"timings_ms": {str(k): round(float(v), 3) for k, v in (timings or segmentation.timings or {}).items()
                            if np.isfinite(v)}}
     keep = len(items)

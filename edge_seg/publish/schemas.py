@@ -137,6 +137,7 @@ class InstanceRLE(_Strict):
     score: Annotated[float, Field(ge=0, le=1)]
     bbox: Annotated[list[Annotated[float, Field(ge=0, le=rle.MAX_SIDE)]], Field(min_length=4, max_length=4)]
     counts: Annotated[str, Field(min_length=1)]
+    track_id: Annotated[int, Field(ge=0, le=2**53)] | None = None  # once tracking is on: the same object over frames
 
 
 class InstancesMessage(_FrameResult):

@@ -220,10 +220,16 @@ def instance_colour(index: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
+def _colour(inst, rank: int) -> tuple[int, int, int]:
+    """A tracked instance's colour follows its track id; an untracked one's its rank in the frame."""
+    return instance_colour(rank if inst.track_id is None else inst.track_id)
+
+
 class InstanceOverlay:
     """Draw the instances of an instance model: tinted mask, contour, box and "label score" per instance.
 
-    Each instance gets its own colour (``instance_colour`` of its rank, highest score = 0). The
+    Each instance gets its own colour: ``instance_colour`` of its ``track_id`` when tracked (the same
+    colour in every frame, and "#id" after its label), else of its rank (highest score = 0). The
     frame given may differ in size from ``segmentation.frame_size``; masks and boxes are scaled.
     Pixels outside every instance keep the frame's exact values.
     """
@@ -242,7 +248,7 @@ class InstanceOverlay:
         thickness = max(1, round(frame_bgr.shape[0] / 360))
         order = sorted(range(len(instances)), key=lambda k: instances[k].score)  # best drawn last (on top)
         for k in order:
-            inst, colour = instances[k], instance_colour(k)
+            inst, colour = instances[k], _colour(instances[k], k)
             mask, (ox, oy) = inst.mask, inst.origin
             if mask.size == 0:
                 continue
@@ -263,7 +269,7 @@ class InstanceOverlay:
                                             offset=(x0, y0))
                 cv2.drawContours(out, found, -1, colour, thickness, cv2.LINE_8)
         for k in order:
-            inst, colour = instances[k], instance_colour(k)
+            inst, colour = instances[k], _colour(instances[k], k)
             bx, by, bw, bh = inst.bbox
             p0 = (int(round(bx * sx)), int(round(by * sy)))
             p1 = (int(round((bx + bw) * sx)) - 1, int(round((by + bh) * sy)) - 1)
@@ -272,7 +278,8 @@ class InstanceOverlay:
             if self.labels:
                 name = segmentation.classes[inst.class_id] if inst.class_id < len(segmentation.classes) \
                     else f"class {inst.class_id}"
-                _draw_tag(out, f"{name} {inst.score:.2f}", p0, colour)
+                tag = f"{name} {inst.score:.2f}" + ("" if inst.track_id is None else f" #{inst.track_id}")
+                _draw_tag(out, tag, p0, colour)
         return out
 
 
