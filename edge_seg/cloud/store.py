@@ -38,18 +38,21 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from edge_seg.cloud.dead_letters import DeadLetters
+from edge_seg.cloud.events import EVENTS_SQL, insert_event
 from edge_seg.cloud.gaps import GapCounter
 from edge_seg.errors import InputError
 from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
     CommandResultMessage,
     CropMessage,
+    EventMessage,
     InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
     Message,
     MetricsMessage,
     StatusMessage,
+    ZoneStateMessage,
 )
 from edge_seg.publish.payload_masks import check_limits, class_map_from_mask, instance_boxes
 
@@ -70,7 +73,8 @@ CREATE TABLE IF NOT EXISTS coco_images (id INTEGER PRIMARY KEY AUTOINCREMENT, ms
 def kind_of(msg: Message) -> str:
     """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
     return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", InstanceCropMessage: "crop",
-            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
+            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result",
+            EventMessage: "event", ZoneStateMessage: "zone_state"}[type(msg)]
 
 
 def crop_file_name(device: str, seq: int, msg_id: str) -> str:
@@ -153,6 +157,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
+        self.db.executescript(EVENTS_SQL)
         if "frame_seq" not in {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}:
             self.db.execute("ALTER TABLE messages ADD COLUMN frame_seq INTEGER")  # an out_dir from before
         self.db.execute("CREATE INDEX IF NOT EXISTS messages_stream ON messages (device, kind)")
@@ -211,6 +216,8 @@ class Store:
             if cur.rowcount == 0:
                 self.db.execute("ROLLBACK")
                 return False
+            if isinstance(msg, EventMessage):
+                insert_event(self.db, msg)
             if coco is not None:
                 image, anns = coco
                 names = [ann.pop("category_name") for ann in anns]
