@@ -117,12 +117,14 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
     built.metrics = Metrics(device=config.device.name, classes=list(manifest.classes), baseline=manifest.baseline)
     built.metrics.set_model(manifest.name, manifest.version, segmenter.loaded.sha256)
     stages.append(MetricsStage(built.metrics, stats))
+    zone_summary = None
     if config.zones:  # one ZoneTracker per source (several cameras: one each)
         from edge_seg.loop.zone_stage import ZoneStage
         from edge_seg.postprocess.zones import ZoneTracker, check_classes
 
         check_classes(config.zones, manifest.classes)  # fails before any thread starts
         stages.append(ZoneStage(ZoneTracker(config.zones), built.metrics))
+        zone_summary = stages[-1].summary
     if config.preview.enabled:
         from edge_seg.view.preview import PreviewServer
 
@@ -130,7 +132,8 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
         built.preview = PreviewServer(host=pv.host, port=pv.port, metrics=built.metrics, max_fps=pv.max_fps)
         built.preview.start()
         info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
-        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,
+        zones = zone_summary or list
+        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info, "zones": zones(),
                                                            "source_state": built.pipeline.source.state},
                                   draw=drawer.draw if drawer is not None else None))
     if config.output.video:

@@ -52,5 +52,17 @@ class ZoneStage:
         if changed:
             result.extras["zone_states"] = changed
 
+    def summary(self) -> list[dict]:
+        """The zones and their current state, JSON-ready (the preview's ``/stats.json``)."""
+        out: dict[str, dict] = {}
+        for zone in self.tracker.zones:
+            out[zone.name] = {"name": zone.name, "units": zone.units, "points": [list(p) for p in zone.points],
+                              "classes": {}}
+        for s in self.tracker.states():
+            out[s.zone]["classes"][s.class_name] = {"occupied": s.occupied, "count": s.count,
+                                                    "area": None if s.area is None else round(s.area, 4),
+                                                    "track_ids": list(s.track_ids)}
+        return list(out.values())
+
 
 __all__ = ["AREA_STEP", "ZoneStage"]

@@ -20,6 +20,7 @@ def test_the_loop_measures_zones_exports_gauges_and_draws_outlines(tiny_models, 
     config = parse_config({"model": {"path": str(tiny_models["colour_probs_uint8"])},
                            "source": {"uri": "synthetic://?seed=3&width=320&height=180"},
                            "pipeline": {"max_frames": 8}, "output": {"video": str(tmp_path / "o.avi")},
+                           "preview": {"enabled": True, "port": 0},
                            "zones": [{"name": "yard", "points": SQUARE, "classes": watched}]})
     built = build(config)
     stats = built.pipeline.run()
@@ -35,6 +36,10 @@ def test_the_loop_measures_zones_exports_gauges_and_draws_outlines(tiny_models, 
     ok, image = cap.read()
     cap.release()
     assert ok
+    preview = next(stage for stage in built.pipeline.stages if stage.name == "preview")
+    listed = preview.stats_fn()["zones"]  # what the preview's /stats.json carries
+    assert [z["name"] for z in listed] == ["yard"] and set(listed[0]["classes"]) == set(watched)
+    assert all(0 <= c["area"] <= 1 and c["count"] is None for c in listed[0]["classes"].values())
     overlay = next(stage for stage in built.pipeline.stages if stage.name == "overlay")
     assert isinstance(overlay.zones, ZoneLayer)
     b, g, r = image[40, 60:180].astype(int).mean(axis=0)  # the zone's top edge: amber, smeared by MJPG's chroma
