@@ -74,14 +74,18 @@ def test_discovery_payloads_use_only_documented_home_assistant_keys():
     assert area["unit_of_measurement"] == "%" and ".area" in area["value_template"]
 
 
-def _retained_states(broker, n: int) -> dict[str, ZoneStateMessage]:
-    watcher = Collector(broker.host, broker.port, "edge_seg/dev1/zone/+/state")
-    try:
-        got = wait_for(lambda: len(watcher.messages) >= n and watcher.messages, 10, what=f"{n} retained zone states")
-    finally:
-        watcher.close()
-    assert all(m.retain for m in got)
-    return {m.topic.split("/")[3]: decode(m.payload) for m in got}
+def _retained_states(broker) -> dict[str, ZoneStateMessage]:
+    """The retained state of both zones, as a new subscriber gets it from the broker (retain flag set)."""
+    def kept():
+        watcher = Collector(broker.host, broker.port, "edge_seg/dev1/zone/+/state")
+        try:
+            time.sleep(0.5)  # retained messages come right after the subscription
+            return {m.topic.split("/")[3]: decode(m.payload) for m in watcher.messages if m.retain}
+        finally:
+            watcher.close()
+
+    return wait_for(lambda: (states := kept()).keys() == {"left", "right"} and states, 15, interval=0.2,
+                    what="both zones' retained states")
 
 
 def test_the_scripted_clip_gives_exactly_the_expected_events_across_an_outage_and_a_restart(broker, make_publisher,
@@ -117,7 +121,7 @@ def test_the_scripted_clip_gives_exactly_the_expected_events_across_an_outage_an
         assert publisher.outbox.stats().depth == 4
         broker.start()
         wait_for(lambda: publisher.link.connected, 20, what="reconnect")
-        right = _retained_states(broker, 2)["right"]  # re-sent on reconnect: the change made while away
+        right = _retained_states(broker)["right"]  # re-sent on reconnect: the change made while away
         assert right.occupied and right.classes["person"].count == 1 and right.classes["car"].track_ids == [2]
         assert right.frame_seq == 15
         play(range(17, LENGTH))
@@ -153,6 +157,6 @@ def test_the_scripted_clip_gives_exactly_the_expected_events_across_an_outage_an
     publisher.close()
     broker.stop()  # Mosquitto keeps retained messages across its restart (persistence true in tests/broker.py)
     broker.start()
-    states = _retained_states(broker, 2)
+    states = _retained_states(broker)
     assert {z: (s.occupied, s.frame_seq) for z, s in states.items()} == {"left": (False, 11), "right": (False, 25)}
     assert states["right"].classes["car"].count == 0 and states["right"].classes["car"].track_ids == []
