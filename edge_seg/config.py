@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_seg.errors import EdgeSegError, FieldValueError, field_path
 from edge_seg.postprocess.uncertainty import CropConfig
+from edge_seg.postprocess.zones import ZoneConfig, check_zones
 from edge_seg.publish.mqtt_config import MqttConfig
 
 
@@ -258,6 +259,14 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     ota: OtaConfig = OtaConfig()
     service: ServiceConfig = ServiceConfig()
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=64, description="polygons of the frame "
+                                    "watched per class: events, retained state (edge_seg.postprocess.zones)")
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: list[ZoneConfig]) -> list[ZoneConfig]:
+        check_zones(zones)
+        return zones
 
 
 _SCALAR = (int, float, str, bool, type(None))

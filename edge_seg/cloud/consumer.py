@@ -1,7 +1,8 @@
 """The cloud side: subscribe to devices' results over MQTT, dedupe, store (``edge-seg consume``).
 
-``Consumer`` subscribes (MQTT 5, QoS 1) to ``{prefix}/+/mask``, ``/crop``, ``/status``, ``/metrics`` and
-``/cmd/result``. With ``share="GROUP"`` the filters become ``$share/GROUP/...``: the broker hands
+``Consumer`` subscribes (MQTT 5, QoS 1) to ``{prefix}/+/mask``, ``/crop``, ``/status``, ``/metrics``,
+``/cmd/result`` and ``/event`` (zone events: also in the ``events`` table, ``edge_seg.cloud.events``).
+With ``share="GROUP"`` the filters become ``$share/GROUP/...``: the broker hands
 each message to one member of the group, so N consumer processes split the stream. (Shared
 subscriptions get no retained messages: a shared consumer sees a device's status when it next
 changes.) Each message is decoded and validated (``edge_seg.publish.messages.decode``), checked
@@ -62,7 +63,7 @@ from edge_seg.publish.payload_masks import check_limits
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EDGE_SEG_MQTT_PASSWORD"
-KINDS = ("mask", "crop", "status", "metrics", "cmd/result")
+KINDS = ("mask", "crop", "status", "metrics", "cmd/result", "event")
 PROGRESS_INTERVAL_S = 5.0
 SLOW_MESSAGE_S = 2.0  # a message that takes longer is logged (the decode limits keep this from happening)
 

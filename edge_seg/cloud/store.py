@@ -38,18 +38,21 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from edge_seg.cloud.dead_letters import DeadLetters
+from edge_seg.cloud.events import EVENTS_SQL, insert_event
 from edge_seg.cloud.gaps import GapCounter
 from edge_seg.errors import InputError
 from edge_seg.maskio import palette_png, read_palette_png
 from edge_seg.publish.messages import (
     CommandResultMessage,
     CropMessage,
+    EventMessage,
     InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
     Message,
     MetricsMessage,
     StatusMessage,
+    ZoneStateMessage,
 )
 from edge_seg.publish.payload_masks import check_limits, class_map_from_mask, instance_boxes
 
@@ -74,7 +77,8 @@ CREATE INDEX IF NOT EXISTS instance_tracks_track ON instance_tracks (device, tra
 def kind_of(msg: Message) -> str:
     """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
     return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", InstanceCropMessage: "crop",
-            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result"}[type(msg)]
+            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result",
+            EventMessage: "event", ZoneStateMessage: "zone_state"}[type(msg)]
 
 
 def crop_file_name(device: str, seq: int, msg_id: str) -> str:
@@ -157,6 +161,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
+        self.db.executescript(EVENTS_SQL)
         if "frame_seq" not in {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}:
             self.db.execute("ALTER TABLE messages ADD COLUMN frame_seq INTEGER")  # an out_dir from before
         self.db.execute("CREATE INDEX IF NOT EXISTS messages_stream ON messages (device, kind)")
@@ -219,6 +224,8 @@ class Store:
                 self.db.executemany("INSERT INTO instance_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     [(msg.msg_id, msg.device, msg.frame_seq, msg.ts, item.track_id, item.class_id,
                                       item.score, *item.bbox) for item in msg.instances if item.track_id is not None])
+            if isinstance(msg, EventMessage):
+                insert_event(self.db, msg)
             if coco is not None:
                 image, anns = coco
                 names = [ann.pop("category_name") for ann in anns]

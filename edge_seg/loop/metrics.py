@@ -97,6 +97,12 @@ class Metrics:
         self.outbox_messages = Gauge("edge_seg_outbox_messages", "Messages waiting in the on-disk outbox", registry=r)
         self._model_info = Gauge("edge_seg_model_info", "The model in use (value is always 1)",
                                  ["name", "version", "sha256"], registry=r)
+        self._zone_occupied = Gauge("edge_seg_zone_occupied", "1 while the class occupies the zone, else 0",
+                                    ["zone", "class"], registry=r)
+        self._zone_count = Gauge("edge_seg_zone_count", "Instances of the class in the zone (instance models)",
+                                 ["zone", "class"], registry=r)
+        self._zone_area = Gauge("edge_seg_zone_area_fraction", "Share of the zone the class covers (semantic models)",
+                                ["zone", "class"], registry=r)
         self._drift: Gauge | None = None
         self._lock = threading.Lock()
         self._stage_children: dict[str, tuple[object, deque]] = {}
@@ -168,6 +174,15 @@ class Metrics:
     def watch_outbox(self, depth) -> None:
         """Read the outbox depth at each scrape from ``depth()`` (e.g. ``lambda: outbox.stats().depth``)."""
         self.outbox_messages.set_function(depth)
+
+    def set_zone(self, zone: str, class_name: str, occupied: bool, count: int | None, area: float | None) -> None:
+        """The zone gauges of one zone and class (``edge_seg.loop.zone_stage``); count or area may be None."""
+        labels = {"zone": zone, "class": class_name}
+        self._zone_occupied.labels(**labels).set(1 if occupied else 0)
+        if count is not None:
+            self._zone_count.labels(**labels).set(count)
+        if area is not None:
+            self._zone_area.labels(**labels).set(area)
 
     def observe_segmentation(self, area_fractions: Mapping[str, float], mean_uncertainty: float) -> None:
         """Set the per-class area and uncertainty gauges; update the rolling distribution and drift."""

@@ -106,7 +106,12 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
     ov = config.overlay
     drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
     if ov.enabled and (config.preview.enabled or config.output.video):  # redaction: the pipeline's (``_redactor``)
-        drawer = OverlayStage(Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend))
+        zones = None
+        if config.zones:
+            from edge_seg.view.zone_layer import ZoneLayer
+
+            zones = ZoneLayer(config.zones)
+        drawer = OverlayStage(Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend), zones=zones)
         if config.output.video:
             stages.append(drawer)
     if config.uncertainty.enabled:
@@ -120,6 +125,14 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
     built.metrics = Metrics(device=config.device.name, classes=list(manifest.classes), baseline=manifest.baseline)
     built.metrics.set_model(manifest.name, manifest.version, segmenter.loaded.sha256)
     stages.append(MetricsStage(built.metrics, stats))
+    zone_summary = None
+    if config.zones:  # one ZoneTracker per source (several cameras: one each)
+        from edge_seg.loop.zone_stage import ZoneStage
+        from edge_seg.postprocess.zones import ZoneTracker, check_classes
+
+        check_classes(config.zones, manifest.classes)  # fails before any thread starts
+        stages.append(ZoneStage(ZoneTracker(config.zones), built.metrics))
+        zone_summary = stages[-1].summary
     if config.preview.enabled:
         from edge_seg.view.access import read_token_file
         from edge_seg.view.preview import PreviewServer
@@ -131,7 +144,8 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
                                       write_timeout_s=pv.write_timeout_s, token=token, allow_open=pv.allow_open)
         built.preview.start()
         info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
-        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info,
+        zones = zone_summary or list
+        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info, "zones": zones(),
                                                            "source_state": built.pipeline.source.state},
                                   draw=drawer.draw if drawer is not None else None))
     if config.output.video:
@@ -187,7 +201,8 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 degraded=lambda: getattr(built.pipeline.source, "degraded", lambda: None)(),
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
-                                allowed_url_prefixes=config.ota.allowed_url_prefixes)
+                                allowed_url_prefixes=config.ota.allowed_url_prefixes,
+                                zones=config.zones, zone_counts=m.task == "instance")
     outbox = built.publisher.outbox
     built.metrics.watch_outbox(lambda: outbox.stats().depth)  # read at each scrape (the outbox-growing alert)
     return built.publisher

@@ -48,9 +48,10 @@ class OverlayStage:
 
     name = "overlay"
 
-    def __init__(self, overlay: Overlay | None, redactor: Redactor | None = None):
+    def __init__(self, overlay: Overlay | None, redactor: Redactor | None = None, zones=None):
         self.overlay = overlay
         self.redactor = redactor
+        self.zones = zones  # a ZoneLayer (edge_seg.view.zone_layer): zone outlines over the whole frame
 
     def __call__(self, result: FrameResult) -> None:
         result.overlay = self.draw(result)
@@ -62,7 +63,10 @@ class OverlayStage:
             drawn = self.redactor.annotate(drawn, result.segmentation)
         if self.overlay is not None:
             drawn = self.overlay.annotate(drawn, result.segmentation)
-        return _paste(result.frame.image, drawn, result.roi)
+        out = _paste(result.frame.image, drawn, result.roi)
+        if self.zones is not None:
+            out = self.zones.draw(out if out is not result.frame.image else out.copy())
+        return out
 
 
 def writable_file(path: str | Path, what: str) -> Path:

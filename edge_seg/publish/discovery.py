@@ -7,6 +7,12 @@ every connect, to ``{ha_prefix}/sensor/{device}_{x}/config``:
 * ``{device}_fps``: the FPS the status reports;
 * ``{device}_area_{class}``: the percentage of the frame each class covers, from the mask topic.
 
+With zones (``zone_discovery_configs``), from each zone's retained ``zone/{zone}/state`` topic:
+
+* ``binary_sensor/{device}_zone_{zone}``: ``occupancy``, on while any watched class occupies it;
+* ``sensor/{device}_zone_{zone}_{class}``: per watched class, the count of instances in the zone
+  (instance models) or the percentage of the zone the class covers (semantic and binary models).
+
 All are marked available while the status says ``online``, so the LWT makes them unavailable.
 """
 
@@ -57,4 +63,38 @@ def discovery_configs(device: str, base_topic: str, classes: Sequence[str] = (),
     return out
 
 
-__all__ = ["discovery_configs", "object_id"]
+def zone_discovery_configs(device: str, base_topic: str, zones: Sequence, counting: bool, model: str | None = None,
+                           ha_prefix: str = "homeassistant") -> list[tuple[str, bytes]]:
+    """(topic, retained JSON payload) per zone (a ``binary_sensor``) and per zone and class (a ``sensor``).
+
+    ``zones`` are ``ZoneConfig`` values; ``counting``: instance counts (True) or area percentages (False).
+    """
+    dev = object_id(device)
+    info = {"identifiers": [f"edge_seg_{dev}"], "name": f"edge-seg {device}", "manufacturer": "edge_seg"}
+    if model:
+        info["model"] = model
+    common = {"availability_topic": f"{base_topic}/status", "availability_template": _ONLINE, "device": info}
+    out = []
+    for zone in zones:
+        state = f"{base_topic}/zone/{zone.name}/state"
+        unique = f"{dev}_zone_{object_id(zone.name)}"
+        body = {"unique_id": f"edge_seg_{unique}", "object_id": unique, "name": f"{zone.name} occupied",
+                "state_topic": state, "value_template": "{{ 'ON' if value_json.occupied else 'OFF' }}",
+                "payload_on": "ON", "payload_off": "OFF", "device_class": "occupancy", **common}
+        out.append((f"{ha_prefix}/binary_sensor/{unique}/config", json.dumps(body, separators=(",", ":")).encode()))
+        for cls in zone.classes:
+            key = f"{unique}_{object_id(cls)}"
+            item = "value_json.classes[" + json.dumps(cls) + "]"
+            if counting:
+                extra = {"name": f"{zone.name} {cls} count", "value_template": "{{ " + item + ".count | int(0) }}",
+                         "icon": "mdi:counter"}
+            else:
+                extra = {"name": f"{zone.name} {cls} area", "unit_of_measurement": "%",
+                         "value_template": "{{ (" + item + ".area | float(0) * 100) | round(1) }}"}
+            body = {"unique_id": f"edge_seg_{key}", "object_id": key, "state_topic": state,
+                    "state_class": "measurement", **extra, **common}
+            out.append((f"{ha_prefix}/sensor/{key}/config", json.dumps(body, separators=(",", ":")).encode()))
+    return out
+
+
+__all__ = ["discovery_configs", "object_id", "zone_discovery_configs"]

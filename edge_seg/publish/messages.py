@@ -27,6 +27,8 @@ time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time othe
   ``\\n``, then the raw JPEG. Binary framing saves base64's 33 %; ``mosquitto_sub`` still shows the
   header. Without a content type (MQTT 3.1.1) ``decode`` recognises the header line.
 * **instance crop** (``edge_seg.instance_crop/v1``, framed like a crop): see ``edge_seg.publish.instance_crop``.
+* **event** (``edge_seg.event/v1``) and retained **zone state** (``edge_seg.zone_state/v1``): see
+  ``edge_seg.publish.zone_messages``.
 * **status**, **metrics**, **cmd/result**, and **cmd** (device-bound): UTF-8 JSON.
 
 Decoding is strict about types (no "5" for 5, no NaN/Infinity) and ignores unknown fields of
@@ -66,6 +68,7 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     CROP_CONTENT_TYPE,
     CROP_SCHEMA,
     DEVICE_PATTERN,
+    EVENT_SCHEMA,
     INSTANCE_CROP_SCHEMA,
     INSTANCES_SCHEMA,
     JPEG_MAGIC,
@@ -78,9 +81,11 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     MSG_ID_PATTERN,
     RESULT_SCHEMA,
     STATUS_SCHEMA,
+    ZONE_STATE_SCHEMA,
     CommandMessage,
     CommandResultMessage,
     CropMessage,
+    EventMessage,
     InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
@@ -88,8 +93,10 @@ from edge_seg.publish.schemas import (  # noqa: F401 - re-exported: messages is 
     MetricsMessage,
     ModelInfo,
     StatusMessage,
+    ZoneStateMessage,
     b64decode,
 )
+from edge_seg.publish.zone_messages import encode_event, encode_zone_state  # noqa: F401 - re-exported
 from edge_seg.segmentation import ModelIdentity
 
 
@@ -296,7 +303,8 @@ def _decode_crop(payload: bytes) -> CropMessage | InstanceCropMessage:
 
 
 def decode(payload: bytes, content_type: str | None = None) -> Message:
-    """Validate and decode a data message (mask, crop, status, metrics, cmd/result); ``MessageError`` if bad."""
+    """Validate and decode a data message (mask, crop, status, metrics, cmd/result, event, zone state);
+    ``MessageError`` if bad."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise MessageError(f"bad message: payload must be bytes, got {type(payload).__name__}")
     payload = bytes(payload)
@@ -343,3 +351,5 @@ __all__ = ["COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "Co
            "MessageError", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "STATUS_SCHEMA", "StatusMessage",
            "decode", "decode_command", "encode_command_result", "encode_crop",
            "encode_instances", "encode_mask", "encode_metrics", "encode_status", "model_identity", "new_msg_id"]
+__all__ += ["EVENT_SCHEMA", "EventMessage", "ZONE_STATE_SCHEMA", "ZoneStateMessage", "encode_event",
+            "encode_zone_state"]

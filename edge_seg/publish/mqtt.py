@@ -15,7 +15,7 @@ Threads and what runs where:
   subscribe, discovery), disconnect, PUBACK (→ the mid is acknowledged), command payloads.
 * **edge-seg-mqtt-cmd** runs commands (a reload hook may take seconds) and sends their results.
 
-Delivery: data messages (mask, crop, metrics) are QoS 1, written to the outbox before paho sees
+Delivery: data messages (mask, crop, metrics, zone event) are QoS 1, written to the outbox before paho sees
 them and deleted on PUBACK: at least once across broker outages and device restarts; consumers
 dedupe by ``msg_id``. Within a process, paho retransmits its in-flight window after a reconnect;
 after a restart, the outbox is replayed from its oldest row. Status, command results and
@@ -39,7 +39,7 @@ import numpy as np
 
 from edge_seg.publish import snapshot
 from edge_seg.publish.commands import CommandHooks, CommandRunner, build_handler
-from edge_seg.publish.discovery import discovery_configs
+from edge_seg.publish.discovery import discovery_configs, zone_discovery_configs
 from edge_seg.publish.messages import (
     Encoded,
     MessageError,
@@ -54,6 +54,7 @@ from edge_seg.publish.mqtt_config import MqttConfig, parse_broker_url
 from edge_seg.publish.outbox import Outbox
 from edge_seg.publish.policy import PublishPolicy
 from edge_seg.publish.sequence import Sequences
+from edge_seg.publish.zone_output import ZoneOutput
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 5.0
@@ -77,7 +78,7 @@ class Publisher:
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
                  update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
-                 start: bool = True):
+                 zones: Sequence = (), zone_counts: bool = False, start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
         self.model, self.classes = model, tuple(classes)
@@ -97,6 +98,9 @@ class Publisher:
                                on_ack=lambda mid, failed: self._wake((mid, failed)), on_command=self.runner.submit)
         self.client = self.link.client
         self.seqs = Sequences(state_dir)  # seq per topic, monotonic across restarts; reads the outbox: before it
+        self.zones, self._zone_counts = tuple(zones), zone_counts  # ZoneConfig values; counts: an instance model
+        self.zone_output = ZoneOutput(device, self.seqs, lambda e, retain: self._send_direct(e, retain=retain),
+                                      lambda: self.link.connected)
         self.outbox = Outbox(Path(state_dir) / "outbox.sqlite", ttl_s=config.outbox.ttl_s,  # last: nothing to undo
                              max_bytes=config.outbox.max_bytes, sync=config.outbox.sync, audit=config.outbox.audit)
         self._cond = threading.Condition()
@@ -130,11 +134,13 @@ class Publisher:
         reason = self.policy.decide(seg.area_fractions, uncertainty)
         crops = result.extras.get("crops") or ()
         self.counts["frames"] += 1
-        if reason is not None or crops:
+        if reason is not None or crops or ZoneOutput.wants(result):
             with self._cond:
-                if len(self._frames) >= self.config.queue:
-                    self._frames.popleft()
-                    self.counts["queue_dropped"] += 1
+                if len(self._frames) >= self.config.queue:  # drop the oldest frame without zone events or states
+                    victim = next((w for w in self._frames if not ZoneOutput.wants(w.result)), None)
+                    if victim is not None:
+                        self._frames.remove(victim)
+                        self.counts["queue_dropped"] += 1
                 self._frames.append(_Work(result, reason, uncertainty, tuple(crops)))
                 self.counts["queued"] += 1
                 self._cond.notify()
@@ -157,6 +163,7 @@ class Publisher:
         if self.config.commands.enabled:
             client.subscribe(f"{self.base}/cmd", qos=1)
         self._send_direct(self._status(True), retain=True)
+        self.zone_output.resend()
         self._ha_sent = False
         self._send_discovery()
         self._wake()
@@ -188,7 +195,10 @@ class Publisher:
         if not self.config.ha_discovery or self._ha_sent or (self.model is None and not self.classes):
             return
         name = f"{self.model.name} {self.model.version}" if self.model is not None else None
-        for topic, payload in discovery_configs(self.device, self.base, self.classes, name, self.config.ha_prefix):
+        configs = discovery_configs(self.device, self.base, self.classes, name, self.config.ha_prefix)
+        configs += zone_discovery_configs(self.device, self.base, self.zones, self._zone_counts, name,
+                                          self.config.ha_prefix)
+        for topic, payload in configs:
             self.client.publish(topic, payload, qos=1, retain=True)
         self._ha_sent = True
 
@@ -272,6 +282,7 @@ class Publisher:
                 self._send_discovery()
         out = []
         try:
+            out += self.zone_output.encode(result)  # zone events (outbox) and changed retained zone states
             if item.reason is not None:
                 if seg.instances is not None:  # an instance model: one RLE per instance
                     out.append(encode_instances(seg, device=self.device, seq=self.seqs.next("mask"), ts=frame.ts,

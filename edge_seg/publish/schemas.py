@@ -22,6 +22,8 @@ STATUS_SCHEMA = "edge_seg.status/v1"
 METRICS_SCHEMA = "edge_seg.metrics/v1"
 COMMAND_SCHEMA = "edge_seg.cmd/v1"
 RESULT_SCHEMA = "edge_seg.cmd_result/v1"
+EVENT_SCHEMA = "edge_seg.event/v1"
+ZONE_STATE_SCHEMA = "edge_seg.zone_state/v1"
 JSON_CONTENT_TYPE = "application/json"
 CROP_CONTENT_TYPE = "application/vnd.edge-seg.crop"
 JPEG_MAGIC = b"\xff\xd8"
@@ -261,6 +263,46 @@ class CommandResultMessage(_Envelope):
     error: Annotated[str, Field(max_length=4096)] | None = None
 
 
+ZoneName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TrackIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**63)]], Field(max_length=1000)]
+
+
+class EventMessage(_Envelope):
+    """A zone event (``edge_seg.postprocess.zones``): ``kind`` of ``class_`` in ``zone``; ``ts`` is the capture time."""
+
+    schema_: Literal["edge_seg.event/v1"] = Field(alias="schema")
+    zone: ZoneName
+    class_: Name = Field(alias="class")
+    kind: Literal["enter", "leave", "occupied", "cleared"]
+    track_ids: TrackIds = []
+    value: Annotated[float, Field(ge=0)]  # the area fraction or the count when it happened
+    frame_seq: Seq | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventMessage:
+        if self.kind in ("enter", "leave") and len(self.track_ids) != 1:
+            raise ValueError(f"a {self.kind} event names exactly one track, got {len(self.track_ids)}")
+        return self
+
+
+class ZoneClassState(_Strict):
+    occupied: bool
+    count: Annotated[int, Field(ge=0)] | None = None
+    area: Annotated[float, Field(ge=0, le=1)] | None = None
+    track_ids: TrackIds = []
+    since: Ts | None = None
+
+
+class ZoneStateMessage(_Envelope):
+    """The retained state of one zone (``zone/{zone}/state``): ``occupied`` by any class, and per class."""
+
+    schema_: Literal["edge_seg.zone_state/v1"] = Field(alias="schema")
+    zone: ZoneName
+    occupied: bool
+    classes: Annotated[dict[Name, ZoneClassState], Field(min_length=1, max_length=64)]
+    frame_seq: Seq | None = None
+
+
 class CommandMessage(BaseModel):
     """A command to a device (``{prefix}/{device}/cmd``); ``sig`` when signatures are required."""
 
@@ -284,10 +326,11 @@ class UpdateModelArgs(BaseModel):
 
 
 Message = Union[MaskMessage, InstancesMessage, CropMessage, InstanceCropMessage, StatusMessage,  # noqa: UP007
-                MetricsMessage, CommandResultMessage]
+                MetricsMessage, CommandResultMessage, EventMessage, ZoneStateMessage]
 BY_SCHEMA: dict[str, type[BaseModel]] = {MASK_SCHEMA: MaskMessage, INSTANCES_SCHEMA: InstancesMessage,
                                           STATUS_SCHEMA: StatusMessage,
-                                          METRICS_SCHEMA: MetricsMessage, RESULT_SCHEMA: CommandResultMessage}
+                                          METRICS_SCHEMA: MetricsMessage, RESULT_SCHEMA: CommandResultMessage,
+                                          EVENT_SCHEMA: EventMessage, ZONE_STATE_SCHEMA: ZoneStateMessage}
 
 
 __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP_SCHEMA", "ClassRLE", "CommandMessage",
@@ -296,3 +339,4 @@ __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP
            "JSON_CONTENT_TYPE", "MASK_SCHEMA", "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA",
            "MSG_ID_PATTERN", "MaskMessage", "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "Reason",
            "RunnerUp", "STATUS_SCHEMA", "StatusMessage", "UpdateModelArgs", "b64decode"]
+__all__ += ["EVENT_SCHEMA", "EventMessage", "ZONE_STATE_SCHEMA", "ZoneClassState", "ZoneStateMessage"]

@@ -110,7 +110,7 @@ def test_store_masks_crops_status_dedupe_and_bad(broker, tmp_path):
     stats = run.stop()
     dev.close()
     assert stats["received"] == 12 and stats["stored"] == 8 and stats["duplicates"] == 1 and stats["bad"] == 3
-    assert stats["by_kind"] == {"mask": 4, "crop": 2, "status": 1, "metrics": 1, "cmd/result": 0}
+    assert stats["by_kind"] == {"mask": 4, "crop": 2, "status": 1, "metrics": 1, "cmd/result": 0, "event": 0}
 
     stored = list(iter_masks(out, device="cam-1"))
     assert [s.seq for s in stored] == [0, 1, 2]
