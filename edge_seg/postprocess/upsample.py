@@ -1,0 +1,120 @@
+"""Frame-size class maps with smooth edges: bilinear upsampling of uint8 probabilities, then argmax/threshold.
+
+Nearest-resizing the model-resolution label map gives staircase edges (a 192² grid blown up ~7x at
+720p). Instead the per-class probabilities, kept as uint8 at model resolution (``uint8_probabilities``),
+are resized with ``cv2.resize(INTER_LINEAR)`` (OpenCV's fixed-point uint8 path, all planes in one
+call) and the class map is taken at frame size: argmax over the planes with OpenCV compare/max into
+reused scratch buffers (multi-class), or one comparison with the threshold (binary, one plane).
+
+Quantised probabilities are used as their raw codes: dequantisation is the same increasing affine
+map for every channel, and bilinear weights sum to 1, so the argmax of interpolated codes is the
+argmax of interpolated probabilities. At a model pixel centre the result is the model's own label
+(binary planes are clamped around the threshold so that holds exactly; see ``binary_uint8``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+UPSAMPLE_MODES = ("bilinear", "nearest")
+_scratch = threading.local()  # per thread: {(height, width, channels): buffers}
+
+
+def uint8_probabilities(raw: np.ndarray, quantized_uint8: bool) -> np.ndarray:
+    """Per-class probabilities (h, w, C) as uint8 from raw probability codes or float probabilities.
+
+    ``quantized_uint8``: ``raw`` holds uint8/int8 codes of one per-tensor affine quantisation (used
+    as codes, int8 shifted by 128: order and convex combinations are kept); otherwise ``raw`` is
+    float probabilities in [0, 1], scaled by 255 and rounded.
+    """
+    if quantized_uint8:
+        if raw.dtype == np.int8:
+            return raw.view(np.uint8) ^ np.uint8(0x80)
+        return np.array(raw, dtype=np.uint8, copy=True)  # the backend may reuse its output buffer
+    out = np.multiply(raw, 255.0, dtype=np.float32)
+    np.clip(out, 0.0, 255.0, out=out)
+    return np.add(out, 0.5, out=out).astype(np.uint8)
+
+
+def binary_threshold(threshold: float) -> int:
+    """The uint8 threshold (1..255) matching probability ``threshold`` on the 0..255 scale."""
+    return int(min(max(np.floor(threshold * 255.0 + 0.5), 1), 255))
+
+
+def binary_uint8(prob: np.ndarray, labels: np.ndarray, threshold_u8: int) -> np.ndarray:
+    """Foreground probability (h, w) float32 → uint8 (h, w, 1), clamped so that ``>= threshold_u8``
+    is exactly ``labels == 1`` at every model pixel (labels may come from hysteresis, not the threshold)."""
+    u8 = uint8_probabilities(prob, quantized_uint8=False)
+    fg = labels.astype(bool)
+    np.copyto(u8, np.maximum(u8, threshold_u8).astype(np.uint8), where=fg)
+    np.copyto(u8, np.minimum(u8, threshold_u8 - 1).astype(np.uint8), where=~fg)
+    return u8[..., None]
+
+
+def upsample_labels(probs: np.ndarray, frame_size: tuple[int, int], threshold_u8: int = 128) -> np.ndarray:
+    """uint8 class ids (height, width) at ``frame_size`` (width, height) from uint8 probabilities (h, w, C).
+
+    C == 1: the foreground probability of a binary model, class 1 where it is ``>= threshold_u8``.
+    C >= 2: argmax over the bilinearly upsampled planes, first maximum wins. Returns a new array.
+    """
+    width, height = int(frame_size[0]), int(frame_size[1])
+    channels = probs.shape[2] if probs.ndim == 3 else 1
+    if channels == 1:
+        plane = probs if probs.ndim == 2 else probs[..., 0]
+        big = cv2.resize(np.ascontiguousarray(plane), (width, height), interpolation=cv2.INTER_LINEAR)
+        cv2.compare(big, threshold_u8, cv2.CMP_GE, dst=big)
+        return cv2.bitwise_and(big, 1, dst=big)
+    if channels > 4:  # OpenCV resizes up to 4 interleaved channels in its fast path: go plane by plane
+        planes = [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR)
+                  for p in cv2.split(np.ascontiguousarray(probs))]
+    else:
+        buffers = _buffers(height, width, channels)
+        big, planes = buffers[0], buffers[1:1 + channels]
+        cv2.resize(np.ascontiguousarray(probs), (width, height), dst=big, interpolation=cv2.INTER_LINEAR)
+        cv2.split(big, planes)
+    return _argmax_planes(planes, _buffers(height, width, 0))
+
+
+def _argmax_planes(planes: list[np.ndarray], scratch: list[np.ndarray]) -> np.ndarray:
+    """Index of the first maximum over ``planes`` (uint8, same shape), as a new uint8 array.
+
+    Channel c replaces the running index where it is strictly greater than the running best; as c
+    exceeds every index so far, that is ``index = max(index, c & (plane_c > best))``.
+    """
+    best, better = scratch
+    index = cv2.compare(planes[1], planes[0], cv2.CMP_GT)  # a new array: the caller keeps it
+    cv2.bitwise_and(index, 1, dst=index)
+    if len(planes) > 2:
+        cv2.max(planes[0], planes[1], dst=best)
+    for c in range(2, len(planes)):
+        cv2.compare(planes[c], best, cv2.CMP_GT, dst=better)
+        cv2.bitwise_and(better, c, dst=better)
+        cv2.max(index, better, dst=index)
+        if c + 1 < len(planes):
+            cv2.max(best, planes[c], dst=best)
+    return index
+
+
+def _buffers(height: int, width: int, channels: int) -> list[np.ndarray]:
+    """Scratch buffers of this thread: (interleaved (h, w, C), C planes) or, for C == 0, (best, better)."""
+    cache = getattr(_scratch, "buffers", None)
+    if cache is None:
+        cache = _scratch.buffers = {}
+    key = (height, width, channels)
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > 8:  # frame sizes change rarely: keep the few in use
+            cache.clear()
+        if channels:
+            found = [np.empty((height, width, channels), np.uint8)]
+            found += [np.empty((height, width), np.uint8) for _ in range(channels)]
+        else:
+            found = [np.empty((height, width), np.uint8) for _ in range(2)]
+        cache[key] = found
+    return found
+
+
+__all__ = ["UPSAMPLE_MODES", "binary_threshold", "binary_uint8", "uint8_probabilities", "upsample_labels"]
