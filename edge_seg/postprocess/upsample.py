@@ -2,9 +2,11 @@
 
 Nearest-resizing the model-resolution label map gives staircase edges (a 192² grid blown up ~7x at
 720p). Instead the per-class probabilities, kept as uint8 at model resolution (``uint8_probabilities``),
-are resized with ``cv2.resize(INTER_LINEAR)`` (OpenCV's fixed-point uint8 path, all planes in one
-call) and the class map is taken at frame size: argmax over the planes with OpenCV compare/max into
-reused scratch buffers (multi-class), or one comparison with the threshold (binary, one plane).
+are upsampled bilinearly (``bilinear``: ``cv2.warpAffine`` with the pixel-centre geometry of
+``cv2.resize(INTER_LINEAR)`` and the same edge clamping, within one uint8 step of it and about twice
+as fast at 720p; fixed-point uint8, all planes in one call) and the class map is taken at frame
+size: argmax over the planes with OpenCV compare/max into reused scratch buffers (multi-class), or
+one comparison with the threshold (binary, one plane).
 
 Quantised probabilities are used as their raw codes: dequantisation is the same increasing affine
 map for every channel, and bilinear weights sum to 1, so the argmax of interpolated codes is the
@@ -63,19 +65,27 @@ def upsample_labels(probs: np.ndarray, frame_size: tuple[int, int], threshold_u8
     width, height = int(frame_size[0]), int(frame_size[1])
     channels = probs.shape[2] if probs.ndim == 3 else 1
     if channels == 1:
-        plane = probs if probs.ndim == 2 else probs[..., 0]
-        big = cv2.resize(np.ascontiguousarray(plane), (width, height), interpolation=cv2.INTER_LINEAR)
+        big = bilinear(probs if probs.ndim == 2 else probs[..., 0], (width, height))
         cv2.compare(big, threshold_u8, cv2.CMP_GE, dst=big)
         return cv2.bitwise_and(big, 1, dst=big)
-    if channels > 4:  # OpenCV resizes up to 4 interleaved channels in its fast path: go plane by plane
-        planes = [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR)
-                  for p in cv2.split(np.ascontiguousarray(probs))]
+    if channels > 4:  # OpenCV interpolates up to 4 interleaved channels: go plane by plane
+        planes = [bilinear(p, (width, height)) for p in cv2.split(np.ascontiguousarray(probs))]
     else:
         buffers = _buffers(height, width, channels)
         big, planes = buffers[0], buffers[1:1 + channels]
-        cv2.resize(np.ascontiguousarray(probs), (width, height), dst=big, interpolation=cv2.INTER_LINEAR)
+        bilinear(probs, (width, height), dst=big)
         cv2.split(big, planes)
     return _argmax_planes(planes, _buffers(height, width, 0))
+
+
+def bilinear(image: np.ndarray, size: tuple[int, int], dst: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (h, w[, C <= 4]) resized bilinearly to ``size`` (width, height) with the geometry of
+    ``cv2.resize(INTER_LINEAR)`` (pixel centres aligned, edges clamped), via ``cv2.warpAffine``."""
+    h, w = image.shape[:2]
+    sx, sy = w / size[0], h / size[1]
+    matrix = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])  # frame pixel → model pixel
+    return cv2.warpAffine(np.ascontiguousarray(image), matrix, (int(size[0]), int(size[1])), dst=dst,
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _argmax_planes(planes: list[np.ndarray], scratch: list[np.ndarray]) -> np.ndarray:
@@ -117,4 +127,4 @@ def _buffers(height: int, width: int, channels: int) -> list[np.ndarray]:
     return found
 
 
-__all__ = ["UPSAMPLE_MODES", "binary_threshold", "binary_uint8", "uint8_probabilities", "upsample_labels"]
+__all__ = ["UPSAMPLE_MODES", "bilinear", "binary_threshold", "binary_uint8", "uint8_probabilities", "upsample_labels"]

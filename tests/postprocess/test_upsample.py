@@ -18,7 +18,7 @@ from boundary_metrics import boundary_iou, boundary_region, mean_boundary_iou
 from edge_seg.config import parse_config
 from edge_seg.demo.scenes import render_scene
 from edge_seg.errors import InputError
-from edge_seg.postprocess.upsample import binary_threshold, binary_uint8, upsample_labels
+from edge_seg.postprocess.upsample import bilinear, binary_threshold, binary_uint8, upsample_labels
 from edge_seg.segmenter import Segmenter
 
 FRAME = (1280, 720)
@@ -61,11 +61,24 @@ def test_upsample_labels_is_the_first_argmax_of_the_bilinear_planes(channels):
     probs = rng.integers(0, 256, (24, 32, channels), dtype=np.uint8)
     probs[3, 4] = 200  # ties: the first class wins, as in np.argmax
     got = upsample_labels(probs, (100, 75))
-    planes = np.stack([cv2.resize(np.ascontiguousarray(probs[..., c]), (100, 75), interpolation=cv2.INTER_LINEAR)
-                       for c in range(channels)], axis=-1)
+    if channels <= 4:  # interpolated together, as upsample_labels does (OpenCV's per-channel-count paths
+        planes = bilinear(probs, (100, 75))  # may round differently)
+    else:
+        planes = np.stack([bilinear(probs[..., c], (100, 75)) for c in range(channels)], axis=-1)
     assert got.dtype == np.uint8 and got.shape == (75, 100)
     assert np.array_equal(got, planes.argmax(axis=-1))
     assert got is not upsample_labels(probs, (100, 75))  # each call returns its own array (no shared buffer)
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (333, 197), (32, 24)])
+def test_bilinear_is_within_one_step_of_cv2_resize(size):
+    """The warpAffine upsampling has cv2.resize(INTER_LINEAR)'s geometry, borders included."""
+    probs = np.random.default_rng(7).integers(0, 256, (48, 64, 4), dtype=np.uint8)
+    got = bilinear(probs, size).astype(int)
+    want = cv2.resize(probs, size, interpolation=cv2.INTER_LINEAR).astype(int)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1 and np.abs(got - want).mean() < 0.5
+    moved = cv2.resize(probs[:, 1:], size, interpolation=cv2.INTER_LINEAR).astype(int)  # off by one model pixel
+    assert np.abs(moved - want).mean() > 5 * np.abs(got - want).mean()
 
 
 def test_binary_planes_keep_the_model_labels_at_the_model_pixels():
