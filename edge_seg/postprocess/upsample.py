@@ -2,11 +2,11 @@
 
 Nearest-resizing the model-resolution label map gives staircase edges (a 192² grid blown up ~7x at
 720p). Instead the per-class probabilities, kept as uint8 at model resolution (``uint8_probabilities``),
-are upsampled bilinearly (``bilinear``: ``cv2.warpAffine`` with the pixel-centre geometry of
-``cv2.resize(INTER_LINEAR)`` and the same edge clamping, within one uint8 step of it and about twice
-as fast at 720p; fixed-point uint8, all planes in one call) and the class map is taken at frame
-size: argmax over the planes with OpenCV compare/max into reused scratch buffers (multi-class), or
-one comparison with the threshold (binary, one plane).
+are split at model resolution and each plane is upsampled bilinearly (``bilinear``:
+``cv2.warpAffine`` with the pixel-centre geometry of ``cv2.resize(INTER_LINEAR)`` and the same edge
+clamping, within one uint8 step of it and about twice as fast at 720p; fixed-point uint8) into
+reused buffers, and the class map is taken at frame size: argmax over the planes with OpenCV
+compare/max (multi-class), or one comparison with the threshold (binary, one plane).
 
 Quantised probabilities are used as their raw codes: dequantisation is the same increasing affine
 map for every channel, and bilinear weights sum to 1, so the argmax of interpolated codes is the
@@ -68,13 +68,11 @@ def upsample_labels(probs: np.ndarray, frame_size: tuple[int, int], threshold_u8
         big = bilinear(probs if probs.ndim == 2 else probs[..., 0], (width, height))
         cv2.compare(big, threshold_u8, cv2.CMP_GE, dst=big)
         return cv2.bitwise_and(big, 1, dst=big)
-    if channels > 4:  # OpenCV interpolates up to 4 interleaved channels: go plane by plane
-        planes = [bilinear(p, (width, height)) for p in cv2.split(np.ascontiguousarray(probs))]
-    else:
-        buffers = _buffers(height, width, channels)
-        big, planes = buffers[0], buffers[1:1 + channels]
-        bilinear(probs, (width, height), dst=big)
-        cv2.split(big, planes)
+    # split at model resolution (cheap), then one warp per plane into reused buffers: faster than
+    # warping the interleaved planes and splitting at frame size
+    planes = _buffers(height, width, channels)
+    for plane, out in zip(cv2.split(np.ascontiguousarray(probs)), planes, strict=True):
+        bilinear(plane, (width, height), dst=out)
     return _argmax_planes(planes, _buffers(height, width, 0))
 
 
@@ -109,7 +107,7 @@ def _argmax_planes(planes: list[np.ndarray], scratch: list[np.ndarray]) -> np.nd
 
 
 def _buffers(height: int, width: int, channels: int) -> list[np.ndarray]:
-    """Scratch buffers of this thread: (interleaved (h, w, C), C planes) or, for C == 0, (best, better)."""
+    """Scratch buffers of this thread: C planes or, for C == 0, (best, better); all uint8 (h, w)."""
     cache = getattr(_scratch, "buffers", None)
     if cache is None:
         cache = _scratch.buffers = {}
@@ -118,11 +116,7 @@ def _buffers(height: int, width: int, channels: int) -> list[np.ndarray]:
     if found is None:
         if len(cache) > 8:  # frame sizes change rarely: keep the few in use
             cache.clear()
-        if channels:
-            found = [np.empty((height, width, channels), np.uint8)]
-            found += [np.empty((height, width), np.uint8) for _ in range(channels)]
-        else:
-            found = [np.empty((height, width), np.uint8) for _ in range(2)]
+        found = [np.empty((height, width), np.uint8) for _ in range(channels or 2)]
         cache[key] = found
     return found
 

@@ -61,10 +61,7 @@ def test_upsample_labels_is_the_first_argmax_of_the_bilinear_planes(channels):
     probs = rng.integers(0, 256, (24, 32, channels), dtype=np.uint8)
     probs[3, 4] = 200  # ties: the first class wins, as in np.argmax
     got = upsample_labels(probs, (100, 75))
-    if channels <= 4:  # interpolated together, as upsample_labels does (OpenCV's per-channel-count paths
-        planes = bilinear(probs, (100, 75))  # may round differently)
-    else:
-        planes = np.stack([bilinear(probs[..., c], (100, 75)) for c in range(channels)], axis=-1)
+    planes = np.stack([bilinear(probs[..., c], (100, 75)) for c in range(channels)], axis=-1)
     assert got.dtype == np.uint8 and got.shape == (75, 100)
     assert np.array_equal(got, planes.argmax(axis=-1))
     assert got is not upsample_labels(probs, (100, 75))  # each call returns its own array (no shared buffer)
