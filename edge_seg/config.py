@@ -145,6 +145,10 @@ class OverlayConfig(_Section):
     legend: bool = True
     redact_classes: list[str | int] = Field(default_factory=list, description="classes to hide")
     redact_mode: Literal["fill", "blur"] = "fill"
+    upsample: Literal["bilinear", "nearest"] = Field(
+        default="bilinear", description="frame-size class map (overlay, redaction, crops): bilinear upsampling of "
+                                        "uint8 probabilities (smooth edges) or nearest resize of the model-resolution "
+                                        "label map (cheapest, for the smallest devices)")
 
 
 class PreviewConfig(_Section):

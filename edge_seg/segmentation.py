@@ -2,8 +2,11 @@
 
 Postprocessing works at model resolution (DESIGN §5: argmax there, then one resize). The value
 keeps the model-resolution maps plus the ``Transform`` that maps them back to the frame, and
-resizes to frame size lazily, once, on first access of ``class_map`` / ``confidence``; overlays
-colour at model resolution and resize once.
+resizes to frame size lazily, once, on first access of ``class_map`` / ``confidence``. With
+``prob_map`` (uint8 class probabilities at model resolution, the Segmenter's default) ``class_map``
+has smooth edges: the probabilities are upsampled bilinearly, then argmax/threshold
+(``edge_seg.postprocess.upsample``); without it, and always in ``nearest_class_map``, the label
+map is nearest-resized (what mask messages reproduce).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from functools import cached_property
 
 import cv2
 import numpy as np
+
+from edge_seg.postprocess.upsample import upsample_labels
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,25 @@ class Segmentation:
     # float32 (h, w): top-1 minus top-2 class probability, in [0, 1]; only when the Segmenter was
     # created with ``margin=True`` (for the ``margin`` uncertainty method)
     margin_map: np.ndarray | None = None
+    # uint8 (h, w, C) class probabilities (codes) at model resolution, cropped like label_map (C = 1: the
+    # foreground of a binary model, class 1 where >= prob_threshold); None: class_map is nearest-resized
+    prob_map: np.ndarray | None = field(default=None, compare=False)
+    prob_threshold: int = 128
 
     @cached_property
     def class_map(self) -> np.ndarray:
-        """uint8 class id per frame pixel (nearest-neighbour resize of ``label_map``)."""
+        """uint8 class id per frame pixel: argmax/threshold of bilinearly upsampled ``prob_map`` (smooth
+        edges), or ``nearest_class_map`` when there is no ``prob_map``."""
+        if self.prob_map is None:
+            return self.nearest_class_map
+        if (self.prob_map.shape[1], self.prob_map.shape[0]) == tuple(self.frame_size):
+            return self.label_map
+        return upsample_labels(self.prob_map, self.frame_size, self.prob_threshold)
+
+    @cached_property
+    def nearest_class_map(self) -> np.ndarray:
+        """uint8 class id per frame pixel: nearest-neighbour resize of ``label_map`` (blocky edges; what a
+        mask message's ``payload_masks.class_map_from_mask`` reproduces exactly)."""
         return resize_to_frame(self.label_map, self.frame_size, cv2.INTER_NEAREST)
 
     @cached_property

@@ -23,7 +23,11 @@ from edge_seg.segmentation import ModelIdentity
 
 
 class Recorder:
-    """A loop stage writing the sha256 of each frame's class map (flushed per line)."""
+    """A loop stage writing the sha256 of each frame's nearest class map (flushed per line).
+
+    The nearest map (``Segmentation.nearest_class_map``) is what a mask message reproduces exactly; the
+    device's default smooth ``class_map`` differs from it near class edges (see ``test_mqtt_e2e``).
+    """
 
     name = "record"
 
@@ -31,7 +35,7 @@ class Recorder:
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def __call__(self, result) -> None:
-        digest = hashlib.sha256(result.segmentation.class_map.tobytes()).hexdigest()
+        digest = hashlib.sha256(result.segmentation.nearest_class_map.tobytes()).hexdigest()
         self.file.write(json.dumps({"seq": result.frame.seq, "sha256": digest}) + "\n")
         self.file.flush()
 

@@ -18,8 +18,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     reports = []
     for model, backend, mean, std in bench_specs(args):  # checks every argument before the first bench
-        with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std) as seg:
-            label = f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads})"
+        with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std,
+                              upsample=args.upsample) as seg:
+            label = (f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads}, "
+                     f"upsample {args.upsample})")
             reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
                                      source=args.source, loop_frames=args.loop_frames, progress=not args.json,
                                      label=label, clip_codec=args.clip_codec))
@@ -60,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--clip-codec", choices=("i420", "mjpg", "mp4v"), default="i420",
                    help="how the generated clip is stored: i420 = raw YUV frames, what a camera delivers "
                         "(default); mp4v / mjpg add a software video / JPEG decode to the loop")
+    p.add_argument("--upsample", choices=("bilinear", "nearest"), default="bilinear",
+                   help="how the class map reaches frame size (config overlay.upsample; default bilinear)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--csv", type=Path, default=None, help="also write the per-stage rows as CSV")
     p.add_argument("--compare", default=None, metavar="MODEL[@BACKEND]",

@@ -3,7 +3,8 @@
 Argmax runs on the raw (possibly quantised) values: dequantisation is monotonic, so the winner
 is the same and the float conversion of the whole tensor is avoided. Only the winning value is
 dequantised for the confidence. Everything stays at model resolution; the ``Segmentation``
-value resizes once to the frame.
+value resizes once to the frame. With ``probs`` the decoder also keeps the class probabilities
+as uint8 (``Decoded.probs``) for the bilinear upsampling of ``edge_seg.postprocess.upsample``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from edge_seg.errors import ModelError
 from edge_seg.manifest import OutputSpec
+from edge_seg.postprocess.upsample import binary_threshold, binary_uint8, uint8_probabilities
 from edge_seg.tensors import TensorSpec
 
 
@@ -24,6 +26,8 @@ class Decoded:
     confidence: np.ndarray  # float32 (h, w)
     entropy: np.ndarray | None = None  # float32 (h, w) in [0, 1]
     margin: np.ndarray | None = None  # float32 (h, w): top-1 minus top-2 probability, in [0, 1]
+    probs: np.ndarray | None = None  # uint8 (h, w, C) probabilities (C = 1: binary foreground), for upsampling
+    threshold_u8: int = 128  # binary: class 1 where probs >= this
 
 
 def argmax_max(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +96,15 @@ class SemanticDecoder:
     """Decodes one output tensor according to the manifest's output kind."""
 
     def __init__(self, output: OutputSpec, tensor: TensorSpec, num_classes: int, entropy: bool = False,
-                 margin: bool = False):
+                 margin: bool = False, probs: bool = False):
         self.kind = output.kind
         self.tensor = tensor
         self.threshold = output.threshold
         self.entropy = entropy
         self.margin = margin  # also the top-1 minus top-2 probability (off the default path: one more pass)
         self.num_classes = num_classes
+        self.probs = probs and self.kind != "class_map"  # also uint8 probabilities (``Decoded.probs``)
+        self.threshold_u8 = binary_threshold(self.threshold)
         if self.kind == "yolo_seg":
             raise ModelError("output kind 'yolo_seg' (instance segmentation) is not supported by this version")
 
@@ -120,6 +126,7 @@ class SemanticDecoder:
         logits, p1 - p2 = p1 (1 - exp(l2 - l1)): one exp over a single plane, no full softmax.
         """
         second_raw = margin = None
+        probs = self._uint8_probabilities(raw) if self.probs else None
         if self.margin:
             idx, top_raw, second_raw = argmax_top2(raw)
         else:
@@ -130,14 +137,20 @@ class SemanticDecoder:
             if second_raw is not None:
                 margin = np.subtract(confidence, self.tensor.dequantize(second_raw), dtype=np.float32)
                 np.clip(margin, 0.0, 1.0, out=margin)
-            return Decoded(idx, confidence, entropy, margin)
+            return Decoded(idx, confidence, entropy, margin, probs)
         values = self.tensor.dequantize(raw)
         top = self.tensor.dequantize(top_raw)
         confidence, entropy = _softmax_stats(values, top, self.entropy)
         if second_raw is not None:
             gap = np.exp(self.tensor.dequantize(second_raw) - top, dtype=np.float32)
             margin = (confidence * (1.0 - gap)).astype(np.float32)
-        return Decoded(idx, confidence, entropy, margin)
+        return Decoded(idx, confidence, entropy, margin, probs)
+
+    def _uint8_probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """uint8 (h, w, C) probabilities: 8-bit probability codes as they are, anything else via float."""
+        if self.kind == "probabilities" and self.tensor.quantized and raw.dtype in (np.uint8, np.int8):
+            return uint8_probabilities(raw, quantized_uint8=True)
+        return uint8_probabilities(probabilities(raw[None], self.kind, self.tensor, self.num_classes), False)
 
     def _binary(self, raw: np.ndarray) -> Decoded:
         values = self.tensor.dequantize(raw)
@@ -148,7 +161,8 @@ class SemanticDecoder:
         if self.entropy:
             entropy = _entropy(np.stack([1.0 - prob, prob], axis=-1))
         margin = np.abs(2.0 * prob - 1.0).astype(np.float32) if self.margin else None  # |p - (1 - p)|
-        return Decoded(labels, confidence, entropy, margin)
+        probs = binary_uint8(prob, labels, self.threshold_u8) if self.probs else None
+        return Decoded(labels, confidence, entropy, margin, probs, self.threshold_u8)
 
 
 def probabilities(raw: np.ndarray, kind: str, tensor: TensorSpec, num_classes: int) -> np.ndarray:

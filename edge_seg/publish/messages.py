@@ -7,9 +7,13 @@ time-sortable), ``seq`` and ``ts`` (capture time for masks/crops, send time othe
 * **mask** (``application/json``, UTF-8): model identity, ``frame_size`` ``[w, h]``, ``classes``,
   ``palette``, ``area_fractions``, ``mean_confidence``, ``mean_uncertainty``, ``timings_ms``, and the
   class map. The class map travels at **model resolution** (``mask_resolution`` ``[w, h]``, the
-  Segmentation's ``label_map``): the device's frame-size class map *is* a nearest-neighbour
-  resize of it, so ``payload_masks.class_map_from_mask`` reproduces it exactly (same ``cv2.resize``), at a
-  fraction of the bytes. ``mask_format`` ``rle``: ``rle`` lists ``{"id", "name", "counts"}`` for
+  Segmentation's ``label_map``), at a fraction of the bytes of a frame-size map.
+  ``payload_masks.class_map_from_mask`` (one nearest ``cv2.resize``) reproduces the device's
+  ``Segmentation.nearest_class_map`` exactly. The device's default ``class_map`` has smooth edges
+  (bilinear upsampling of its uint8 probabilities, which do not travel): it differs from the
+  consumer's map only within about one model pixel of class edges, and equals it when the device
+  runs ``overlay.upsample: nearest``. Crops carry the device's exact (smooth) local class map.
+  ``mask_format`` ``rle``: ``rle`` lists ``{"id", "name", "counts"}`` for
   every class present, ``counts`` being pycocotools' compressed RLE string of the binary mask
   (``pycocotools.mask.decode({"size": [h, w], "counts": counts})``). ``png``: ``png`` is a base64
   palette PNG whose pixels are class ids.

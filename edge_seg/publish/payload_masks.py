@@ -1,7 +1,8 @@
 """Decoded messages → arrays: the class maps and instance masks that mask, instances and crop messages carry.
 
-``class_map_from_mask`` gives exactly the device's ``Segmentation.class_map`` when the mask
-travelled at scale 1 (same RLE at model resolution, same nearest ``cv2.resize``).
+``class_map_from_mask`` gives exactly the device's ``Segmentation.nearest_class_map`` when the mask
+travelled at scale 1 (same RLE at model resolution, same nearest ``cv2.resize``): its ``class_map``
+too when the device runs ``overlay.upsample: nearest``; the default smooth one differs near edges.
 
 A message is small but may describe a lot of pixels: a dozen bytes of RLE say "a 16384x16384 mask,
 all ones". Decoding is therefore bounded before any pixel is written (``check_limits``, also
@@ -160,7 +161,7 @@ def label_map_from_mask(msg: MaskMessage) -> np.ndarray:
 
 
 def class_map_from_mask(msg: MaskMessage) -> np.ndarray:
-    """The uint8 frame-size class map: exactly the device's ``Segmentation.class_map`` when ``scale`` is 1."""
+    """The uint8 frame-size class map: exactly the device's ``Segmentation.nearest_class_map`` when ``scale`` is 1."""
     _check_frame("mask", "frame_size", msg.frame_size)
     return resize_to_frame(label_map_from_mask(msg), tuple(msg.frame_size), cv2.INTER_NEAREST)
 

@@ -31,7 +31,8 @@ def segmenter_factory(config) -> Callable:
     def create(path):
         return Segmenter.create(model=path, backend=m.backend, num_threads=m.num_threads,
                                 entropy=m.entropy or crops == "entropy", margin=crops == "margin",
-                                smoothing=config.smoothing if config.smoothing.enabled else None)
+                                smoothing=config.smoothing if config.smoothing.enabled else None,
+                                upsample=config.overlay.upsample)
 
     return create
 

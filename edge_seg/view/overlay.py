@@ -3,7 +3,10 @@
 Annotators follow the supervision style: appearance in the constructor, ``annotate(frame_bgr,
 segmentation)`` does the work and returns a new BGR image (the input frame is never modified).
 Colouring happens at model resolution with a lookup table, then one nearest resize to the frame
-(DESIGN §5). An annotator caches scratch buffers per frame shape, so use one per thread.
+(DESIGN §5); when the segmentation has smooth edges (``prob_map``, the Segmenter's default
+``upsample="bilinear"``) and the frame is at its frame size, the overlay colours its frame-size
+``class_map`` instead (the same map crops and redaction use), so the drawn edges are smooth too.
+An annotator caches scratch buffers per frame shape, so use one per thread.
 
 Palettes are RGB per class (manifest order); frames and the ``color`` of ``Redactor`` are BGR.
 """
@@ -73,7 +76,10 @@ class Overlay:
         lut = self._luts.get(palette)
         if lut is None:
             lut = self._luts[palette] = palette_lut(palette)
-        out = self._blend(frame_bgr, labels, lut)
+        if segmentation.prob_map is not None and frame_bgr.shape[1::-1] == tuple(segmentation.frame_size):
+            out = self._blend_smooth(frame_bgr, labels, segmentation.class_map, lut)
+        else:
+            out = self._blend(frame_bgr, labels, lut)
         if self.contours:
             _draw_contours(out, labels, lut, self.background_transparent)
         if self.legend:
@@ -126,6 +132,47 @@ class Overlay:
             cv2.copyTo(frame, big_mask, out)
         return out
 
+    def _blend_smooth(self, frame: np.ndarray, labels: np.ndarray, class_map: np.ndarray,
+                      lut: np.ndarray) -> np.ndarray:
+        """``_blend`` from the frame-size ``class_map`` (bilinearly upsampled, smooth edges).
+
+        Boxes come from the model-resolution ``labels`` grown by one model pixel (a bilinear sample
+        takes its class from the 2x2 model pixels around it), then each box is coloured with the
+        table and blended; large or opaque: the whole frame at once.
+        """
+        height, width = frame.shape[:2]
+        key = ("smooth", labels.shape, height, width)
+        if key not in self._buffers:
+            self._buffers = {key: (np.empty_like(labels), np.empty_like(frame), np.empty((height, width), np.uint8))}
+        small_mask, big_colour, big_mask = self._buffers[key]
+        table = lut.reshape(256, 1, 3)
+        boxes = None
+        if self.background_transparent:
+            cv2.compare(labels, 0, cv2.CMP_NE, dst=small_mask)
+            boxes = _foreground_boxes(small_mask, (width, height), margin=1)
+            if not boxes:
+                return frame.copy()
+            if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > _BOXES_UP_TO * width * height:
+                boxes = None
+        if boxes is not None:
+            out = frame.copy()
+            for x0, y0, x1, y1 in boxes:
+                ids = class_map[y0:y1, x0:x1]
+                colour = big_colour[y0:y1, x0:x1]
+                cv2.applyColorMap(ids, table, dst=colour)
+                cv2.addWeighted(frame[y0:y1, x0:x1], 1.0 - self.alpha, colour, self.alpha, 0.0, dst=colour)
+                mask = big_mask[y0:y1, x0:x1]
+                cv2.compare(ids, 0, cv2.CMP_NE, dst=mask)
+                cv2.copyTo(colour, mask, out[y0:y1, x0:x1])
+            return out
+        cv2.applyColorMap(class_map, table, dst=big_colour)
+        out = np.empty_like(frame)
+        cv2.addWeighted(frame, 1.0 - self.alpha, big_colour, self.alpha, 0.0, dst=out)
+        if self.background_transparent:
+            cv2.compare(class_map, 0, cv2.CMP_EQ, dst=big_mask)
+            cv2.copyTo(frame, big_mask, out)
+        return out
+
     def _nearest_indices(self, shape: tuple[int, int], frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(model row of each frame row, model column of each frame column), as ``cv2.resize(INTER_NEAREST)`` maps."""
         key = (shape, frame_size)
@@ -156,9 +203,9 @@ _BOXES_UP_TO = 0.3  # box-by-box blending pays while the boxes cover at most thi
 Box = tuple[int, int, int, int]
 
 
-def _foreground_boxes(fg: np.ndarray, frame_size: tuple[int, int], bands: int = 8) -> list[Box]:
+def _foreground_boxes(fg: np.ndarray, frame_size: tuple[int, int], bands: int = 8, margin: int = 0) -> list[Box]:
     """Frame-pixel boxes (x0, y0, x1, y1) covering every non-zero pixel of the model-resolution
-    mask ``fg``, one per band of model rows."""
+    mask ``fg``, one per band of model rows, each grown by ``margin`` model pixels."""
     h, w = fg.shape
     width, height = frame_size
     boxes = []
@@ -168,6 +215,10 @@ def _foreground_boxes(fg: np.ndarray, frame_size: tuple[int, int], bands: int = 
         if bw == 0:
             continue
         y += top
+        if margin:
+            x1, y1 = min(x + bw + margin, w), min(y + bh + margin, h)
+            x, y = max(x - margin, 0), max(y - margin, 0)
+            bw, bh = x1 - x, y1 - y
         # nearest upscaling maps frame pixel X to model pixel floor(X * w / width): cover that range
         boxes.append((x * width // w, y * height // h,
                       min(width, -(-(x + bw) * width // w)), min(height, -(-(y + bh) * height // h))))

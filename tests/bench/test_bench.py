@@ -29,7 +29,8 @@ def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
     assert len(reports) == 2
     for report in reports:
         assert report["frame_size"] == [320, 180]
-        assert set(report["frame_path_ms"]) == {"preprocess", "invoke", "postprocess", "to_frame", "overlay"}
+        assert set(report["frame_path_ms"]) == {"preprocess", "invoke", "postprocess", "upsample", "confidence",
+                                                 "overlay"}
         assert report["bare_invoke_ms"]["p50"] > 0 and report["bare_invoke_fps"] > 0
         loop = report["loop"]
         assert loop["frames"] > 0 and 0 < loop["fps_ratio_to_bare_invoke"]

@@ -211,3 +211,32 @@ def test_annotators_accept_a_cropped_label_map_view(frame):
     reference = make_seg(blocks())
     for annotator in (Overlay(contours=True, legend=True), Redactor([1], mode="blur")):
         assert np.array_equal(annotator.annotate(frame, seg), annotator.annotate(frame, reference))
+
+
+@pytest.mark.parametrize("frame_size", [(1280, 720), (333, 197)])
+def test_smooth_segmentation_is_drawn_from_its_smooth_class_map(frame_size):
+    """With ``prob_map`` (bilinear upsampling) the overlay blends the smooth frame-size class map,
+    on the box path (sparse), the full-frame path (dense) and with an opaque background."""
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (frame_size[1], frame_size[0], 3), dtype=np.uint8)
+    sparse = np.zeros((96, 96), np.uint8)
+    for i, (y, x) in enumerate([(0, 0), (20, 70), (41, 3), (60, 50), (90, 92)]):
+        sparse[y:y + 4, x:x + 4] = 1 + i % 3
+    dense = sparse.copy()
+    dense[10:90, 5:90] = 2
+    for labels in (sparse, dense):
+        # one-hot with a weak background: bilinear edges lie past the nearest map's, outside its boxes
+        probs = (np.eye(4, dtype=np.uint8)[labels] * np.array([120, 255, 255, 255], np.uint8)).astype(np.uint8)
+        seg = Segmentation(label_map=labels, confidence_map=np.ones(labels.shape, np.float32), frame_size=frame_size,
+                           classes=CLASSES, palette=PALETTE, model=ModelIdentity("test", "1.0.0", "0" * 64),
+                           prob_map=probs)
+        assert not np.array_equal(seg.class_map, seg.nearest_class_map)
+        for transparent in (True, False):
+            out = Overlay(alpha=0.4, background_transparent=transparent).annotate(frame, seg)
+            diff = np.abs(out.astype(int) - expected_blend(frame, seg.class_map, 0.4))
+            background = seg.class_map == 0
+            if transparent:
+                assert np.array_equal(out[background], frame[background])
+                assert diff[~background].max() <= 1
+            else:
+                assert diff.max() <= 1
