@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# the bundled model (``segmenter.DEFAULT_MODEL``), named here so building the parser imports no numpy or cv2
+BUNDLED_MODEL = Path(__file__).parent.parent / "models" / "default"
+
 
 def floats(text: str) -> list[float]:
     try:
@@ -18,10 +21,8 @@ def floats(text: str) -> list[float]:
 
 
 def model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    from edge_seg.segmenter import DEFAULT_MODEL
-
     p.add_argument("--model", "-m", type=Path, required=required,
-                   default=None if required else DEFAULT_MODEL,
+                   default=None if required else BUNDLED_MODEL,
                    help="model directory, manifest.json or model file (default: the bundled model)")
     p.add_argument("--backend", "-b", default=None, help="runtime to use (default: by model file suffix)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")

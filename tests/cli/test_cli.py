@@ -113,3 +113,15 @@ def test_eval_on_a_generated_set_matches_numpy(tiny_models, tmp_path, capsys):
     present = union > 0
     assert abs(report["mean_iou"] - (inter[present] / union[present]).mean()) < 1e-9
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_the_parser_names_the_bundled_model_without_loading_the_runtime():
+    """``edge-seg --help`` builds every parser; naming the default model must not import numpy, cv2 or pydantic."""
+    from edge_seg.cli.common import BUNDLED_MODEL
+    from edge_seg.segmenter import DEFAULT_MODEL
+
+    assert BUNDLED_MODEL == DEFAULT_MODEL and (BUNDLED_MODEL / "manifest.json").is_file()
+    code = ("import sys; from edge_seg.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'cv2', 'pydantic', 'edge_seg.segmenter') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
