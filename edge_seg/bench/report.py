@@ -12,7 +12,7 @@ from edge_seg.bench.invoke import BUSY_KINDS
 from edge_seg.bench.run import FRAME_STAGES, BenchReport
 
 
-def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
+def table(report: BenchReport, target_ms: float = 3.0, tracking_target_ms: float = 0.5) -> list[str]:
     """Human-readable lines for one report."""
     w, h = report.frame_size
     lines = [f"== {report.label}: frame path at {w}x{h} (ms) ==", f"{'stage':<14}{'p50':>9}{'p95':>9}{'p99':>9}"]
@@ -23,6 +23,11 @@ def table(report: BenchReport, target_ms: float = 3.0) -> list[str]:
     verdict = "OK" if outside <= target_ms else "OVER"
     lines.append(f"outside invoke: {outside:.3f} ms (target <= {target_ms:g}: {verdict}); "
                  f"outside / invoke = {outside / invoke:.2f}")
+    tr = report.tracking
+    if tr:
+        verdict = "OK" if tr["p50_ms"] <= tracking_target_ms else "OVER"
+        lines.append(f"tracking at {tr['instances']} instances: p50 {tr['p50_ms']:.3f}  p95 {tr['p95_ms']:.3f} "
+                     f"ms/frame (target p50 <= {tracking_target_ms:g}: {verdict})")
     inv = report.invoke
     lines.append(f"== bare invoke: p50 {inv['p50']:.3f}  p95 {inv['p95']:.3f}  p99 {inv['p99']:.3f} ms  "
                  f"({report.bare_fps:.1f} FPS) ==")

@@ -39,12 +39,14 @@ from edge_seg.bench.invoke import (
     percentiles,
 )
 from edge_seg.bench.system import current_memory_mb, peak_rss_mb, thermals
+from edge_seg.bench.tracking import tracking_ms
 from edge_seg.demo.clips import render_clip
 from edge_seg.errors import InputError
 from edge_seg.segmenter import Segmenter
 from edge_seg.view.overlay import Overlay
 
 FRAME_STAGES = ("preprocess", "invoke", "postprocess", "upsample", "confidence", "overlay")
+TRACKED_INSTANCES = 20  # the tracker's cost is timed on this many moving boxes (issue 16: <= 0.5 ms p50)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class BenchReport:
     loop: dict = field(default_factory=dict)
     system: dict = field(default_factory=dict)
     contended_invoke: dict[str, dict[str, float]] = field(default_factory=dict)  # BUSY_KINDS -> bare invoke
+    tracking: dict[str, float] = field(default_factory=dict)  # Tracker.update at TRACKED_INSTANCES instances
 
     @property
     def bare_fps(self) -> float:
@@ -68,7 +71,7 @@ class BenchReport:
         return {"label": self.label, "frame_size": list(self.frame_size), "frame_path_ms": self.frame_path,
                 "outside_invoke_ms": self.outside_invoke_ms, "bare_invoke_ms": self.invoke,
                 "bare_invoke_fps": self.bare_fps, "bare_invoke_other_cpus_busy_ms": self.contended_invoke,
-                "loop": self.loop, "system": self.system}
+                "loop": self.loop, "tracking_ms_per_frame": self.tracking, "system": self.system}
 
 
 def bench_frame_path(segmenter: Segmenter, images: list[np.ndarray], frames: int,
@@ -306,5 +309,6 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
                                                else report.loop["fps_ratio_to_bare_invoke_before_after"])
     report.loop["fps_ratio_to_invoke_with_other_cpus_busy"] = {
         kind: report.loop["fps"] * busy["p50"] / 1e3 for kind, busy in report.contended_invoke.items()}
+    report.tracking = tracking_ms(TRACKED_INSTANCES, frames=max(frames, 110))  # its first 10 frames not counted
     report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
     return report

@@ -4,7 +4,9 @@ Ground truth is a synthetic clip with per-object ids over time
 (``edge_seg.demo.instance_clips.render_instance_clip``: crossing and touching objects). A
 predicted instance matches a ground-truth object when their masks overlap with IoU >= 0.5 (as in
 MOTS, Voigtlaender et al. 2019); only instances with a ``track_id`` count as hypotheses. HOTA is
-not computed (``trackeval`` is not a dependency).
+not computed: ``trackeval`` 1.3.0 runs on NumPy 2 (its HOTA class imports with this venv) but
+requires ``opencv-python`` (a second ``cv2`` over ``opencv-python-headless``), ``matplotlib``
+and ``tabulate``, so it is not added even to the ``dev`` extras.
 """
 
 from __future__ import annotations

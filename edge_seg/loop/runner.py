@@ -147,7 +147,8 @@ def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopS
         zones = zone_summary or list
         stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info, "zones": zones(),
                                                            "source_state": built.pipeline.source.state},
-                                  draw=drawer.draw if drawer is not None else None))
+                                  draw=drawer.draw if drawer is not None else None,
+                                  tracking=config.tracking.enabled))
     if config.output.video:
         rate = config.source.fps or getattr(built.pipeline.source, "nominal_fps", None) or 15.0
         stages.append(VideoSink(config.output.video, fps=rate))  # the source's own rate where it has one

@@ -160,15 +160,18 @@ class PreviewSink:
     With ``draw`` (e.g. ``OverlayStage.draw``) and no overlay drawn by an earlier stage, the
     server gets a function that draws this result's overlay: it runs only for the frames the
     preview encodes (at most its ``max_fps``, none while no client watches), not for every frame.
+    With ``tracking`` (the loop tracks instances), the stats also carry ``tracks``: the track ids and
+    class names of the frame the stats were built on, for the page's track list.
     """
 
     name = "preview"
 
-    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None):
+    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None, tracking: bool = False):
         self.server = server
         self.stats_fn = stats_fn
         self.stats_every = stats_every
         self.draw = draw
+        self.tracking = tracking
         self._stats: dict = {}
         self._built = 0.0
 
@@ -176,6 +179,8 @@ class PreviewSink:
         now = time.monotonic()
         if now - self._built >= self.stats_every:
             self._stats, self._built = self.stats_fn(), now
+            if self.tracking:
+                self._stats = {**self._stats, "tracks": self._tracks(result)}
         if result.overlay is not None:
             image = result.overlay
         elif self.draw is not None:
@@ -184,6 +189,15 @@ class PreviewSink:
             image = result.frame.image
         frame = result.frame.image
         self.server.update(image, self._stats, size=(frame.shape[1], frame.shape[0]))
+
+    def _tracks(self, result: FrameResult) -> list[dict]:
+        seg = result.segmentation
+        out = []
+        for inst in (seg.instances or ()) if seg is not None else ():
+            if inst.track_id is not None:
+                name = seg.classes[inst.class_id] if 0 <= inst.class_id < len(seg.classes) else str(inst.class_id)
+                out.append({"id": int(inst.track_id), "class": name})
+        return sorted(out, key=lambda t: t["id"])
 
     def close(self) -> None:
         self.server.stop()

@@ -1,5 +1,9 @@
 """The preview's browser page: the MJPEG overlay and a stats table polled once a second.
 
+With zones configured, a zone list (zone, class, occupied/clear, instance count or area share, the
+track ids inside); with tracking on, the current frame's track ids. Both come from ``/stats.json``
+(``pipeline.zones``, ``pipeline.tracks``) on the same poll.
+
 With a bearer token, open it as ``/?token=...``: the script passes the token on to the stream
 (``?token=``, which an ``<img>`` can carry) and to ``/stats.json`` (an ``Authorization`` header).
 """
@@ -15,7 +19,9 @@ PAGE = """<!doctype html>
  img{max-width:100%;background:#000;display:block} h1{font-size:16px;margin:0 0 8px}
  table{border-collapse:collapse;width:100%} td{padding:2px 4px;border-bottom:1px solid #333}
  td:last-child{text-align:right;font-variant-numeric:tabular-nums} .bad{color:#f66} .good{color:#6c6}
- #err{color:#f66;min-height:1.4em}
+ #err{color:#f66;min-height:1.4em} #zones td:last-child{text-align:left}
+ #zones th{text-align:left;font-weight:normal;color:#999}
+ .tid{display:inline-block;margin:0 4px 4px 0;padding:0 4px;border:1px solid #555;border-radius:3px}
 </style></head><body>
 <main><h1>edge_seg live preview</h1><img id="overlay" alt="live overlay"></main>
 <aside><h1>Stats</h1><div id="err"></div><table>
@@ -26,7 +32,9 @@ PAGE = """<!doctype html>
  <tr><td>Frames dropped</td><td id="dropped">&ndash;</td></tr>
  <tr><td>Drift (JS)</td><td id="drift">&ndash;</td></tr>
  <tr><td>Frame age (s)</td><td id="age">&ndash;</td></tr>
-</table><h1 style="margin-top:12px">Latency p50 (ms)</h1><table id="stages"></table></aside>
+</table><h1 style="margin-top:12px">Latency p50 (ms)</h1><table id="stages"></table>
+<h1 style="margin-top:12px">Zones</h1><table id="zones"></table>
+<h1 style="margin-top:12px">Tracks</h1><div id="tracks">&ndash;</div></aside>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -56,8 +64,40 @@ async function poll() {
     for (const [k, v] of Object.entries(st)) {
       const row = t.insertRow(); row.insertCell().textContent = k; row.insertCell().textContent = num(v, 1);
     }
+    zones(p.zones || []); tracks(p.tracks);
     $("err").textContent = "";
   } catch (e) { $("err").textContent = "stats unavailable: " + e; }
+}
+function zones(list) {  // one row per zone and class: zone, class, state, count or area, track ids
+  const t = $("zones"); t.replaceChildren();
+  if (!list.length) { t.insertRow().insertCell().textContent = "no zones configured"; return; }
+  const head = t.insertRow();
+  for (const h of ["zone", "class", "state", "n / area", "tracks"]) {
+    head.appendChild(document.createElement("th")).textContent = h;
+  }
+  for (const z of list) {
+    const classes = Object.entries(z.classes || {});
+    if (!classes.length) classes.push(["\u2013", null]);
+    for (const [cls, st] of classes) {
+      const row = t.insertRow(); row.dataset.zone = z.name;
+      row.insertCell().textContent = z.name; row.insertCell().textContent = cls;
+      const state = row.insertCell();
+      state.textContent = st ? (st.occupied ? "occupied" : "clear") : "no data";
+      state.className = st && st.occupied ? "bad" : "good";
+      row.insertCell().textContent = !st ? "\u2013" : (st.area !== null && st.area !== undefined
+        ? (100 * st.area).toFixed(1) + " %" : String(st.count));
+      row.insertCell().textContent = st && st.track_ids && st.track_ids.length
+        ? st.track_ids.map((i) => "#" + i).join(" ") : "\u2013";
+    }
+  }
+}
+function tracks(list) {  // the track ids of the latest frame (absent without tracking)
+  const d = $("tracks"); d.replaceChildren();
+  if (!list || !list.length) { d.textContent = list ? "none in view" : "\u2013"; return; }
+  for (const tr of list) {
+    const s = d.appendChild(document.createElement("span"));
+    s.className = "tid"; s.dataset.track = tr.id; s.textContent = "#" + tr.id + " " + tr.class;
+  }
 }
 poll(); setInterval(poll, 1000);
 </script></body></html>

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -32,6 +33,8 @@ def test_bench_json_csv_and_compare_plot(tmp_path, capsys):
         assert set(report["frame_path_ms"]) == {"preprocess", "invoke", "postprocess", "upsample", "confidence",
                                                  "overlay"}
         assert report["bare_invoke_ms"]["p50"] > 0 and report["bare_invoke_fps"] > 0
+        tracking = report["tracking_ms_per_frame"]
+        assert tracking["instances"] == 20 and 0 < tracking["p50_ms"] <= tracking["p95_ms"]
         loop = report["loop"]
         assert loop["frames"] > 0 and 0 < loop["fps_ratio_to_bare_invoke"]
         assert {"infer", "overlay", "crops", "decode"} <= set(loop["wall_ms"]) and loop["peak_rss_mb"] > 0
@@ -66,6 +69,8 @@ def test_bench_table_names_the_target(capsys):
     assert main(["bench", "--frames", "10", "--loop-frames", "40", "--width", "320", "--height", "180",
                  "--clip-codec", "mp4v"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"tracking at 20 instances: p50 \d+\.\d{3}  p95 \d+\.\d{3} ms/frame \(target p50 <= 0\.5: "
+                     r"(OK|OVER)\)", out)
     assert "outside invoke:" in out and "target <= 3" in out and "loop FPS" in out and "peak RSS" in out
     if len(os.sched_getaffinity(0)) > 1:
         assert "an integer loop (no memory traffic) running on the other CPUs" in out
