@@ -15,7 +15,7 @@ import urllib.request
 
 import cv2
 import pytest
-from test_preview import CHROMIUM, Chromium
+from chromium import CHROMIUM, Chromium
 
 from edge_seg.config import parse_config
 from edge_seg.demo.instance_clips import render_instance_clip
