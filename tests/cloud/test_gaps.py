@@ -12,8 +12,8 @@ import time
 
 import pytest
 from broker import Broker, requires_mosquitto
+from consumer_helpers import Device, Running
 from message_builders import MODEL, make_seg
-from test_consumer import Device, Running
 
 from edge_seg.cloud.consumer import Consumer, iter_masks
 from edge_seg.publish import messages as m

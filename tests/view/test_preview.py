@@ -21,20 +21,11 @@ import cv2
 import numpy as np
 import pytest
 from chromium import CHROMIUM, Chromium
+from preview_helpers import get, make_frame, preview_threads
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_seg.loop.metrics import Metrics
 from edge_seg.view.preview import BOUNDARY, PreviewServer
-
-
-def make_frame(i: int) -> np.ndarray:
-    """A 240x320 BGR frame: blue background, a green square that moves, the frame number in white."""
-    img = np.zeros((240, 320, 3), np.uint8)
-    img[:] = (160, 40, 20)
-    x = 10 + (i * 7) % 240
-    img[150:210, x:x + 60] = (0, 200, 0)
-    cv2.putText(img, f"#{i}", (10, 80), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 4)
-    return img
 
 
 class Producer:
@@ -64,18 +55,6 @@ class Producer:
             self.server.update(make_frame(self.count), {"seq": self.count})
             self.count += 1
             self._stop.wait(self.period)
-
-
-def get(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.headers.get("Content-Type", ""), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read()
-
-
-def preview_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("preview")]
 
 
 @pytest.fixture

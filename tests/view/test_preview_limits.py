@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from test_preview import get, make_frame, preview_threads
+from preview_helpers import get, make_frame, preview_threads
 
 from edge_seg.errors import EdgeSegError
 from edge_seg.view.preview import PreviewServer

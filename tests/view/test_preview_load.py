@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
-from test_preview import preview_threads
+from preview_helpers import preview_threads
 
 from edge_seg.config import parse_config
 from edge_seg.loop.runner import build
