@@ -18,6 +18,7 @@ from boundary_metrics import boundary_iou, boundary_region, mean_boundary_iou
 from edge_seg.config import parse_config
 from edge_seg.demo.scenes import render_scene
 from edge_seg.errors import InputError
+from edge_seg.postprocess import upsample
 from edge_seg.postprocess.upsample import bilinear, binary_threshold, binary_uint8, upsample_labels
 from edge_seg.segmenter import Segmenter
 
@@ -65,6 +66,58 @@ def test_upsample_labels_is_the_first_argmax_of_the_bilinear_planes(channels):
     assert got.dtype == np.uint8 and got.shape == (75, 100)
     assert np.array_equal(got, planes.argmax(axis=-1))
     assert got is not upsample_labels(probs, (100, 75))  # each call returns its own array (no shared buffer)
+
+
+def _blobs(shape: tuple[int, int], channels: int, seed: int) -> np.ndarray:
+    """uint8 probabilities (h, w, C) of a few smooth regions: most model pixels are far from an edge."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((4, 5, channels)).astype(np.float32)
+    smooth = cv2.resize(coarse, shape[::-1], interpolation=cv2.INTER_CUBIC).reshape(*shape, channels)
+    smooth = np.exp(12.0 * smooth)
+    return np.clip(255.0 * smooth / smooth.sum(axis=-1, keepdims=True) + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(2, (1280, 720)), (4, (1280, 720)), (4, (333, 197)), (6, (641, 479))])
+def test_edge_only_interpolation_matches_every_pixel_interpolated(channels, size):
+    """Only the frame blocks of model pixels next to another label are interpolated; elsewhere the
+    nearest label is kept, which is what the bilinear argmax gives there."""
+    probs = _blobs((96, 120), channels, seed=channels)
+    labels = probs.argmax(axis=-1).astype(np.uint8)
+    share = np.count_nonzero(upsample._edge_pixels(labels)) / labels.size
+    assert 0.0 < share <= upsample.EDGE_SHARE_UP_TO  # the edge-only path is the one taken
+    got = upsample_labels(probs, size)
+    full = upsample._full(probs, size)
+    nearest = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    assert (got == full).mean() >= 0.9999
+    assert not np.array_equal(got, nearest)  # the edges were interpolated
+    mean, _ = mean_boundary_iou([(full, got)], channels, d=3)
+    assert mean >= 0.999
+
+
+def test_edge_only_interpolation_without_edges_is_the_nearest_resize():
+    probs = np.zeros((40, 50, 3), np.uint8)
+    probs[..., 2] = 200
+    got = upsample_labels(probs, (640, 360))
+    assert got.shape == (360, 640) and (got == 2).all()
+    probs[5:20, 7:31, 1] = 255  # one rectangle of class 1: its border rows and columns are the edge pixels
+    labels = probs.argmax(axis=-1).astype(np.uint8)
+    for size in [(640, 360), (1280, 720), (333, 197), (50, 40)]:
+        got = upsample_labels(probs, size)
+        assert np.array_equal(got, upsample._full(probs, size))
+        nearest = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+        rows = np.minimum(np.floor(np.arange(size[1]) * (40 / size[1])), 39).astype(int)
+        cols = np.minimum(np.floor(np.arange(size[0]) * (50 / size[0])), 49).astype(int)
+        far = ~upsample._edge_pixels(labels).astype(bool)[rows][:, cols]
+        assert np.array_equal(got[far], nearest[far])
+
+
+def test_many_edges_interpolate_the_whole_frame():
+    probs = np.random.default_rng(3).integers(0, 256, (24, 32, 4), dtype=np.uint8)  # noise: edges everywhere
+    labels = probs.argmax(axis=-1).astype(np.uint8)
+    assert np.count_nonzero(upsample._edge_pixels(labels)) > upsample.EDGE_SHARE_UP_TO * labels.size
+    assert np.array_equal(upsample_labels(probs, (100, 75)), upsample._full(probs, (100, 75)))
+    # a frame smaller than the model: nearest may skip model pixels, so every pixel is interpolated
+    assert np.array_equal(upsample_labels(probs, (20, 15)), upsample._full(probs, (20, 15)))
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (333, 197), (32, 24)])
@@ -151,6 +204,23 @@ def test_bundled_semantic_model_boundaries_match_the_float_reference():
           f"nearest {nearest:.4f} (foreground {fg_nearest:.4f})")
     assert smooth >= 0.95 and fg_smooth >= 0.95
     assert nearest < smooth - 0.1  # the staircase is what this fixes
+
+
+def test_bundled_model_edge_only_interpolation_equals_the_full_one():
+    """On held-out frames the edge-only path (the one taken: few edge pixels) gives the class map of
+    interpolating every pixel, to >= 99.9 % of the pixels, with the same boundaries."""
+    pairs = []
+    with Segmenter.create() as seg:
+        for seed in HELD_OUT:
+            result = seg.segment(render_scene(seed, FRAME).image)
+            edges = np.count_nonzero(upsample._edge_pixels(result.label_map))
+            assert 0 < edges <= upsample.EDGE_SHARE_UP_TO * result.label_map.size
+            full = upsample._full(np.ascontiguousarray(result.prob_map), FRAME)
+            assert (result.class_map == full).mean() >= 0.999
+            pairs.append((full, result.class_map))
+        classes = len(seg.manifest.classes)
+    mean, _ = mean_boundary_iou(pairs, classes, d=3)
+    assert mean >= 0.999
 
 
 @pytest.fixture(scope="module")
