@@ -39,7 +39,6 @@ from edge_seg.bench.invoke import (
     percentiles,
 )
 from edge_seg.bench.system import current_memory_mb, peak_rss_mb, thermals
-from edge_seg.bench.tracking import tracking_ms
 from edge_seg.demo.clips import render_clip
 from edge_seg.errors import InputError
 from edge_seg.segmenter import Segmenter
@@ -309,6 +308,8 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
                                                else report.loop["fps_ratio_to_bare_invoke_before_after"])
     report.loop["fps_ratio_to_invoke_with_other_cpus_busy"] = {
         kind: report.loop["fps"] * busy["p50"] / 1e3 for kind, busy in report.contended_invoke.items()}
+    from edge_seg.bench.tracking import tracking_ms  # after the loop: scipy's memory is not the loop's peak RSS
+
     report.tracking = tracking_ms(TRACKED_INSTANCES, frames=max(frames, 110))  # its first 10 frames not counted
     report.system = {"thermals": thermals(), "cpus": os.cpu_count()}
     return report
