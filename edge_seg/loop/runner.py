@@ -194,12 +194,13 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
     from edge_seg.ota import actions as ota
     from edge_seg.publish.mqtt import Publisher
     from edge_seg.segmentation import ModelIdentity
+    from edge_seg.sources.reconnect import degraded_of
 
     m = segmenter.manifest
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
-                                degraded=lambda: getattr(built.pipeline.source, "degraded", lambda: None)(),
+                                degraded=lambda: degraded_of(built.pipeline.source),
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,

@@ -159,7 +159,9 @@ class Service:
         m = pipeline.segmenter.manifest
         source = getattr(pipeline.source, "state", "?")
         text = f"{pipeline.stats.fps:.1f} FPS; model {m.name} {m.version}; source {source}"
-        degraded = getattr(pipeline.source, "degraded", lambda: None)()  # a ResilientSource says so
+        from edge_seg.sources.reconnect import degraded_of
+
+        degraded = degraded_of(pipeline.source)
         if degraded:
             text += f"; degraded: {degraded}"
         if self.reloader is not None:

@@ -106,9 +106,9 @@ class Watchdog:
         self._thread.start()
         return self
 
-    def _stuck(self, last) -> list[str]:
-        """What has not moved since ``last``: names of the stuck counters (``["loop"]`` for a single counter)."""
-        now = self.progress()
+    @staticmethod
+    def _stuck(last, now) -> list[str]:
+        """What has not moved from ``last`` to ``now``: names of the stuck counters (``["loop"]`` for one counter)."""
         if isinstance(now, Mapping):
             return [name for name, count in now.items() if last.get(name) == count]
         return [] if now != last else ["loop"]
@@ -119,11 +119,12 @@ class Watchdog:
         next_status = time.monotonic() + self.status_every
         while not self._stop.wait(tick):
             if self.interval is not None:
-                stuck = self._stuck(last)
+                now = self.progress()
+                stuck = self._stuck(last, now)
                 if not stuck:
                     self.notifier.watchdog()
                     self.pings += 1
-                    last = self.progress()
+                    last = now
                 else:
                     if self.withheld == 0 or self.withheld % 20 == 0:
                         log.warning("no progress of %s for %.1f s: withholding the systemd watchdog ping",

@@ -283,3 +283,9 @@ class ResilientSource:
             self._inner = None
         for closer in self._closers:
             closer.join(join_timeout)
+
+
+def degraded_of(source) -> str | None:
+    """What is wrong with ``source`` while the loop runs on (``ResilientSource.degraded``); None for any other."""
+    degraded = getattr(source, "degraded", None)
+    return degraded() if degraded is not None else None
