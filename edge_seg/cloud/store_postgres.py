@@ -194,7 +194,7 @@ class PgStore:
         """Category ids by name, created when new (idempotent, outside the message's statement)."""
         if not names:
             return []
-        unique = sorted(set(names))
+        unique = list(dict.fromkeys(names))  # first appearance first, as the SQLite store numbers them
         self.execute("INSERT INTO categories (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING",
                      (unique,))
         ids = dict(self.execute("SELECT name, id FROM categories WHERE name = ANY(%s)", (unique,)).fetchall())
