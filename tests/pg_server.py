@@ -57,7 +57,7 @@ class PgServer:
 
     def start(self) -> PgServer:
         options = (f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c full_page_writes=off -c max_connections=200")  # synchronous_commit stays on: acks follow commits
         subprocess.run(_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                                   str(self.directory / "server.log"), "-w", "-t", "30", "start"]),
                        check=True, capture_output=True)

@@ -70,6 +70,7 @@ class S3Server:
                "-master.volumeSizeLimitMB=64", "-volume.max=50", f"-volume.port={volume}",
                f"-volume.port.grpc={volume_grpc}", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={s3_grpc}", f"-metricsPort={metrics}",
+               "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: two servers at once would clash
                f"-filer.localSocket={self.directory}/filer.sock", f"-s3.localSocket={self.directory}/s3.sock"]
         self._log = open(self.directory / "weed.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.directory)
@@ -83,8 +84,9 @@ class S3Server:
                 if "BucketAlready" in type(err).__name__ or "BucketAlready" in str(err):
                     return self
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self.directory / "weed.log").read_text(errors="replace")[-1500:]
                     self.close()
-                    raise RuntimeError(f"weed S3 gateway did not answer: {err}") from None
+                    raise RuntimeError(f"weed S3 gateway did not answer: {err}\n{log}") from None
                 time.sleep(0.3)
 
     def client(self):
