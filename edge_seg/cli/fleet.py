@@ -1,11 +1,11 @@
 """``edge-seg fleet ...``: queries and actions on a fleet through the consumer's store.
 
 Registered through the ``edge_seg.commands`` entry points (setup.cfg). ``status`` (devices, last
-seen, model, FPS, drift, degraded camera, outbox depth, gaps) and ``export-coco`` (the labelling
-queue as COCO for the converters). Each subcommand group is one ``add(actions)`` function; ``register``
-calls every one in ``SUBCOMMANDS``, so adding some (e.g. ``fleet_rollout.register``) is one line there.
-``store_args(p)`` gives a subcommand the ``--out`` / ``--db`` / ``--objects``
-options that pick the store (``edge_seg.cloud.store_base``).
+seen, model, FPS, drift, degraded camera, outbox depth, gaps), ``export-coco`` (the labelling queue
+as COCO for the converters) and ``bench-store`` (CPU per stored mask). Each subcommand group is one
+``add(actions)`` function; ``register`` calls every one in ``SUBCOMMANDS``, so adding some (e.g.
+``fleet_rollout.register``) is one line there. ``store_args(p)`` gives a subcommand the ``--out`` /
+``--db`` / ``--objects`` options that pick the store (``edge_seg.cloud.store_base``).
 """
 
 from __future__ import annotations
@@ -92,7 +92,37 @@ def add_export_coco(actions) -> None:
     p.set_defaults(func=cmd_export_coco)
 
 
-SUBCOMMANDS = [add_status, add_export_coco]
+def cmd_bench_store(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.store_base import open_store
+    from edge_seg.cloud.store_bench import bench_store
+
+    store = open_store(migrate=True, **store_of(args))
+    try:
+        result = bench_store(store, masks=args.masks, devices=args.devices, render=not args.no_render)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['store']}: {result['masks']} masks ({result['mean_payload_bytes']} B each), "
+              f"{result['cpu_ms_per_mask']:.3f} ms CPU per stored mask, {result['masks_per_s']:.0f} masks/s"
+              + (f"; PNG rendering off the ingest path {result['render_cpu_ms_per_mask']:.3f} ms CPU per mask, "
+                 f"{result['rendered_per_s']:.0f}/s" if "rendered" in result else ""))
+    return 0
+
+
+def add_bench_store(actions) -> None:
+    p = actions.add_parser("bench-store", help="CPU per stored mask of a store, MQTT left out (writes bench-N "
+                           "devices' masks: use a throw-away database / folder)")
+    store_args(p)
+    p.add_argument("--masks", type=int, default=2000, help="mask messages to store (default 2000)")
+    p.add_argument("--devices", type=int, default=10, help="devices they come from (default 10)")
+    p.add_argument("--no-render", action="store_true", help="PostgreSQL: skip rendering the PNGs afterwards")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench_store)
+
+
+SUBCOMMANDS = [add_status, add_export_coco, add_bench_store]
 
 
 def register(sub) -> argparse._SubParsersAction:
