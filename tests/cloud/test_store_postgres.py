@@ -58,7 +58,11 @@ def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_u
             assert np.array_equal(class_map, sqlite_masks[msg_id])
             if msg_id in batch.class_maps:
                 assert np.array_equal(class_map, batch.class_maps[msg_id])
-        assert store.render_masks() == 5 and store.render_masks() == 0
+        assert main(["fleet", "render-masks", "--db", pg_url, "--objects", s3_url, "--limit", "2"]) == 0
+        assert main(["fleet", "render-masks", "--db", pg_url, "--objects", s3_url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines == [f"rendered {n} masks to PNG objects in {s3_url}" for n in (2, 3)]
+        assert store.render_masks() == 0
         (msg_id, png_key), = pg_rows(pg_url, "SELECT msg_id, png_key FROM masks WHERE msg_id = 'inst-1'")
         assert png_key.startswith(s3_url.split("/", 3)[3] + "/masks/")
         assert np.array_equal(read_palette_png(store.mask_png("inst-1")), pg_masks["inst-1"])
