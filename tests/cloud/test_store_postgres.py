@@ -135,3 +135,25 @@ def test_bench_store_measures_cpu_per_mask_on_both_stores(tmp_path, pg_url, s3_u
         assert result["masks"] == 30 and 0 < result["cpu_ms_per_mask"] < 1000 and result["masks_per_s"] > 0
     assert results[1]["rendered"] == 50  # 20 warm-up + 30 timed, all rendered to PNG objects afterwards
     assert pg_rows(pg_url, "SELECT count(*), count(png_key) FROM masks") == [(50, 50)]
+
+
+def test_gaps_are_counted_by_the_database_whichever_store_stored_them(pg_url, s3_url):
+    stores = [PgStore(pg_url, s3_url, migrate=True) for _ in range(2)]  # two consumers, one database
+    try:
+        def send(k: int, seq: int) -> None:
+            stores[k].store(m.decode(m.encode_metrics(device="cam-1", seq=seq, summary={}).payload))
+
+        for k, seq in ((0, 1), (1, 2), (0, 5), (1, 6)):  # 3 and 4 missing, the stream split over two consumers
+            send(k, seq)
+        stores[0].flush(force=True)
+        assert stores[0].gaps.counts["gaps"] == 2 and stores[0].devices["cam-1"]["gaps"] == {"metrics": 2}
+        send(1, 3)  # late, to the other consumer
+        stores[0].flush(force=True)
+        assert stores[0].gaps.counts["gaps"] == 1
+        send(0, 6 + 2 * 10**9)  # a counter reset (a device that lost its counter file): no gap
+        send(1, 7 + 2 * 10**9)
+        stores[1].flush(force=True)
+        assert stores[1].gaps.counts == {"gaps": 0, "late": 0, "out_of_order": 0, "seq_resets": 1}
+    finally:
+        for store in stores:
+            store.close()
