@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from broker import Broker, requires_mosquitto
+from broker import requires_mosquitto
 from consumer_helpers import Device, Running
+from mqtt_helpers import run_broker
 from store_helpers import CLASSES, pg_rows, send_batch
 
 from converters.formats import read_coco
@@ -22,11 +23,7 @@ from edge_seg.publish import messages as m
 pytestmark = requires_mosquitto
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
+broker = pytest.fixture(run_broker, name="broker")
 
 
 def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_url, s3_server, capsys):

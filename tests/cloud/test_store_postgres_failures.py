@@ -16,6 +16,7 @@ import pytest
 from broker import Broker, requires_mosquitto
 from consumer_helpers import Device, Running
 from message_builders import instances_payload, make_seg
+from mqtt_helpers import run_broker
 from store_helpers import pg_rows
 
 from edge_seg.cli.main import main
@@ -29,11 +30,7 @@ from edge_seg.publish import messages as m
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
+broker = pytest.fixture(run_broker, name="broker")
 
 
 def test_migrations_fresh_rerun_old_and_newer_versions(pg_url, s3_url):
