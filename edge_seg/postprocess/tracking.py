@@ -22,9 +22,9 @@ Matching is optimal (``scipy.optimize.linear_sum_assignment`` on 1 - IoU). The I
 instance masks (``iou='mask'``, the default: the track's last mask moved by its predicted
 displacement), or of boxes (``iou='box'``, cheaper). Masks keep the ids of crossing and touching
 objects that box IoU swaps: on the synthetic tracking clip (``edge-seg eval --tracking``, seeds
-1-12) mean IDF1 0.90 against 0.83 with boxes. A track is confirmed after ``min_hits`` hits; only confirmed tracks give their id
-to an instance (others get ``track_id=None``). Ids start at 1 and never repeat within a tracker.
-One ``Tracker`` follows one source (camera); it is not thread-safe.
+1-12) mean IDF1 0.90 against 0.83 with boxes. A track is confirmed after ``min_hits`` hits; only
+confirmed tracks give their id to an instance (others get ``track_id=None``). Ids start at 1 and
+never repeat within a tracker. One ``Tracker`` follows one source (camera); it is not thread-safe.
 """
 
 from __future__ import annotations
