@@ -23,11 +23,13 @@ def test_an_id_switch_halves_association_but_not_detection():
 
 
 def test_localisation_counts_at_the_thresholds_it_passes():
-    # IoU 0.5 everywhere: a TP for alpha 0.05..0.50 (10 of 19 thresholds), nothing above
+    # IoU 0.5 everywhere: a TP for alpha 0.05..0.50 (10 of 19 thresholds), nothing above (where LocA
+    # counts as 1, as TrackEval has it)
     frames = [([1], [7], np.full((1, 1), 0.5)) for _ in range(3)]
     passed = int(np.count_nonzero(ALPHAS <= 0.5 + 1e-9))
     assert passed == 10 and len(ALPHAS) == 19
-    assert hota(frames) == pytest.approx({"hota": 10 / 19, "deta": 10 / 19, "assa": 10 / 19, "loca": 0.5 * 10 / 19})
+    assert hota(frames) == pytest.approx({"hota": 10 / 19, "deta": 10 / 19, "assa": 10 / 19,
+                                          "loca": (0.5 * 10 + 9) / 19})
 
 
 def test_false_positives_and_misses_lower_detection_only():
