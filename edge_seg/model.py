@@ -2,7 +2,7 @@
 
 ``path`` may be a model directory (with ``manifest.json``), a ``manifest.json``, or a model
 file. A model file with no manifest that lists it still runs: the manifest is inferred from its
-tensors (``manifest.infer_manifest``) and one notice line says what was inferred.
+tensors (``manifest_guess.infer_manifest``) and one notice line says what was inferred.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from edge_seg.backends.base import Backend, BackendOptions
 from edge_seg.errors import InputError, ManifestError, ModelError
 from edge_seg.manifest import (
     MANIFEST_NAME,
+    NORM_PRESETS,
     Manifest,
     check_file_hash,
-    infer_manifest,
     read_manifest,
     validate,
 )
+from edge_seg.manifest_guess import infer_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,34 @@ def check_model(path: str | Path, backend: str | None = None) -> Path:
     return model_file
 
 
+def _normalisation(manifest: Manifest, mean: list[float] | None, std: list[float] | None,
+                   norm: str | None) -> Manifest:
+    """``manifest`` with its input normalisation overridden by ``--norm`` and/or ``--mean``/``--std``."""
+    overrides = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if not overrides and norm is None:
+        return manifest
+    data = manifest.input.model_dump()
+    if norm is not None:
+        data["mean"], data["std"] = NORM_PRESETS[norm]
+    data["norm"] = norm if not overrides else None  # --mean/--std given with --norm override its values
+    data.update(overrides)
+    try:
+        checked = type(manifest.input).model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        given = ", ".join(f"--{key} {','.join(f'{v:g}' for v in value)}" for key, value in overrides.items())
+        given = ", ".join(filter(None, [f"--norm {norm}" if norm else "", given]))
+        raise InputError(f"input normalisation: {problems}, got {given}") from None
+    return manifest.model_copy(update={"input": checked})
+
+
 def load_model(path: str | Path, backend: str | None = None, options: BackendOptions | None = None,
-               mean: list[float] | None = None, std: list[float] | None = None) -> LoadedModel:
+               mean: list[float] | None = None, std: list[float] | None = None,
+               norm: str | None = None) -> LoadedModel:
     """Load a model for inference and validate its manifest against its tensors.
 
-    ``backend`` overrides the choice by file suffix; ``mean``/``std`` override the input
-    normalisation (of the manifest, or of the inferred one).
+    ``backend`` overrides the choice by file suffix; ``norm`` (a ``manifest.NORM_PRESETS`` name)
+    and ``mean``/``std`` override the input normalisation (of the manifest, or of the inferred one).
     """
     model_file, manifest, key = _resolve(Path(path), backend)
     if not model_file.is_file():
@@ -126,17 +149,10 @@ def load_model(path: str | Path, backend: str | None = None, options: BackendOpt
     try:
         if manifest is None:
             manifest, notice = infer_manifest(model_file, runtime)
+            if norm is not None or mean is not None or std is not None:
+                notice += "; normalisation as given on the command line"
             log.warning(notice)
-        if mean is not None or std is not None:
-            overrides = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-            new_input = manifest.input.model_copy(update=overrides)
-            try:
-                checked = type(manifest.input).model_validate(new_input.model_dump())
-            except ValidationError as err:
-                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
-                given = ", ".join(f"--{key} {','.join(f'{v:g}' for v in value)}" for key, value in overrides.items())
-                raise InputError(f"input normalisation: {problems}, got {given}") from None
-            manifest = manifest.model_copy(update={"input": checked})
+        manifest = _normalisation(manifest, mean, std, norm)
         validate(manifest, runtime.input_spec, runtime.output_specs)
     except Exception:
         runtime.close()
