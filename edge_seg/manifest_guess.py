@@ -164,8 +164,10 @@ def _infer_instance_manifest(model_file: Path, backend, layout: str, metadata) -
         raise ManifestError(f"{model_file.name}: {err} (and it has no manifest: set output.kind and "
                             "output.tensors in one)") from None
     if end2end and not names:
-        raise ManifestError(f"{model_file.name}: an end-to-end head [1, max_det, 6+nm] does not say how many "
-                            "classes there are and the file has no class names: set classes in a manifest")
+        det = backend.output_specs[found.detections]
+        raise ManifestError(f"{model_file.name}: output tensor '{det.name}' {list(det.shape)} is an end-to-end head "
+                            "[1, max_det, 6+nm], which does not say how many classes there are, and the file has no "
+                            "class names: set classes in a manifest ('edge-seg manifest init' starts one)")
     nc = len(names) if end2end else found.num_classes
     classes = list(names) if names and len(names) == nc else [f"class_{i}" for i in range(nc)]
     mean, std, _ = input_mapping(tin)

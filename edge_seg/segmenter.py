@@ -36,6 +36,7 @@ class SegmenterOptions:
     mean: list[float] | None = None  # override the input normalisation
     std: list[float] | None = None
     norm: str | None = None  # a normalisation preset (imagenet, unit, minus1to1, raw); mean/std given win
+    input_size: tuple[int, int] | None = None  # (width, height) of an input with symbolic dims
     smoothing: object | None = None  # a config.SmoothingConfig to smooth over time (video); None: off
     margin: bool = False  # also compute per-pixel top-1 minus top-2 probability (``margin_map``)
     upsample: str = "bilinear"  # frame-size class map: "bilinear" probabilities (smooth edges) or "nearest" labels
@@ -97,7 +98,8 @@ def _instance_decoder(manifest, specs: list):
         tensors, manifest.num_classes, mask_threshold=out.threshold,
         score_threshold=out.score_threshold if out.score_threshold is not None else 0.25,
         iou_threshold=out.iou_threshold if out.iou_threshold is not None else 0.5,
-        max_detections=out.max_detections if out.max_detections is not None else 100)
+        max_detections=out.max_detections if out.max_detections is not None else 100,
+        end2end=out.kind == "yolo_seg_end2end")
     return decoder, [specs.index(t) for t in tensors]
 
 
@@ -157,7 +159,7 @@ class Segmenter:
     def create_from_options(cls, options: SegmenterOptions) -> "Segmenter":
         loaded = load_model(options.model, backend=options.backend,
                             options=BackendOptions(num_threads=options.num_threads),
-                            mean=options.mean, std=options.std, norm=options.norm)
+                            mean=options.mean, std=options.std, norm=options.norm, input_size=options.input_size)
         return cls(loaded, entropy=options.entropy, smoothing=options.smoothing, margin=options.margin,
                    upsample=options.upsample)
 
