@@ -109,7 +109,7 @@ def build_class_map(path: Path, size: int = 32) -> Path:
     return _save(graph, path)
 
 
-def _constant_outputs(outputs: dict[str, np.ndarray], size: int, name: str, path: Path,
+def constant_outputs(outputs: dict[str, np.ndarray], size: int, name: str, path: Path,
                       metadata: dict[str, str] | None) -> Path:
     """A graph returning ``outputs`` (+ 0 * mean(input), which keeps the input in the graph)."""
     nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
@@ -131,7 +131,7 @@ def build_yolo_seg(path: Path, metadata: dict[str, str] | None = None) -> Path:
     """``instance_builders``' candidates as an ONNX export: detections [1, 4+nc+nm, N], prototypes NCHW."""
     det = instance_builders.detections()[None]
     protos = instance_builders.prototypes().transpose(2, 0, 1)[None]
-    return _constant_outputs({"output0": det, "output1": protos}, instance_builders.SIZE, "yolo_seg", path, metadata)
+    return constant_outputs({"output0": det, "output1": protos}, instance_builders.SIZE, "yolo_seg", path, metadata)
 
 
 def end2end_rows(max_det: int = 10) -> np.ndarray:
@@ -150,7 +150,7 @@ def end2end_rows(max_det: int = 10) -> np.ndarray:
 def build_yolo_seg_end2end(path: Path, metadata: dict[str, str] | None = None, max_det: int = 10) -> Path:
     """An end-to-end head [1, max_det, 6 + nm] (NMS in the graph) with NCHW prototypes."""
     protos = instance_builders.prototypes().transpose(2, 0, 1)[None]
-    return _constant_outputs({"output0": end2end_rows(max_det)[None], "output1": protos}, instance_builders.SIZE,
+    return constant_outputs({"output0": end2end_rows(max_det)[None], "output1": protos}, instance_builders.SIZE,
                              "yolo_seg_end2end", path, metadata)
 
 
