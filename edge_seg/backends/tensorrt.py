@@ -205,6 +205,12 @@ def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mb: int = 1
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelError(f"TensorRT cannot parse {Path(onnx_path).name}: {errors}")
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if any(int(d) < 0 for d in tensor.shape):
+            raise ModelError(f"input tensor '{tensor.name}' {list(tensor.shape)} of {Path(onnx_path).name} has dynamic "
+                             "dims; engines here are built for one size: export it with a fixed size (Ultralytics: "
+                             "dynamic=False) or use --backend onnxruntime --input-size WxH")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if precision in ("fp16", "int8"):
