@@ -179,7 +179,8 @@ class Segmenter:
 
     def prepare(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
         """Preprocess a BGR uint8 frame into the model's input tensor (from ``lores``, the camera's
-        model-size copy of the same view, when given)."""
+        model-size copy of the same view, when given). An NCHW input comes from a ring of 4 reused
+        buffers: invoke it (or copy it) before 4 more frames are prepared."""
         return self._pre(frame, lores)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
