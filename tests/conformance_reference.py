@@ -2,9 +2,13 @@
 with the pre- and post-processing its authors document, written here without edge_seg.
 
 * MediaPipe selfie segmenter (``ai_edge_litert`` with its default XNNPACK delegate, which resolves
-  the custom op ``Convolution2DTransposeBias``): RGB as float in [0, 1], resized (bilinear, as
-  MediaPipe's ImageToTensorCalculator) to the input (256x256, or 144x256 landscape); the output is
-  one channel of person probability, upsampled to the image and thresholded at 0.5.
+  the custom op ``Convolution2DTransposeBias``): the uint8 RGB image warped bilinearly to the
+  input size (256x256, or 144x256 landscape), then converted to float in [0, 1], as MediaPipe's
+  CPU ImageToTensorCalculator does (``image_to_tensor_converter_opencv.cc``: ``warpPerspective``
+  with ``INTER_LINEAR`` on the 8-bit image, then ``convertTo(CV_32FC3, 1/255)``); the output is one
+  channel of person probability, upsampled to the image and thresholded at 0.5. (Resizing the
+  float image instead moves inputs by under one grey level, and this model turns that into up to
+  0.19 of probability at a few pixels: an input-rounding difference, not an upsampling one.)
 * U²-Net-p (``onnxruntime``, NCHW, as rembg runs it): RGB resized to 320x320 (Lanczos), divided by
   its maximum, ImageNet mean/std; the first of the seven outputs is the fused mask, min-max
   normalised, upsampled to the image and thresholded at 0.5.
@@ -38,8 +42,9 @@ class SelfieReference:
 
     def probability(self, bgr: np.ndarray) -> np.ndarray:
         """float32 (h, w) person probability at model resolution."""
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-        tensor = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_LINEAR)[None]
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        small = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        tensor = small.astype(np.float32)[None] * np.float32(1.0 / 255.0)
         self.interp.set_tensor(self.input["index"], np.ascontiguousarray(tensor))
         self.interp.invoke()
         return self.interp.get_tensor(self.output["index"])[0, ..., 0].astype(np.float32)
