@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_seg import __version__
 from edge_seg.cli import bench
-from edge_seg.cli.common import floats, missing_extra, model_args, segmenter_from_args
+from edge_seg.cli.common import floats, input_size_arg, missing_extra, model_args, norm_arg, segmenter_from_args
 from edge_seg.errors import EdgeSegError, InputError
 
 log = logging.getLogger("edge_seg")
@@ -113,7 +113,8 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
     out = args.output or args.model.with_name("manifest.json")
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
-    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std)
+    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std, norm=args.norm,
+                        input_size=args.input_size)
     manifest = loaded.manifest
     loaded.close()
     entry_key = next(iter(manifest.files))
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mean", type=floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
                    "(default: inferred from the input tensor)")
     q.add_argument("--std", type=floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
+    norm_arg(q)
+    input_size_arg(q)
     q.set_defaults(func=cmd_manifest_init)
 
     p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
