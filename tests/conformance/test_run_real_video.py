@@ -3,8 +3,8 @@ car, 176x144, 120 frames) with each third-party model, publishing to a real Mosq
 completes, every frame is segmented, and the mask messages decode with pycocotools into masks
 that agree with the raw model's own (tests/conformance_reference.py) on the same frames.
 
-U²-Net-p runs as a user would set it up: ``edge-seg manifest init``, then ``input.norm: imagenet``
-in the manifest (``run`` has no ``--norm``); it invokes in about a second on this CPU, so it runs
+U²-Net-p runs as a user would set it up: ``edge-seg manifest init u2netp.onnx --norm imagenet``
+(``run`` reads normalisation from a manifest only); it invokes in about a second on this CPU, so it runs
 the first frames of the clip only (``--max-frames``). Its reference resizes the 176x144 frames up
 to 320x320 bilinearly, as edge_seg does, not with rembg's Lanczos: on frames smaller than its
 input this model's mask follows the interpolation (see tests/conformance_reference.py).
@@ -55,17 +55,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _u2net_model_dir(directory: Path) -> Path:
-    """u2netp.onnx with the manifest ``manifest init`` writes, edited to ImageNet normalisation."""
+    """u2netp.onnx with the manifest ``edge-seg manifest init --norm imagenet`` writes beside it."""
     directory.mkdir()
     shutil.copy(asset("u2netp.onnx"), directory / "u2netp.onnx")
-    proc = _cli("manifest", "init", str(directory / "u2netp.onnx"))
+    proc = _cli("manifest", "init", str(directory / "u2netp.onnx"), "--norm", "imagenet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["input"]["layout"] == "NCHW" and manifest["output"]["tensor"]
-    for key in ("mean", "std"):
-        del manifest["input"][key]
-    manifest["input"]["norm"] = "imagenet"
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert manifest["input"]["mean"] == pytest.approx([123.675, 116.28, 103.53])
     return directory
 
 
