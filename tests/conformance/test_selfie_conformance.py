@@ -53,3 +53,19 @@ def test_selfie_mask_matches_the_raw_model_on_a_photo(selfie, photo):
     print(f"\n{seg.manifest.name} on {photo}: foreground {reference.mean():.3f}, "
           f"mask IoU vs raw LiteRT reference {iou:.4f}")
     assert iou >= 0.98
+
+
+def test_selfie_custom_op_without_default_delegates_is_one_line_naming_it():
+    """LiteRT's own failure on the real model (default delegates off) becomes edge_seg's one line."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edge_seg.backends.litert import load_error
+
+    path = asset("selfie_segmentation.tflite")
+    with pytest.raises((RuntimeError, ValueError)) as caught:
+        interp = Interpreter(model_path=str(path),
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+    line = load_error(path, caught.value)
+    assert "\n" not in line and "'Convolution2DTransposeBias'" in line
+    assert "needs the XNNPACK delegate; do not disable default delegates" in line
