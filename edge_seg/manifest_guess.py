@@ -140,7 +140,8 @@ def infer_manifest(model_file: Path, backend, metadata=None) -> tuple[Manifest, 
         input=InputSpec(width=tin.shape[w_axis], height=tin.shape[h_axis], layout=layout,
                         dtype=np.dtype(tin.dtype).name, mean=mean, std=std),
         output=output, files={_file_key(model_file): FileEntry(path=model_file.name)})
-    named = "names from its metadata" if names and classes == list(names) else "names class_0.."
+    named = "names from its metadata" if names and classes == list(names) else \
+        "names background, foreground" if task == "binary" else "names class_0.."
     pytorch = "; PyTorch models usually want --norm imagenet" if layout == "NCHW" and metadata is None else ""
     notice = (f"notice: {model_file.name} has no manifest; inferred: input {layout} {tin.shape[w_axis]}x"
               f"{tin.shape[h_axis]} {np.dtype(tin.dtype).name} rgb stretch {scale}{pytorch}; {out_note} "

@@ -146,8 +146,11 @@ def _fix_dynamic_input(runtime, manifest: Manifest | None, metadata: ModelMetada
     else:
         raise ModelError(f"input tensor '{name}' {shown} has symbolic dims and no axis of 3 channels: set "
                          "input.layout, input.width and input.height in a manifest")
+    static = (dims[2], dims[3]) if layout == "NCHW" and len(dims) == 4 else tuple(dims[1:3])
     if input_size is not None:
         (width, height), where = input_size, "--input-size"
+    elif None not in static:  # only the batch is symbolic
+        (height, width), where = static, "its static height and width (batch 1)"
     elif manifest is not None:
         (width, height), where = (manifest.input.width, manifest.input.height), "the manifest"
     elif metadata is not None and metadata.imgsz is not None:

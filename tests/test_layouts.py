@@ -167,3 +167,32 @@ def test_norm_on_the_command_line_overrides_the_inferred_normalisation(onnx_mode
     loaded.close()
     with pytest.raises(InputError, match="--norm imagenet, --std 0"):
         load_model(onnx_models["nchw"], norm="imagenet", std=[0.0])
+
+
+def test_litert_takes_an_nchw_tflite_like_its_nhwc_twin(tiny_models, tmp_path):
+    frame = _noisy_frame(5)
+    nchw = tflite_builders.build_nchw(tmp_path / "colour_nchw.tflite")
+    decoded, layouts = [], []
+    for model in (nchw, tiny_models["colour_logits_float"]):
+        with Segmenter.create(model=model, upsample="nearest") as seg:
+            decoded.append(seg._decode(seg.invoke(seg.prepare(frame)[0])))
+            layouts.append((seg.manifest.input.layout, seg.manifest.output.layout))
+    assert layouts == [("NCHW", "NCHW"), ("NHWC", "NHWC")]
+    assert np.array_equal(decoded[0].label_map, decoded[1].label_map)
+    assert np.allclose(decoded[0].confidence, decoded[1].confidence, atol=1e-5)
+
+
+def test_manifest_output_layout_mismatch_says_which_field_to_set(onnx_models, tmp_path):
+    loaded = load_model(onnx_models["nchw"])
+    data = json.loads(loaded.manifest.dump())
+    loaded.close()
+    data["output"]["layout"] = "NHWC"  # wrong: the model's output is [1, 4, 32, 32]
+    (tmp_path / "colour_nchw.onnx").write_bytes(onnx_models["nchw"].read_bytes())
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="manifest says 4 classes, model outputs 32 channels"):
+        load_model(tmp_path)
+    data["output"]["layout"] = "NCHW"
+    data["classes"], data["palette"] = data["classes"][:3], data["palette"][:3]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"read as NCHW: set output.layout if it is NHWC"):
+        load_model(tmp_path)

@@ -197,3 +197,16 @@ def test_a_real_unresolved_custom_op_is_one_line(tmp_path):
         load_model(path)
     assert str(err.value).startswith("LiteRT cannot load custom.tflite: custom op 'BesselI0e' is not resolved: ")
     assert "\n" not in str(err.value)
+
+
+def test_a_symbolic_batch_alone_runs_at_the_static_size(tmp_path):
+    import onnx
+
+    model = onnx_builders.build_u2net(tmp_path / "u2netp.onnx", outputs=2)
+    proto = onnx.load(model)
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch_size"
+    onnx.save(proto, model)
+    with Segmenter.create(model=model) as seg:
+        assert seg.input_size == (32, 32) and "static height and width (batch 1)" in seg.loaded.inferred
+        assert seg.segment(np.zeros((20, 30, 3), np.uint8)).class_map.shape == (20, 30)
