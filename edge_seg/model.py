@@ -130,6 +130,13 @@ def _normalisation(manifest: Manifest, mean: list[float] | None, std: list[float
     return manifest.model_copy(update={"input": checked})
 
 
+def _given(norm: str | None, mean: list[float] | None, std: list[float] | None) -> str:
+    """The notice part for a normalisation given on the command line (it replaces the inferred one)."""
+    flags = [f"--norm {norm}" if norm else "", "--mean/--std" if mean or std else ""]
+    given = " with ".join(f for f in flags if f)
+    return f"normalisation {given} used instead" if given else ""
+
+
 def _fix_dynamic_input(runtime, manifest: Manifest | None, metadata: ModelMetadata | None,
                        input_size: tuple[int, int] | None) -> str:
     """Give an input with symbolic dims (batch, height, width) its size: ``input_size`` (``--input-size``),
@@ -195,7 +202,7 @@ def load_model(path: str | Path, backend: str | None = None, options: BackendOpt
         if manifest is None:
             manifest, notice = infer_manifest(model_file, runtime, metadata)
             extra = [metadata.describe() if metadata is not None else "", sized,
-                     "normalisation as given on the command line" if norm or mean or std else ""]
+                     _given(norm, mean, std)]
             notice = "; ".join([notice] + [e for e in extra if e])
             log.warning(notice)
         manifest = _normalisation(manifest, mean, std, norm)

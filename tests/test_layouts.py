@@ -196,3 +196,16 @@ def test_manifest_output_layout_mismatch_says_which_field_to_set(onnx_models, tm
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=r"read as NCHW: set output.layout if it is NHWC"):
         load_model(tmp_path)
+
+
+def test_run_takes_norm_and_input_size_for_a_model_without_manifest(tmp_path, caplog):
+    from edge_seg.cli.main import main
+
+    model = onnx_builders.build_colour(tmp_path / "dyn.onnx", dynamic=True)
+    jsonl = tmp_path / "frames.jsonl"
+    assert main(["run", "--model", str(model), "--norm", "imagenet", "--input-size", "40x24", "--max-frames", "2",
+                 "--jsonl", str(jsonl), "--state-dir", str(tmp_path / "state")]) == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(records) >= 2 and records[0]["classes"] == [f"class_{i}" for i in range(4)]
+    notice = next(r.message for r in caplog.records if "has no manifest" in r.message)
+    assert "sized 40x24 from --input-size" in notice and "normalisation --norm imagenet used instead" in notice

@@ -210,3 +210,21 @@ def test_a_symbolic_batch_alone_runs_at_the_static_size(tmp_path):
     with Segmenter.create(model=model) as seg:
         assert seg.input_size == (32, 32) and "static height and width (batch 1)" in seg.loaded.inferred
         assert seg.segment(np.zeros((20, 30, 3), np.uint8)).class_map.shape == (20, 30)
+
+
+def test_litert_dynamic_height_and_width_take_input_size(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    def model(x):
+        return tf.nn.conv2d(x, tf.constant(np.array([[[[4, 0, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0]]]], np.float32)),
+                            strides=1, padding="SAME") + tf.constant([0, 0, 0, 2.0])
+
+    path = tmp_path / "dynamic.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model).convert())
+    with pytest.raises(ModelError, match=r"input tensor '.*' \[1, '\?', '\?', 3\] has symbolic dims: pass --input-size"):
+        load_model(path)
+    frame, truth = tflite_builders.colour_frame()
+    with Segmenter.create(model=path, input_size=(48, 32)) as seg:
+        assert seg.input_size == (48, 32) and seg.output_tensor.shape == (1, 32, 48, 4)
+        assert (seg.segment(frame).class_map == truth).mean() > 0.95

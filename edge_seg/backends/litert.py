@@ -84,6 +84,7 @@ class LiteRTBackend(LoadedSpecs):
         self._in_index = 0
         self._out_indices: list[int] = []
         self.input_dims: tuple[int | None, ...] = ()
+        self._path = Path()
 
     def load(self, path: Path, manifest: "Manifest | None" = None,
              options: BackendOptions | None = None) -> None:
@@ -106,6 +107,7 @@ class LiteRTBackend(LoadedSpecs):
         if len(inputs) != 1:
             raise ModelError(f"{Path(path).name} has {len(inputs)} inputs; edge_seg models take one image")
         self._interp = interp
+        self._path = Path(path)
         self._in = _spec(inputs[0])
         self._in_index = inputs[0]["index"]
         signature = inputs[0].get("shape_signature", inputs[0]["shape"])
@@ -118,7 +120,7 @@ class LiteRTBackend(LoadedSpecs):
         """Resize a dynamic input (shape signature with -1) to ``shape`` and reallocate."""
         self._interp.resize_tensor_input(self._in_index, list(shape), strict=True)
         self._interp.allocate_tensors()
-        self._adopt(self._interp, Path(self._in.name))
+        self._adopt(self._interp, self._path)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one invoke; ``batch`` must already have the input tensor's shape and dtype."""

@@ -145,7 +145,8 @@ def _run_config(args: argparse.Namespace):
              ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
              ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
              ("device", "name"): args.device, ("mqtt", "url"): args.broker,
-             ("device", "state_dir"): args.state_dir and str(args.state_dir)}
+             ("device", "state_dir"): args.state_dir and str(args.state_dir), ("model", "norm"): args.norm,
+             ("model", "input_size"): args.input_size and list(args.input_size)}
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", "-b", default=None, help="runtime to use: litert, edgetpu, onnxruntime, tensorrt "
                    "(default: by model file suffix)")
     p.add_argument("--threads", type=int, default=None, help="inference threads")
+    norm_arg(p)
+    input_size_arg(p)
     p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
                    help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given; "
                         "another HOST needs preview.token in the config)")
