@@ -3,9 +3,10 @@ car, 176x144, 120 frames) with each third-party model, publishing to a real Mosq
 completes, every frame is segmented, and the mask messages decode with pycocotools into masks
 that agree with the raw model's own (tests/conformance_reference.py) on the same frames.
 
-U²-Net-p runs as a user would set it up: ``edge-seg manifest init u2netp.onnx --norm imagenet``
-(``run`` reads normalisation from a manifest only); it invokes in about a second on this CPU, so it runs
-the first frames of the clip only (``--max-frames``). Its reference resizes the 176x144 frames up
+U²-Net-p runs from the manifest ``edge-seg manifest init u2netp.onnx --norm imagenet`` writes
+(the way to keep the normalisation with the model; ``run --norm`` is tested with the layouts). It
+invokes in about a second on this CPU, so it runs the first frames of the clip only
+(``--max-frames``). Its reference resizes the 176x144 frames up
 to 320x320 bilinearly, as edge_seg does, not with rembg's Lanczos: on frames smaller than its
 input this model's mask follows the interpolation (see tests/conformance_reference.py).
 """
