@@ -222,7 +222,8 @@ def test_litert_dynamic_height_and_width_take_input_size(tmp_path):
 
     path = tmp_path / "dynamic.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model).convert())
-    with pytest.raises(ModelError, match=r"input tensor '.*' \[1, '\?', '\?', 3\] has symbolic dims: pass --input-size"):
+    symbolic = r"input tensor '.*' \[1, '\?', '\?', 3\] has symbolic dims: pass --input-size"
+    with pytest.raises(ModelError, match=symbolic):
         load_model(path)
     frame, truth = tflite_builders.colour_frame()
     with Segmenter.create(model=path, input_size=(48, 32)) as seg:
