@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,10 @@ class ModelConfig(_Section):
     backend: str | None = Field(default=None, description="runtime; None: by model file suffix")
     num_threads: int | None = Field(default=None, ge=1, le=64)
     entropy: bool = False
+    norm: Literal["imagenet", "unit", "minus1to1", "raw"] | None = Field(
+        default=None, description="input normalisation preset over the manifest's (PyTorch models: imagenet)")
+    input_size: tuple[Annotated[int, Field(ge=1, le=16384)], Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        default=None, description="[width, height] of a model input with dynamic dims")
 
     @field_validator("backend")
     @classmethod
