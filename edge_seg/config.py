@@ -123,7 +123,8 @@ class TrackingConfig(_Section):
     low_match_iou: float = Field(default=0.5, gt=0, le=1, description="least IoU with a low-score detection")
     min_hits: int = Field(default=3, ge=1, le=1000, description="frames a track needs before it gives its id")
     max_age: int = Field(default=30, ge=0, le=100000, description="segmented frames a lost track is kept")
-    iou: Literal["box", "mask"] = Field(default="box", description="overlap of boxes, or of masks (slower)")
+    iou: Literal["box", "mask"] = Field(default="mask", description="overlap of masks (keeps crossing objects "
+                                        "apart), or of boxes (cheaper)")
     class_aware: bool = Field(default=False, description="match only instances of the track's class")
 
     @model_validator(mode="after")

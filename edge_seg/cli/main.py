@@ -86,7 +86,8 @@ def _eval_tracking(args: argparse.Namespace) -> int:
         if seg.manifest.task != "instance":
             raise InputError(f"--tracking needs an instance model, and {args.model} is a {seg.manifest.task} model")
         result, path = run_tracking_eval(seg, args.out, seed=args.seed, frames=args.frames, progress=not args.quiet)
-    print(f"IDF1 {result['idf1']:.4f}  MOTA {result['mota']:.4f}  ID switches {result['num_switches']} "
+    print(f"IDF1 {result['idf1']:.4f}  MOTA {result['mota']:.4f}  HOTA {result['hota']:.4f}  "
+          f"ID switches {result['num_switches']} "
           f"({result['switches_per_100']:.2f} per 100 track-frames)  "
           f"tracking {result['track_ms_p50']:.3f} ms/frame p50  "
           f"({result['frames']} frames, {result['num_unique_objects']} objects)  report: {path}")

@@ -177,12 +177,25 @@ def _edges_only(probs: np.ndarray, labels: np.ndarray, edge: np.ndarray, frame_s
     maps[0, :count].reshape(shape)[...] = geometry.src_x[frame_cols][:, None, :]
     maps[1, :count].reshape(shape)[...] = geometry.src_y[frame_rows][:, :, None]
     map_x, map_y = maps[0].reshape(-1, 1024), maps[1].reshape(-1, 1024)
-    samples = [cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-               for plane in channel_planes(probs)]
+    samples = _remap_planes(probs, map_x, map_y)
     picked = _argmax_planes(samples, None).reshape(-1)[:count]
     flat = (frame_rows[:, :, None] * width + frame_cols[:, None, :]).reshape(-1)
     out.reshape(-1)[flat] = picked  # a pixel repeated (blocks padded) gets the same value each time
     return out
+
+
+def _remap_planes(probs: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> list[np.ndarray]:
+    """Bilinear samples of every plane of ``probs`` (h, w, C) at the maps, one array per plane.
+
+    3 or 4 planes in one ``cv2.remap`` of the interleaved channels (the same values as one remap per
+    plane, about 2.5x faster: the maps' coordinates and weights are computed once), then split. Not 2:
+    OpenCV's (5.1) 2-channel uint8 remap rounds differently (up to 7 codes off the 1-channel result).
+    An NCHW output (planes seen through a transpose) is interleaved first: a copy at model resolution."""
+    if probs.shape[2] in (3, 4):
+        interleaved = np.ascontiguousarray(probs)
+        return cv2.split(cv2.remap(interleaved, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    return [cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            for plane in channel_planes(probs)]
 
 
 class _Geometry:
