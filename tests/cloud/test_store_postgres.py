@@ -16,6 +16,7 @@ from store_helpers import CLASSES, pg_rows, send_batch
 from converters.formats import read_coco
 from edge_seg.cli.main import main
 from edge_seg.cloud.consumer import Consumer, iter_masks
+from edge_seg.cloud.events import iter_events
 from edge_seg.cloud.store_postgres import PgStore
 from edge_seg.maskio import read_palette_png
 from edge_seg.publish import messages as m
@@ -42,6 +43,11 @@ def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_u
     assert {r[0] for r in pg_rows(pg_url, "SELECT msg_id FROM messages")} == batch.stored
     assert pg_rows(pg_url, "SELECT count(*) FROM dead_letters") == [(batch.bad,)]
     assert pg_rows(pg_url, "SELECT zone, class, kind, track_ids FROM events") == [("driveway", "disc", "enter", [7])]
+    (key,), = pg_rows(pg_url, "SELECT object_key FROM messages WHERE kind = 'event'")
+    assert "/events/" in key and s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == \
+        batch.snapshot
+    (sqlite_event,) = iter_events(tmp_path / "out")
+    assert sqlite_event.snapshot.read_bytes() == batch.snapshot
     assert pg_rows(pg_url, "SELECT device, track_id FROM instance_tracks ORDER BY track_id") == \
         [("cam-3", 7), ("cam-3", 8)]
 
