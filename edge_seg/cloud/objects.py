@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from edge_seg.errors import StoreError, StoreUnavailableError
@@ -97,14 +97,21 @@ class ObjectStore:
         self.puts += 1
         return key
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="edge-seg-s3")
+            return self._pool
+
+    def put_later(self, kind: str, data: bytes, ext: str) -> Future:
+        """``put`` on the pool; ``.result()`` is the key once stored (or raises what ``put`` raises)."""
+        return self._executor().submit(self.put, kind, data, ext)
+
     def put_many(self, items: list[tuple[str, bytes, str]]) -> list[str]:
         """``put`` each (kind, data, ext) in parallel; the keys in order. All are stored when it returns."""
         if len(items) <= 1:
             return [self.put(*item) for item in items]
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="edge-seg-s3")
-        return list(self._pool.map(lambda item: self.put(*item), items))
+        return list(self._executor().map(lambda item: self.put(*item), items))
 
     def get(self, key: str) -> bytes:
         """The bytes of one object."""

@@ -175,13 +175,14 @@ class PgStore:
                     extra.append("tracks")
                     params["tracks"] = json.dumps(rows)
         elif isinstance(msg, (CropMessage, InstanceCropMessage)):
-            params["key"] = self.objects.put("crops", msg.jpeg, "jpg")  # the object before its row
+            stored = self.objects.put_later("crops", msg.jpeg, "jpg")  # the put waits on S3 while we work on
             image, anns = coco_rows(msg, crop_file_name(msg.device, msg.seq, msg.msg_id))
             ids = self._category_ids([ann.pop("category_name") for ann in anns])
             for ann, category_id in zip(anns, ids):
                 ann["category_id"] = category_id
             extra.append("crop")
             params.update(image=Jsonb(image), annotations=Jsonb(anns))
+            params["key"] = stored.result()  # the object is stored before its row
         elif isinstance(msg, EventMessage):
             if msg.snapshot_jpeg is not None:  # the zone's JPEG snapshot: an object, named by the messages row
                 params["key"] = self.objects.put("events", base64.b64decode(msg.snapshot_jpeg), "jpg")
