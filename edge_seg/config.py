@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_seg.errors import EdgeSegError, FieldValueError, field_path
 from edge_seg.postprocess.uncertainty import CropConfig
 from edge_seg.postprocess.zones import ZoneConfig, check_zones
-from edge_seg.publish.mqtt_config import MqttConfig
+from edge_seg.publish.mqtt_config import MqttConfig, PolicyConfig
 
 
 class ConfigError(EdgeSegError):
@@ -72,6 +72,51 @@ class SourceConfig(_Section):
         return uri
 
 
+CAMERA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # one MQTT topic level, a metrics label, a file-name part
+RESERVED_CAMERA_NAMES = ("cmd", "crop", "event", "mask", "metrics", "status", "zone")  # the device's own topics
+
+
+class CameraConfig(SourceConfig):
+    """One camera of ``sources:``: a source plus what may differ per camera (None: the device-wide setting)."""
+
+    name: str = Field(pattern=CAMERA_PATTERN, description="camera id: topics {prefix}/{device}/{name}/mask|crop|"
+                                                          "event, metrics label, file names")
+    every_n: int | None = Field(default=None, ge=1, description="segment every Nth frame (default pipeline.every_n)")
+    roi: tuple[int, int, int, int] | None = Field(default=None, description="x, y, width, height (default "
+                                                                            "pipeline.roi)")
+    zones: list[ZoneConfig] | None = Field(default=None, max_length=64, description="this camera's zones "
+                                                                                    "(default: the top-level zones)")
+    publish: PolicyConfig | None = Field(default=None, description="publish policy fields that differ from "
+                                                                   "mqtt.policy for this camera")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_CAMERA_NAMES:
+            raise ValueError(f"{name!r} is a device topic (reserved: {', '.join(RESERVED_CAMERA_NAMES)}): "
+                             "name the camera otherwise")
+        return name
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        return check_roi(roi)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: list[ZoneConfig] | None) -> list[ZoneConfig] | None:
+        if zones is not None:
+            check_zones(zones)
+        return zones
+
+
+def check_roi(roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """``roi`` when it is a valid [x, y, width, height] (ValueError otherwise)."""
+    if roi is not None and (roi[0] < 0 or roi[1] < 0 or roi[2] <= 0 or roi[3] <= 0):
+        raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height > 0, got {list(roi)}")
+    return roi
+
+
 class TilingConfig(_Section):
     enabled: bool = False
     min_scale: float = Field(default=2.5, gt=1, description="tile when the frame is this many times the input")
@@ -87,9 +132,7 @@ class PipelineConfig(_Section):
     @field_validator("roi")
     @classmethod
     def _roi(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-        if roi is not None and (roi[0] < 0 or roi[1] < 0 or roi[2] <= 0 or roi[3] <= 0):
-            raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height > 0, got {list(roi)}")
-        return roi
+        return check_roi(roi)
 
 
 class SmoothingConfig(_Section):
@@ -253,6 +296,8 @@ class Config(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
     source: SourceConfig = SourceConfig()
+    sources: list[CameraConfig] = Field(default_factory=list, max_length=64,
+                                        description="several cameras sharing one model (instead of source:)")
     pipeline: PipelineConfig = PipelineConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -272,6 +317,36 @@ class Config(_Section):
         check_zones(zones)
         return zones
 
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        for camera in sources:
+            if camera.name in seen:
+                raise ValueError(f"camera name {camera.name!r} is used twice: give each camera its own name")
+            seen.add(camera.name)
+        return sources
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> "Config":
+        if self.sources and self.source != SourceConfig():
+            raise ValueError("set source: (one camera) or sources: (several), not both")
+        return self
+
+    def cameras(self) -> list[CameraConfig]:
+        """Every camera with its settings resolved (``sources:``, or ``source:`` as one camera named ``cam0``)."""
+        cams = self.sources or [CameraConfig(name="cam0", **self.source.model_dump())]
+        out = []
+        for cam in cams:
+            policy = self.mqtt.policy
+            if cam.publish is not None:
+                policy = PolicyConfig.model_validate({**policy.model_dump(), **cam.publish.model_dump(exclude_unset=True)})
+            out.append(cam.model_copy(update={
+                "every_n": cam.every_n or self.pipeline.every_n,
+                "roi": cam.roi if cam.roi is not None else self.pipeline.roi,
+                "zones": cam.zones if cam.zones is not None else list(self.zones), "publish": policy}))
+        return out
+
 
 _SCALAR = (int, float, str, bool, type(None))
 
@@ -285,7 +360,7 @@ def _describe(err: dict) -> str:
     msg = str(raised) if err["type"] == "value_error" and raised is not None else err["msg"]
     msg = f"{msg[0].lower()}{msg[1:]}"
     got = err.get("input")
-    if err["type"] == "missing" or "input" not in err or "got " in msg or (isinstance(got, dict)
+    if err["type"] == "missing" or "input" not in err or "got " in msg or (isinstance(got, (dict, list))
                                                                              and err["type"] == "value_error"):
         return f"{where}: {msg}"  # the message says what it got, or the input is a whole section
     if isinstance(got, (list, tuple)) and all(isinstance(v, _SCALAR) for v in got) and len(got) <= 8:
