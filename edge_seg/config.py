@@ -18,6 +18,7 @@ from edge_seg.errors import EdgeSegError, FieldValueError, field_path
 from edge_seg.postprocess.uncertainty import CropConfig
 from edge_seg.postprocess.zones import ZoneConfig, check_zones
 from edge_seg.publish.mqtt_config import MqttConfig, PolicyConfig
+from edge_seg.view.preview_config import PreviewConfig
 
 
 class ConfigError(EdgeSegError):
@@ -194,50 +195,6 @@ class OverlayConfig(_Section):
                                         "label map (cheapest, for the smallest devices)")
 
 
-class PreviewConfig(_Section):
-    """The live preview over HTTP (``edge-seg run --preview``); bounded so slow or hostile clients cannot
-    exhaust it, and behind a bearer token when reachable from other machines."""
-
-    enabled: bool = False
-    host: str = Field(default="127.0.0.1", description="off loopback: needs token/token_file or allow_open")
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_fps: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    max_clients: int = Field(default=8, ge=1, le=1024, description="connections served at once (a stream is "
-                                                                    "one); more get 503 with Retry-After")
-    request_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False,
-                                     description="the request line and headers must arrive within this")
-    write_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False,
-                                   description="a client that takes longer to accept one write is dropped")
-    token: str | None = Field(default=None, description="bearer token every route but /healthz requires "
-                                                        "(the page and stream also take ?token=)")
-    token_file: Path | None = Field(default=None, description="file holding the token (read at start)")
-    allow_open: bool = Field(default=False, description="serve off loopback without a token (anyone who "
-                                                        "reaches the port sees the camera)")
-
-    @field_validator("token")
-    @classmethod
-    def _usable_token(cls, token: str | None) -> str | None:
-        from edge_seg.view.access import token_problem
-
-        problem = None if token is None else token_problem(token)
-        if problem is not None:
-            raise ValueError(problem)
-        return token
-
-    @model_validator(mode="after")
-    def _guarded_off_loopback(self) -> PreviewConfig:
-        from edge_seg.view.access import is_address, is_loopback
-
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set preview.token or preview.token_file, not both")
-        guarded = is_loopback(self.host) or self.token or self.token_file or self.allow_open
-        if self.enabled and not guarded and is_address(self.host):  # a name is checked at start, after its bind
-            raise ValueError(f"host {self.host or '(all addresses)'} is reachable from other machines: set "
-                             "preview.token (or preview.token_file), or preview.allow_open: true to serve "
-                             "anyone who reaches the port")
-        return self
-
-
 class OutputConfig(_Section):
     video: Path | None = Field(default=None, description="write the overlay video here (.mp4)")
     jsonl: Path | None = Field(default=None, description="append one JSON summary per frame here")
@@ -340,7 +297,8 @@ class Config(_Section):
         for cam in cams:
             policy = self.mqtt.policy
             if cam.publish is not None:
-                policy = PolicyConfig.model_validate({**policy.model_dump(), **cam.publish.model_dump(exclude_unset=True)})
+                changed = cam.publish.model_dump(exclude_unset=True)  # only what the camera sets
+                policy = PolicyConfig.model_validate({**policy.model_dump(), **changed})
             out.append(cam.model_copy(update={
                 "every_n": cam.every_n or self.pipeline.every_n,
                 "roi": cam.roi if cam.roi is not None else self.pipeline.roi,
