@@ -81,6 +81,13 @@ def kind_of(msg: Message) -> str:
             EventMessage: "event", ZoneStateMessage: "zone_state"}[type(msg)]
 
 
+def split_stream(stream: str) -> tuple[str | None, str]:
+    """(camera, kind) of a stream key: ``mask`` or ``CAMERA/mask`` (``cmd/result`` is a kind: ``cmd`` is
+    never a camera name)."""
+    head, sep, tail = stream.partition("/")
+    return (head, tail) if sep and head != "cmd" else (None, stream)
+
+
 def crop_file_name(device: str, seq: int, msg_id: str) -> str:
     """``images/{device}/{seq:09d}_{msg_id}.jpg``: one folder per device, so two devices never share a name.
 
@@ -162,8 +169,11 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
         self.db.executescript(EVENTS_SQL)
-        if "frame_seq" not in {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
+        if "frame_seq" not in columns:
             self.db.execute("ALTER TABLE messages ADD COLUMN frame_seq INTEGER")  # an out_dir from before
+        if "camera" not in columns:  # the camera of a device with several (NULL: the only one)
+            self.db.execute("ALTER TABLE messages ADD COLUMN camera TEXT")
         self.db.execute("CREATE INDEX IF NOT EXISTS messages_stream ON messages (device, kind)")
         self.gaps = GapCounter(self._highest)
         self.dead_letters = DeadLetters(self.db)
@@ -181,11 +191,12 @@ class Store:
         except (OSError, ValueError):
             return {}
 
-    def _highest(self, device: str, kind: str, msg_id: str) -> int | None:
+    def _highest(self, device: str, stream: str, msg_id: str) -> int | None:
         """The highest ``seq`` among the last 100 messages stored of a stream, but ``msg_id`` (gap counting)."""
+        camera, kind = split_stream(stream)
         row = self.db.execute("SELECT MAX(seq) FROM (SELECT seq FROM messages WHERE device = ? AND kind = ? AND "
-                              "msg_id != ? AND seq > 0 ORDER BY rowid DESC LIMIT 100)",
-                              (device, kind, msg_id)).fetchone()
+                              "camera IS ? AND msg_id != ? AND seq > 0 ORDER BY rowid DESC LIMIT 100)",
+                              (device, kind, camera, msg_id)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def seen(self, msg_id: str) -> bool:
@@ -214,9 +225,9 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             cur = self.db.execute("INSERT OR IGNORE INTO messages (msg_id, kind, device, seq, ts, received, path, "
-                                  "frame_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                  "frame_seq, camera) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                   (msg.msg_id, kind, msg.device, msg.seq, msg.ts, now, rel,
-                                   getattr(msg, "frame_seq", None)))
+                                   getattr(msg, "frame_seq", None), getattr(msg, "camera", None)))
             if cur.rowcount == 0:
                 self.db.execute("ROLLBACK")
                 return False
@@ -273,6 +284,8 @@ class Store:
         return image, anns
 
     def _track(self, msg: Message, kind: str, now: float) -> None:
+        camera = getattr(msg, "camera", None)
+        kind = kind if camera is None else f"{camera}/{kind}"  # a camera's topics count on their own
         entry = self.devices.setdefault(msg.device, {"counts": {}})
         entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
         entry["last_seen"] = round(now, 3)
