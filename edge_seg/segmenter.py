@@ -146,6 +146,8 @@ class Segmenter:
             self._probability_decoder = probability_decoder(manifest, entropy=entropy, margin=margin, probs=probs)
             self._smoother = (TemporalSmoother(manifest, out, smoothing, self._probability_decoder)
                               if smoothing is not None else None)
+        self._smoothing = smoothing
+        self._smoothers = {None: self._smoother}  # one per stream (camera): smoothing state is a video's own
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
         self._classes = tuple(manifest.classes)
         self._palette = tuple(tuple(c) for c in manifest.palette)
@@ -192,19 +194,29 @@ class Segmenter:
         """True when outputs are smoothed over time (never for instance models)."""
         return self._smoother is not None
 
+    def _smoother_of(self, stream: str | None) -> TemporalSmoother | None:
+        """The smoother of ``stream`` (a camera of a loop with several; None: the only one), made on first use."""
+        smoother = self._smoothers.get(stream)
+        if smoother is None and self._smoother is not None:
+            smoother = self._smoothers[stream] = TemporalSmoother(self.manifest, self.output_tensor, self._smoothing,
+                                                                  self._probability_decoder)
+        return smoother
+
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-               frame: np.ndarray | None = None) -> Segmentation:
+               frame: np.ndarray | None = None, stream: str | None = None) -> Segmentation:
         """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame).
 
-        With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts.
+        With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts; ``stream`` names the
+        camera whose video is smoothed (each has its own state).
         """
         if self._instance is not None:
             return self._decode_instances(raw, transform, timings)
-        decoded = self._smoother(raw, frame) if self._smoother is not None else self._decode(raw)
+        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        decoded = smoother(raw, frame) if smoother is not None else self._decode(raw)
         return self._segmentation(decoded, transform, timings)
 
     def decode_probabilities(self, probs: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-                             frame: np.ndarray | None = None) -> Segmentation:
+                             frame: np.ndarray | None = None, stream: str | None = None) -> Segmentation:
         """Float32 probabilities (1, h, w, C) → ``Segmentation``, smoothed over time when smoothing is on.
 
         For the tiler's stitched mosaic: ``transform`` maps the mosaic to the frame. Entropy and
@@ -214,8 +226,9 @@ class Segmenter:
             from edge_seg.errors import ModelError
 
             raise ModelError("tiling is not supported for instance (yolo_seg) models")
-        if self._smoother is not None:
-            decoded = self._smoother.smooth(probs[0], frame)
+        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        if smoother is not None:
+            decoded = smoother.smooth(probs[0], frame)
         else:
             decoded = self._probability_decoder(probs)
         return self._segmentation(decoded, transform, timings)

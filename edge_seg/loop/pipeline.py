@@ -146,10 +146,11 @@ class Pipeline:
             cam, frame, raw, transform, clock, segmenter, tiler = item  # the model that produced ``raw`` decodes it
             try:
                 with clock.stage("postprocess"):
-                    if tiler is not None:
-                        segmentation = tiler.decode(raw, transform, clock.wall, frame=frame.image)
-                    else:
-                        segmentation = segmenter.decode(raw, transform, clock.wall, frame=frame.image)
+                    decoder = tiler if tiler is not None else segmenter
+                    if cam.name is None:
+                        segmentation = decoder.decode(raw, transform, clock.wall, frame=frame.image)
+                    else:  # its own smoothing state
+                        segmentation = decoder.decode(raw, transform, clock.wall, frame=frame.image, stream=cam.name)
             except Exception as err:  # noqa: BLE001 - a bad model's output must not end the sink thread
                 self._count(cam, "sink_errors")
                 log.error("decoding frame %d failed: %s", frame.seq, err)

@@ -72,3 +72,23 @@ def test_round_robin_order_starts_after_the_camera_served_last():
             rr.slots[i].put(i)
         order.append(rr.take(0)[0])
     assert order == [0, 1, 2, 0, 1, 2]  # each always has a frame: strict turns
+
+
+def test_each_camera_is_smoothed_over_its_own_frames_only():
+    import numpy as np
+
+    from edge_seg.config import SmoothingConfig
+    from edge_seg.demo.clips import render_clip
+    from edge_seg.segmenter import DEFAULT_MODEL, Segmenter
+
+    scene = next(iter(render_clip(4, 1, (320, 180)))).image
+    with Segmenter.create(model=DEFAULT_MODEL, smoothing=SmoothingConfig(enabled=True, alpha=0.2)) as seg:
+        batch_b, t_b = seg.prepare(scene)
+        batch_a, t_a = seg.prepare(np.zeros_like(scene))
+        raw_a, raw_b = seg.invoke(batch_a), seg.invoke(batch_b)
+        alone = seg.decode(raw_b, t_b, stream="b").label_map  # a fresh stream: its first frame as it is
+        for _ in range(5):
+            seg.decode(raw_a, t_a, stream="a")
+            seg.decode(raw_a, t_a)  # the unnamed stream sees the same black frames
+        assert np.array_equal(seg.decode(raw_b, t_b, stream="b").label_map, alone)  # a's frames did not leak in
+        assert not np.array_equal(seg.decode(raw_b, t_b).label_map, alone)  # (smoothing does carry state over)
