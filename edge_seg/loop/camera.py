@@ -68,7 +68,7 @@ def source_state(cameras: list[Camera]) -> str | None:
     """One camera: its source's state; several: ``name state`` of each, comma-separated."""
     if len(cameras) == 1:
         return cameras[0].state
-    return ", ".join(f"{cam.label} {cam.state or '?'}" for cam in cameras)
+    return ", ".join(f"{cam.label} {cam.state or '?'}" for cam in cameras)[:256]  # the status field's limit
 
 
 def degraded(cameras: list[Camera]) -> str | None:
