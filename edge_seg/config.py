@@ -129,6 +129,16 @@ class PipelineConfig(_Section):
     roi: tuple[int, int, int, int] | None = Field(default=None, description="x, y, width, height in frame pixels")
     tiling: TilingConfig = TilingConfig()
     max_frames: int | None = Field(default=None, ge=1, description="stop after this many segmented frames")
+    batch: Literal["auto"] | int = Field(default=1, description="several cameras: frames of up to this many in "
+                                         "one invoke where the backend allows (ONNX dynamic batch, LiteRT); auto: "
+                                         "one per camera")
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, batch: str | int) -> str | int:
+        if isinstance(batch, int) and not 1 <= batch <= 64:
+            raise ValueError(f"must be auto or 1..64, got {batch}")
+        return batch
 
     @field_validator("roi")
     @classmethod

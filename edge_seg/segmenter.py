@@ -125,6 +125,7 @@ class Segmenter:
 
             raise InputError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
         self.upsample = upsample
+        self._batch = 1  # frames per invoke of ``invoke_many`` (``batch_size``)
         probs = upsample == "bilinear"
         self.loaded = loaded
         manifest = loaded.manifest
@@ -184,10 +185,32 @@ class Segmenter:
 
         For an instance (yolo_seg) model: the list of its raw output tensors (detections, prototypes).
         """
+        if self._batch > 1:  # the backend now takes a batch (``batch_size``): this frame and padding
+            return self.invoke_many([batch])[0]
         outputs = self.loaded.backend.infer(batch)
         if self._instance is not None:
             return [outputs[i] for i in self._instance_indices]
         return outputs[self._out_index]
+
+    def batch_size(self, n: int) -> int:
+        """Ask the backend to take ``n`` frames per invoke (``invoke_many``); how many it takes (1: no batching)."""
+        resize = getattr(self.loaded.backend, "resize_batch", None)
+        self._batch = resize(n) if resize is not None and n > 1 else 1
+        return self._batch
+
+    def invoke_many(self, batches: list[np.ndarray]) -> list:
+        """One invoke for several prepared frames (at most ``batch_size``); each frame's raw output, as ``invoke``
+        returns it. A backend with a fixed batch gets the missing frames as zeros (their outputs are dropped)."""
+        n = len(batches)
+        stacked = np.concatenate(batches, axis=0)
+        size = self._batch
+        if n < size and getattr(self.loaded.backend, "fixed_batch", False):
+            stacked = np.concatenate([stacked, np.zeros((size - n, *stacked.shape[1:]), stacked.dtype)], axis=0)
+        outputs = self.loaded.backend.infer(stacked)
+        if self._instance is not None:
+            return [[outputs[i][k:k + 1] for i in self._instance_indices] for k in range(n)]
+        out = outputs[self._out_index]
+        return [out[k:k + 1] for k in range(n)]
 
     @property
     def smoothing(self) -> bool:

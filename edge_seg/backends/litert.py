@@ -8,6 +8,7 @@ dtype and quantisation parameters; quantising the input is preprocessing's job.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ import numpy as np
 from edge_seg.backends.base import BackendOptions, LoadedSpecs
 from edge_seg.errors import BackendUnavailable, ModelError
 from edge_seg.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edge_seg.manifest import Manifest
@@ -83,6 +86,26 @@ class LiteRTBackend(LoadedSpecs):
         outputs = interp.get_output_details()
         self._outs = [_spec(d) for d in outputs]
         self._out_indices = [d["index"] for d in outputs]
+
+    fixed_batch = True  # after ``resize_batch(n)`` every invoke takes exactly n frames (pad the rest)
+
+    def resize_batch(self, n: int) -> int:
+        """Make one invoke take ``n`` frames (``resize_tensor_input`` of the batch dimension); the batch size now
+        taken: ``n``, or 1 when the model cannot be resized (then it is left as it was)."""
+        if n == self._in.shape[0]:
+            return n
+        shape = [n, *self._in.shape[1:]]
+        try:
+            self._interp.resize_tensor_input(self._in_index, shape, strict=False)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            log.warning("LiteRT: this model cannot take a batch of %d (%s); one frame per invoke", n, err)
+            self._interp.resize_tensor_input(self._in_index, [1, *self._in.shape[1:]], strict=False)
+            self._interp.allocate_tensors()
+            self._adopt(self._interp, Path(self._in.name))
+            return 1
+        self._adopt(self._interp, Path(self._in.name))
+        return n
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one invoke; ``batch`` must already have the input tensor's shape and dtype."""

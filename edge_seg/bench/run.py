@@ -204,12 +204,14 @@ class _Progress:
 
 
 def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | None,
-               progress: bool = True, pin: bool = True, pair_image: np.ndarray | None = None, streams: int = 1) -> dict:
+               progress: bool = True, pin: bool = True, pair_image: np.ndarray | None = None, streams: int = 1,
+               batch: int = 1) -> dict:
     """The real pipeline with overlay and crop extraction on; stats of ``frames`` segmented frames.
 
     ``streams`` > 1: that many cameras, each reading its own copy of ``source_uri`` with its own overlay and
     crop stages, share the model (``edge_seg.loop.scheduler``); the figures are the aggregate's, plus
-    ``per_stream_fps`` and their spread ((max - min) / mean).
+    ``per_stream_fps`` and their spread ((max - min) / mean); ``batch``: frames of up to that many streams per
+    invoke where the backend allows (``batch`` in the result: what it took).
 
     With ``pin`` the inference thread gets one CPU and everything else the others (``one_core_infers``).
     With ``pair_image`` bare invoke (of that image) is timed between windows of frames (``PairedWindows``);
@@ -237,7 +239,7 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
         paired = PairedWindows(segmenter, pair_image, every=max(10, min(150, frames // 8)))
     with one_core_infers() if pin else nullcontext(None) as other_cpus:
         pipeline = Pipeline(source, segmenter, stages=stages, max_frames=frames, other_cpus=other_cpus,
-                            after_frame=paired, cameras=cameras)
+                            after_frame=paired, cameras=cameras, batch=batch)
         cpu0, wall0, mine0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), time.thread_time()
         stats = pipeline.run()  # this thread is the inference thread
         mine = time.thread_time() - mine0
@@ -272,7 +274,7 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
             "peak_rss_mb": peak_rss_mb(), "sampled_rss_mb": progress_stage.peak_rss_mb,
             "sampled_peak_anonymous_mb": progress_stage.peak_anon_mb,
             "sampled_file_backed_at_that_peak_mb": progress_stage.file_at_anon_peak_mb, "paired": pairs,
-            **_per_stream(pipeline, wall)}
+            "batch": pipeline.batch, **_per_stream(pipeline, wall)}
 
 
 def _per_stream(pipeline, wall: float) -> dict:
@@ -287,7 +289,7 @@ def _per_stream(pipeline, wall: float) -> dict:
 
 def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, int] = (1280, 720),
               source: str | None = None, loop_frames: int | None = None, progress: bool = True,
-              label: str = "", clip_codec: str = "i420", streams: int = 1) -> BenchReport:
+              label: str = "", clip_codec: str = "i420", streams: int = 1, batch: int = 1) -> BenchReport:
     """All three measurements; the loop runs on ``source`` or on a generated clip of ``frame_size``.
 
     The clip is rendered in a child process and the frame-path frames are read back from it, so this
@@ -316,7 +318,7 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
             one_stream_rss = bench_loop(segmenter, uri, max(30, (loop_frames or frames) // 3), fps=None,
                                         progress=progress)["peak_rss_mb"]
         report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress, pair_image=first,
-                                 streams=streams)
+                                 streams=streams, batch=batch)
         if one_stream_rss is not None:
             report.loop["peak_rss_mb_one_stream"] = one_stream_rss
         after = bench_invoke(segmenter, first, frames)

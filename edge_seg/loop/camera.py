@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_seg.errors import InputError
 from edge_seg.loop.stats import LoopStats
-from edge_seg.sources.base import Source
+from edge_seg.sources.base import Frame, Source
 from edge_seg.sources.reconnect import degraded_of
 
 
@@ -39,6 +40,24 @@ class Camera:
     def lossless(self) -> bool:
         """An unpaced file: every frame is segmented, capture waits for the slot (``Source.lossless``)."""
         return bool(getattr(self.source, "lossless", False))
+
+    def check_roi(self, frame: Frame) -> None:
+        """Raise ``InputError`` when the ROI does not lie inside the frame; checked on the first frame and whenever
+        the frame size changes."""
+        shape = frame.image.shape[:2]
+        if self.roi is None or shape == self.roi_checked:
+            return
+        x, y, w, h = self.roi
+        height, width = shape
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+            where = f"sources[{self.name}].roi" if self.name else "pipeline.roi"
+            raise InputError(f"{where} [x, y, width, height] = {list(self.roi)} does not lie inside the "
+                             f"{width}x{height} frame: make it fit (x + width <= {width}, y + height <= {height})")
+        self.roi_checked = shape
+
+    def lores(self, frame: Frame):
+        """The camera's model-size copy of the frame (picamera2 lores), unless a region of interest is cut."""
+        return frame.lores if self.roi is None else None
 
     @property
     def state(self) -> str | None:

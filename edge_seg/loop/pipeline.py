@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from edge_seg.errors import InputError
+from edge_seg.loop.batching import invoke_batch
 from edge_seg.loop.camera import Camera, add_up, states
 from edge_seg.loop.result import FrameResult, region
 from edge_seg.loop.scheduler import LatestSlot, RoundRobin
@@ -59,7 +60,7 @@ class Pipeline:
                  every_n: int = 1, roi: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
                  tiler=None, sink_queue: int = 2, stats: LoopStats | None = None,
                  other_cpus: set[int] | None = None, after_frame: Callable[[], None] | None = None,
-                 redactor: Redactor | None = None, cameras: list[Camera] | None = None):
+                 redactor: Redactor | None = None, cameras: list[Camera] | None = None, batch: int = 1):
         self.segmenter = segmenter
         self.stages = list(stages or [])
         self.max_frames = max_frames
@@ -73,6 +74,8 @@ class Pipeline:
         self.after_frame = after_frame  # called on the inference thread after each segmented frame (bench)
         self.redactor = redactor  # hides the chosen classes in every frame before the first stage sees it
         self.scheduler = RoundRobin(len(self.cameras))
+        self._batch_wanted = min(batch, len(self.cameras)) if tiler is None else 1  # one frame per camera at most
+        self.batch = segmenter.batch_size(self._batch_wanted) if self._batch_wanted > 1 else 1
         self._queue: queue.Queue = queue.Queue(maxsize=sink_queue * len(self.cameras))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -221,27 +224,6 @@ class Pipeline:
                 pass
             self._queue.put_nowait(item)
 
-    def _check_roi(self, cam: Camera, frame: Frame) -> None:
-        """Raise ``InputError`` (recorded in ``self.error``) when the ROI does not lie inside the frame; checked
-        on the first frame and whenever the frame size changes."""
-        shape = frame.image.shape[:2]
-        if cam.roi is None or shape == cam.roi_checked:
-            return
-        x, y, w, h = cam.roi
-        height, width = shape
-        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
-            where = f"sources[{cam.name}].roi" if cam.name else "pipeline.roi"
-            self.error = InputError(f"{where} [x, y, width, height] = {list(cam.roi)} does not lie inside the "
-                                    f"{width}x{height} frame: make it fit (x + width <= "
-                                    f"{width}, y + height <= {height})")
-            raise self.error
-        cam.roi_checked = shape
-
-    @staticmethod
-    def _lores(cam: Camera, frame: Frame):
-        """The camera's model-size copy of the frame (picamera2 lores), unless a region of interest is cut."""
-        return frame.lores if cam.roi is None else None
-
     def _prepare(self, cam: Camera, frame: Frame) -> tuple | None:
         """The model input of ``frame`` (on the capture thread): (segmenter, batch, transform, clock)."""
         segmenter = self.segmenter
@@ -250,7 +232,7 @@ class Pipeline:
         clock = StageClock.for_frame(frame.seq)
         try:
             with clock.stage("preprocess"):
-                batch, transform = segmenter.prepare(region(frame.image, cam.roi), self._lores(cam, frame))
+                batch, transform = segmenter.prepare(region(frame.image, cam.roi), cam.lores(frame))
         except Exception:  # noqa: BLE001 - the inference thread prepares again and reports the error
             return None
         return segmenter, batch, transform, clock
@@ -268,7 +250,7 @@ class Pipeline:
                 clock.cpu.update(pre.cpu)
             else:
                 with clock.stage("preprocess"):
-                    batch, transform = self.segmenter.prepare(region(frame.image, cam.roi), self._lores(cam, frame))
+                    batch, transform = self.segmenter.prepare(region(frame.image, cam.roi), cam.lores(frame))
             with clock.stage("infer"):
                 raw = self.segmenter.invoke(batch)
         self._handoff(cam, (cam, frame, raw, transform, clock, self.segmenter, self.tiler))
@@ -302,33 +284,53 @@ class Pipeline:
         while not self._stop.is_set():
             if self._swap is not None:
                 self._apply_swap()
-            taken = scheduler.take(0.1)
+            if self.batch == 1:
+                taken = scheduler.take(0.1)
+                picks = [taken] if taken is not None else []
+            else:
+                picks = scheduler.take_many(self.batch, 0.1)
             self.beats["infer"] += 1
             if self.multi:
                 add_up(stats, self.cameras)
-            if taken is None:
+            if not picks:
                 if scheduler.closed:
                     break
                 continue
-            cam = self.cameras[taken[0]]
-            frame, prepared = taken[1]
-            self._check_roi(cam, frame)
-            cam.seen += 1
-            if (cam.seen - 1) % cam.every_n:
-                self._count(cam, "skipped")
-                continue
+            due = self._due(picks)
             try:
-                self._infer_one(cam, frame, prepared)
+                if self.batch > 1 and due:
+                    for cam, frame, raw, transform, clock in invoke_batch(self.segmenter, due):
+                        self._handoff(cam, (cam, frame, raw, transform, clock, self.segmenter, None))
+                elif due:
+                    self._infer_one(*due[0])
             except Exception as err:
                 if self.on_model_error is None or not self.on_model_error(err):
                     raise
-                log.error("inference on frame %d failed: %s", frame.seq, err)
+                log.error("inference on frame %d failed: %s", due[0][1].seq, err)
                 continue
-            self._count(cam, "segmented")
-            if self.after_frame is not None:
-                self.after_frame()
+            for cam, _frame, _prepared in due:
+                self._count(cam, "segmented")
+                if self.after_frame is not None:
+                    self.after_frame()
             if self.max_frames is not None and stats.segmented >= self.max_frames:
                 break
+
+    def _due(self, picks: list) -> list[tuple]:
+        """The (camera, frame, prepared) of the frames taken that are to be segmented (``every_n``)."""
+        due = []
+        for index, (frame, prepared) in picks:
+            cam = self.cameras[index]
+            try:
+                cam.check_roi(frame)
+            except InputError as err:
+                self.error = err
+                raise
+            cam.seen += 1
+            if (cam.seen - 1) % cam.every_n:
+                self._count(cam, "skipped")
+            else:
+                due.append((cam, frame, prepared))
+        return due
 
     def liveness(self) -> dict[str, int]:
         """Each loop thread's counter (capture — one per camera: ``capture:NAME`` —, infer, sink): all of them move
@@ -366,6 +368,8 @@ class Pipeline:
             return
         segmenter, applied = pending
         self.segmenter = segmenter
+        if self._batch_wanted > 1:
+            self.batch = segmenter.batch_size(self._batch_wanted)
         if self.tiler is not None:
             tiler = self.tiler
             self.tiler = type(tiler)(segmenter, overlap=tiler.overlap, zoom=tiler.zoom, min_scale=tiler.min_scale)

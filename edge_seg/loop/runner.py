@@ -172,8 +172,9 @@ def build(config: Config) -> Built:
 
         tiling = config.pipeline.tiling
         tiler = Tiler(segmenter, overlap=tiling.overlap, min_scale=tiling.min_scale)
+    batch = config.pipeline.batch
     built.pipeline = Pipeline(None, segmenter, max_frames=config.pipeline.max_frames, tiler=tiler, stats=stats,
-                              redactor=redactor, cameras=cameras)
+                              redactor=redactor, cameras=cameras, batch=len(cameras) if batch == "auto" else batch)
     try:
         _add_stages(config, segmenter, built)
     except Exception:

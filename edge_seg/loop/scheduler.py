@@ -104,6 +104,23 @@ class RoundRobin:
             self.served[pick] += 1
             return pick, self.slots[pick]._pop()
 
+    def take_many(self, n: int, timeout: float) -> list[tuple[int, object]]:
+        """Up to ``n`` (index, frame): the newest frame of each ready slot, in turn from the one after the slot
+        served last (batching; one frame per camera); empty when none had a frame within ``timeout``."""
+        first = self.take(timeout)
+        if first is None:
+            return []
+        picks = [first]
+        with self.cond:
+            while len(picks) < n:
+                pick = self._ready()
+                if pick is None or any(pick == index for index, _ in picks):  # refilled since: next batch
+                    break
+                self._next = (pick + 1) % len(self.slots)
+                self.served[pick] += 1
+                picks.append((pick, self.slots[pick]._pop()))
+        return picks
+
     @property
     def closed(self) -> bool:
         return all(slot.closed and not slot.ready for slot in self.slots)

@@ -9,8 +9,8 @@ import pytest
 from mqtt_helpers import fake_result
 
 from edge_seg.publish.messages import MessageError, decode, encode_mask
-from edge_seg.publish.policy import CameraPolicies
 from edge_seg.publish.mqtt_config import PolicyConfig
+from edge_seg.publish.policy import CameraPolicies
 from edge_seg.publish.zone_messages import encode_event
 
 
