@@ -95,7 +95,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,
-                                zones=[z for cam in cameras for z in cam.zones] if multi else cameras[0].zones,
+                                zones=() if multi else cameras[0].zones,  # HA zone entities: one camera only
                                 zone_counts=m.task == "instance",
                                 cameras={cam.name: cam.publish for cam in cameras} if multi else None,
                                 camera_states=built.pipeline.camera_states if multi else None)
