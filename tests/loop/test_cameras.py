@@ -16,6 +16,7 @@ import pytest
 from broker import Broker
 from conftest import write_scene_clip
 from mqtt_helpers import Collector, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge_seg.cloud.consumer import Consumer
 from edge_seg.config import parse_config
@@ -157,6 +158,9 @@ def test_a_camera_down_leaves_the_others_running_shows_in_metrics_and_status_and
         exposition = built.metrics.exposition().decode()
         statuses = [json.loads(m.payload) for m in raw.on("status")]
         assert 'edge_seg_source_up{camera="a"} 1.0' in exposition
+        families = {f.name: f for f in text_string_to_metric_families(exposition)}  # one valid exposition
+        assert {s.labels["camera"] for s in families["edge_seg_fps"].samples} == {"a", "b", "c"}
+        assert [s.labels for s in families["edge_seg_outbox_messages"].samples] == [{}]  # the device's own
         assert any(s["extra"].get("cameras", {}).get("b", {}).get("state") == "reconnecting" for s in statuses)
         assert any("b: " in (s.get("degraded") or "") for s in statuses)
         gate.down.clear()
