@@ -193,9 +193,10 @@ class Segmenter:
         return outputs[self._out_index]
 
     def batch_size(self, n: int) -> int:
-        """Ask the backend to take ``n`` frames per invoke (``invoke_many``); how many it takes (1: no batching)."""
+        """Ask the backend to take ``n`` frames per invoke (``invoke_many``); how many it takes (1: no batching).
+        ``batch_size(1)`` makes it take one frame again."""
         resize = getattr(self.loaded.backend, "resize_batch", None)
-        self._batch = resize(n) if resize is not None and n > 1 else 1
+        self._batch = resize(n) if resize is not None else 1
         return self._batch
 
     def invoke_many(self, batches: list[np.ndarray]) -> list:

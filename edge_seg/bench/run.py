@@ -235,7 +235,7 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
     progress_stage = _Progress(bar)
     stages = ([] if cameras else sinks()) + [progress_stage]
     paired = None
-    if pair_image is not None:
+    if pair_image is not None and batch == 1:  # (a batched model's bare invoke would be a padded batch)
         paired = PairedWindows(segmenter, pair_image, every=max(10, min(150, frames // 8)))
     with one_core_infers() if pin else nullcontext(None) as other_cpus:
         pipeline = Pipeline(source, segmenter, stages=stages, max_frames=frames, other_cpus=other_cpus,
@@ -244,6 +244,8 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
         stats = pipeline.run()  # this thread is the inference thread
         mine = time.thread_time() - mine0
         cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - wall0
+    if batch > 1:
+        segmenter.batch_size(1)  # one frame per invoke again, for the measurements after the loop
     bar.close()
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     pairs = paired.summary() if paired is not None else None
