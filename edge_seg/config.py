@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_seg.errors import EdgeSegError, FieldValueError, field_path
 from edge_seg.postprocess.uncertainty import CropConfig
 from edge_seg.postprocess.zones import ZoneConfig, check_zones
-from edge_seg.publish.mqtt_config import MqttConfig
+from edge_seg.publish.mqtt_config import MqttConfig, PolicyConfig
+from edge_seg.view.preview_config import PreviewConfig
 
 
 class ConfigError(EdgeSegError):
@@ -76,6 +77,51 @@ class SourceConfig(_Section):
         return uri
 
 
+CAMERA_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # one MQTT topic level, a metrics label, a file-name part
+RESERVED_CAMERA_NAMES = ("cmd", "crop", "event", "mask", "metrics", "status", "zone")  # the device's own topics
+
+
+class CameraConfig(SourceConfig):
+    """One camera of ``sources:``: a source plus what may differ per camera (None: the device-wide setting)."""
+
+    name: str = Field(pattern=CAMERA_PATTERN, description="camera id: topics {prefix}/{device}/{name}/mask|crop|"
+                                                          "event, metrics label, file names")
+    every_n: int | None = Field(default=None, ge=1, description="segment every Nth frame (default pipeline.every_n)")
+    roi: tuple[int, int, int, int] | None = Field(default=None, description="x, y, width, height (default "
+                                                                            "pipeline.roi)")
+    zones: list[ZoneConfig] | None = Field(default=None, max_length=64, description="this camera's zones "
+                                                                                    "(default: the top-level zones)")
+    publish: PolicyConfig | None = Field(default=None, description="publish policy fields that differ from "
+                                                                   "mqtt.policy for this camera")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_CAMERA_NAMES:
+            raise ValueError(f"{name!r} is a device topic (reserved: {', '.join(RESERVED_CAMERA_NAMES)}): "
+                             "name the camera otherwise")
+        return name
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        return check_roi(roi)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: list[ZoneConfig] | None) -> list[ZoneConfig] | None:
+        if zones is not None:
+            check_zones(zones)
+        return zones
+
+
+def check_roi(roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """``roi`` when it is a valid [x, y, width, height] (ValueError otherwise)."""
+    if roi is not None and (roi[0] < 0 or roi[1] < 0 or roi[2] <= 0 or roi[3] <= 0):
+        raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height > 0, got {list(roi)}")
+    return roi
+
+
 class TilingConfig(_Section):
     enabled: bool = False
     min_scale: float = Field(default=2.5, gt=1, description="tile when the frame is this many times the input")
@@ -87,13 +133,21 @@ class PipelineConfig(_Section):
     roi: tuple[int, int, int, int] | None = Field(default=None, description="x, y, width, height in frame pixels")
     tiling: TilingConfig = TilingConfig()
     max_frames: int | None = Field(default=None, ge=1, description="stop after this many segmented frames")
+    batch: Literal["auto"] | int = Field(default=1, description="several cameras: frames of up to this many in "
+                                         "one invoke where the backend allows (ONNX dynamic batch, LiteRT); auto: "
+                                         "one per camera")
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, batch: str | int) -> str | int:
+        if isinstance(batch, int) and not 1 <= batch <= 64:
+            raise ValueError(f"must be auto or 1..64, got {batch}")
+        return batch
 
     @field_validator("roi")
     @classmethod
     def _roi(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-        if roi is not None and (roi[0] < 0 or roi[1] < 0 or roi[2] <= 0 or roi[3] <= 0):
-            raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height > 0, got {list(roi)}")
-        return roi
+        return check_roi(roi)
 
 
 class SmoothingConfig(_Section):
@@ -156,50 +210,6 @@ class OverlayConfig(_Section):
                                         "label map (cheapest, for the smallest devices)")
 
 
-class PreviewConfig(_Section):
-    """The live preview over HTTP (``edge-seg run --preview``); bounded so slow or hostile clients cannot
-    exhaust it, and behind a bearer token when reachable from other machines."""
-
-    enabled: bool = False
-    host: str = Field(default="127.0.0.1", description="off loopback: needs token/token_file or allow_open")
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_fps: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    max_clients: int = Field(default=8, ge=1, le=1024, description="connections served at once (a stream is "
-                                                                    "one); more get 503 with Retry-After")
-    request_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False,
-                                     description="the request line and headers must arrive within this")
-    write_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False,
-                                   description="a client that takes longer to accept one write is dropped")
-    token: str | None = Field(default=None, description="bearer token every route but /healthz requires "
-                                                        "(the page and stream also take ?token=)")
-    token_file: Path | None = Field(default=None, description="file holding the token (read at start)")
-    allow_open: bool = Field(default=False, description="serve off loopback without a token (anyone who "
-                                                        "reaches the port sees the camera)")
-
-    @field_validator("token")
-    @classmethod
-    def _usable_token(cls, token: str | None) -> str | None:
-        from edge_seg.view.access import token_problem
-
-        problem = None if token is None else token_problem(token)
-        if problem is not None:
-            raise ValueError(problem)
-        return token
-
-    @model_validator(mode="after")
-    def _guarded_off_loopback(self) -> PreviewConfig:
-        from edge_seg.view.access import is_address, is_loopback
-
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set preview.token or preview.token_file, not both")
-        guarded = is_loopback(self.host) or self.token or self.token_file or self.allow_open
-        if self.enabled and not guarded and is_address(self.host):  # a name is checked at start, after its bind
-            raise ValueError(f"host {self.host or '(all addresses)'} is reachable from other machines: set "
-                             "preview.token (or preview.token_file), or preview.allow_open: true to serve "
-                             "anyone who reaches the port")
-        return self
-
-
 class OutputConfig(_Section):
     video: Path | None = Field(default=None, description="write the overlay video here (.mp4)")
     jsonl: Path | None = Field(default=None, description="append one JSON summary per frame here")
@@ -258,6 +268,8 @@ class Config(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
     source: SourceConfig = SourceConfig()
+    sources: list[CameraConfig] = Field(default_factory=list, max_length=64,
+                                        description="several cameras sharing one model (instead of source:)")
     pipeline: PipelineConfig = PipelineConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -277,6 +289,37 @@ class Config(_Section):
         check_zones(zones)
         return zones
 
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        for camera in sources:
+            if camera.name in seen:
+                raise ValueError(f"camera name {camera.name!r} is used twice: give each camera its own name")
+            seen.add(camera.name)
+        return sources
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self) -> "Config":
+        if self.sources and self.source != SourceConfig():
+            raise ValueError("set source: (one camera) or sources: (several), not both")
+        return self
+
+    def cameras(self) -> list[CameraConfig]:
+        """Every camera with its settings resolved (``sources:``, or ``source:`` as one camera named ``cam0``)."""
+        cams = self.sources or [CameraConfig(name="cam0", **self.source.model_dump())]
+        out = []
+        for cam in cams:
+            policy = self.mqtt.policy
+            if cam.publish is not None:
+                changed = cam.publish.model_dump(exclude_unset=True)  # only what the camera sets
+                policy = PolicyConfig.model_validate({**policy.model_dump(), **changed})
+            out.append(cam.model_copy(update={
+                "every_n": cam.every_n or self.pipeline.every_n,
+                "roi": cam.roi if cam.roi is not None else self.pipeline.roi,
+                "zones": cam.zones if cam.zones is not None else list(self.zones), "publish": policy}))
+        return out
+
 
 _SCALAR = (int, float, str, bool, type(None))
 
@@ -290,7 +333,7 @@ def _describe(err: dict) -> str:
     msg = str(raised) if err["type"] == "value_error" and raised is not None else err["msg"]
     msg = f"{msg[0].lower()}{msg[1:]}"
     got = err.get("input")
-    if err["type"] == "missing" or "input" not in err or "got " in msg or (isinstance(got, dict)
+    if err["type"] == "missing" or "input" not in err or "got " in msg or (isinstance(got, (dict, list))
                                                                              and err["type"] == "value_error"):
         return f"{where}: {msg}"  # the message says what it got, or the input is a whole section
     if isinstance(got, (list, tuple)) and all(isinstance(v, _SCALAR) for v in got) and len(got) <= 8:

@@ -128,6 +128,7 @@ class Segmenter:
 
             raise InputError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
         self.upsample = upsample
+        self._batch = 1  # frames per invoke of ``invoke_many`` (``batch_size``)
         probs = upsample == "bilinear"
         self.loaded = loaded
         manifest = loaded.manifest
@@ -151,6 +152,8 @@ class Segmenter:
             self._probability_decoder = probability_decoder(manifest, entropy=entropy, margin=margin, probs=probs)
             self._smoother = (TemporalSmoother(manifest, out, smoothing, self._probability_decoder)
                               if smoothing is not None else None)
+        self._smoothing = smoothing
+        self._smoothers = {None: self._smoother}  # one per stream (camera): smoothing state is a video's own
         self._identity = ModelIdentity(manifest.name, manifest.version, loaded.sha256)
         self._classes = tuple(manifest.classes)
         self._palette = tuple(tuple(c) for c in manifest.palette)
@@ -189,6 +192,8 @@ class Segmenter:
         For an instance (yolo_seg) model: the list of its raw output tensors (detections, prototypes).
         An NCHW semantic output comes back as a [1, h, w, C] view of it (no copy).
         """
+        if self._batch > 1:  # the backend now takes a batch (``batch_size``): this frame and padding
+            return self.invoke_many([batch])[0]
         outputs = self.loaded.backend.infer(batch)
         if self._instance is not None:
             return [outputs[i] for i in self._instance_indices]
@@ -196,24 +201,55 @@ class Segmenter:
             return outputs[self._out_index].transpose(0, 2, 3, 1)
         return outputs[self._out_index]
 
+    def batch_size(self, n: int) -> int:
+        """Ask the backend to take ``n`` frames per invoke (``invoke_many``); how many it takes (1: no batching).
+        ``batch_size(1)`` makes it take one frame again."""
+        resize = getattr(self.loaded.backend, "resize_batch", None)
+        self._batch = resize(n) if resize is not None else 1
+        return self._batch
+
+    def invoke_many(self, batches: list[np.ndarray]) -> list:
+        """One invoke for several prepared frames (at most ``batch_size``); each frame's raw output, as ``invoke``
+        returns it. A backend with a fixed batch gets the missing frames as zeros (their outputs are dropped)."""
+        n = len(batches)
+        stacked = np.concatenate(batches, axis=0)
+        size = self._batch
+        if n < size and getattr(self.loaded.backend, "fixed_batch", False):
+            stacked = np.concatenate([stacked, np.zeros((size - n, *stacked.shape[1:]), stacked.dtype)], axis=0)
+        outputs = self.loaded.backend.infer(stacked)
+        if self._instance is not None:
+            return [[outputs[i][k:k + 1] for i in self._instance_indices] for k in range(n)]
+        out = outputs[self._out_index]
+        return [out[k:k + 1] for k in range(n)]
+
     @property
     def smoothing(self) -> bool:
         """True when outputs are smoothed over time (never for instance models)."""
         return self._smoother is not None
 
+    def _smoother_of(self, stream: str | None) -> TemporalSmoother | None:
+        """The smoother of ``stream`` (a camera of a loop with several; None: the only one), made on first use."""
+        smoother = self._smoothers.get(stream)
+        if smoother is None and self._smoother is not None:
+            smoother = self._smoothers[stream] = TemporalSmoother(self.manifest, self.output_tensor, self._smoothing,
+                                                                  self._probability_decoder)
+        return smoother
+
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-               frame: np.ndarray | None = None) -> Segmentation:
+               frame: np.ndarray | None = None, stream: str | None = None) -> Segmentation:
         """Raw output → ``Segmentation`` (class map and confidence at model resolution, cropped to the frame).
 
-        With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts.
+        With smoothing on, ``frame`` (the BGR image) lets the smoother detect scene cuts; ``stream`` names the
+        camera whose video is smoothed (each has its own state).
         """
         if self._instance is not None:
             return self._decode_instances(raw, transform, timings)
-        decoded = self._smoother(raw, frame) if self._smoother is not None else self._decode(raw)
+        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        decoded = smoother(raw, frame) if smoother is not None else self._decode(raw)
         return self._segmentation(decoded, transform, timings)
 
     def decode_probabilities(self, probs: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-                             frame: np.ndarray | None = None) -> Segmentation:
+                             frame: np.ndarray | None = None, stream: str | None = None) -> Segmentation:
         """Float32 probabilities (1, h, w, C) → ``Segmentation``, smoothed over time when smoothing is on.
 
         For the tiler's stitched mosaic: ``transform`` maps the mosaic to the frame. Entropy and
@@ -223,8 +259,9 @@ class Segmenter:
             from edge_seg.errors import ModelError
 
             raise ModelError("tiling is not supported for instance (yolo_seg) models")
-        if self._smoother is not None:
-            decoded = self._smoother.smooth(probs[0], frame)
+        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        if smoother is not None:
+            decoded = smoother.smooth(probs[0], frame)
         else:
             decoded = self._probability_decoder(probs)
         return self._segmentation(decoded, transform, timings)

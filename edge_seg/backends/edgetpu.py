@@ -56,6 +56,10 @@ class EdgeTPUBackend(LiteRTBackend):
 
     name = "edgetpu"
 
+    def resize_batch(self, n: int) -> int:
+        """One frame per invoke: a compiled Edge TPU model has a fixed input shape."""
+        return 1
+
     def load(self, path: Path, manifest: "Manifest | None" = None, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()
         library = options.extra.get("library", LIBRARY)

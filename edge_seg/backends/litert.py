@@ -8,6 +8,7 @@ dtype and quantisation parameters; quantising the input is preprocessing's job.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ import numpy as np
 from edge_seg.backends.base import BackendOptions, LoadedSpecs
 from edge_seg.errors import BackendUnavailable, ModelError
 from edge_seg.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from edge_seg.manifest import Manifest
@@ -121,6 +124,26 @@ class LiteRTBackend(LoadedSpecs):
         self._interp.resize_tensor_input(self._in_index, list(shape), strict=True)
         self._interp.allocate_tensors()
         self._adopt(self._interp, self._path)
+
+    fixed_batch = True  # after ``resize_batch(n)`` every invoke takes exactly n frames (pad the rest)
+
+    def resize_batch(self, n: int) -> int:
+        """Make one invoke take ``n`` frames (``resize_tensor_input`` of the batch dimension); the batch size now
+        taken: ``n``, or 1 when the model cannot be resized (then it is left as it was)."""
+        if n == self._in.shape[0]:
+            return n
+        shape = [n, *self._in.shape[1:]]
+        try:
+            self._interp.resize_tensor_input(self._in_index, shape, strict=False)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            log.warning("LiteRT: this model cannot take a batch of %d (%s); one frame per invoke", n, err)
+            self._interp.resize_tensor_input(self._in_index, [1, *self._in.shape[1:]], strict=False)
+            self._interp.allocate_tensors()
+            self._adopt(self._interp, self._path)
+            return 1
+        self._adopt(self._interp, self._path)
+        return n
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one invoke; ``batch`` must already have the input tensor's shape and dtype."""

@@ -70,6 +70,7 @@ class OnnxRuntimeBackend(LoadedSpecs):
     def __init__(self) -> None:
         self._session = None
         self._in: TensorSpec | None = None
+        self._dynamic_batch = False
         self._outs: list[TensorSpec] = []
         self.providers: list[str] = []
         self.metadata: dict[str, str] = {}
@@ -103,6 +104,14 @@ class OnnxRuntimeBackend(LoadedSpecs):
                       for o in session.get_outputs()]
         self._session = session
         self.providers = session.get_providers()
+        self._dynamic_batch = bool(tin.shape) and not (isinstance(tin.shape[0], int) and tin.shape[0] > 0)
+
+    def resize_batch(self, n: int) -> int:
+        """How many frames one ``infer`` may take, asked for ``n``: ``n`` when the model's batch dimension is
+        dynamic (any batch, nothing to resize), else 1."""
+        return n if self._dynamic_batch else 1
+
+    fixed_batch = False  # a dynamic batch takes fewer frames than ``resize_batch`` granted, without padding
 
     def fix_input_shape(self, shape: tuple[int, ...]) -> None:
         """Run at ``shape`` (an input with symbolic dims): the specs take it, and the output shapes of one run."""

@@ -49,6 +49,13 @@ def table(report: BenchReport, target_ms: float = 3.0, tracking_target_ms: float
         lines.append(f"loop FPS {loop['fps']:.1f} / bare invoke FPS {report.bare_fps:.1f} = "
                      f"{loop['fps_ratio_to_bare_invoke_before_after']:.2f};  frames {loop['frames']}, "
                      f"captured {loop['captured']}, dropped {loop['dropped']}, sink-dropped {loop['sink_dropped']}")
+        if loop.get("streams", 1) > 1:
+            fps = ", ".join(f"{v:.1f}" for v in loop["per_stream_fps"])
+            lines.append(f"{loop['streams']} streams, one model, batch {loop.get('batch', 1)}: per-stream FPS {fps} "
+                         f"(spread "
+                         f"{100 * loop['per_stream_fps_spread']:.1f} %); peak RSS {loop['peak_rss_mb']:.0f} MB vs "
+                         f"{loop['peak_rss_mb_one_stream']:.0f} MB for one stream "
+                         f"({loop['peak_rss_mb'] / loop['peak_rss_mb_one_stream']:.2f} x)")
         pairs = loop.get("paired")
         if pairs:
             lines.append(f"loop FPS / bare-invoke FPS, paired in {pairs['windows']} windows of {pairs['every']} frames "

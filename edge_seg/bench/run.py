@@ -204,32 +204,48 @@ class _Progress:
 
 
 def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | None,
-               progress: bool = True, pin: bool = True, pair_image: np.ndarray | None = None) -> dict:
+               progress: bool = True, pin: bool = True, pair_image: np.ndarray | None = None, streams: int = 1,
+               batch: int = 1) -> dict:
     """The real pipeline with overlay and crop extraction on; stats of ``frames`` segmented frames.
+
+    ``streams`` > 1: that many cameras, each reading its own copy of ``source_uri`` with its own overlay and
+    crop stages, share the model (``edge_seg.loop.scheduler``); the figures are the aggregate's, plus
+    ``per_stream_fps`` and their spread ((max - min) / mean); ``batch``: frames of up to that many streams per
+    invoke where the backend allows (``batch`` in the result: what it took).
 
     With ``pin`` the inference thread gets one CPU and everything else the others (``one_core_infers``).
     With ``pair_image`` bare invoke (of that image) is timed between windows of frames (``PairedWindows``);
     the loop's FPS, CPU and wall figures leave those pauses out.
     """
+    from edge_seg.loop.camera import Camera
     from edge_seg.loop.pipeline import Pipeline
     from edge_seg.loop.sinks import CropStage, OverlayStage
     from edge_seg.postprocess.uncertainty import CropConfig, CropExtractor
     from edge_seg.sources import open_source
 
-    source = open_source(source_uri, loop=True, fps=fps)
+    def sinks() -> list:
+        return [OverlayStage(Overlay(alpha=0.5)), CropStage(CropExtractor(CropConfig()))]
+
+    cameras = None
+    if streams > 1:
+        cameras = [Camera(open_source(source_uri, loop=True, fps=fps), name=f"stream{i}", stages=sinks())
+                   for i in range(streams)]
+    source = open_source(source_uri, loop=True, fps=fps) if cameras is None else None
     bar = tqdm(total=frames, desc="loop", unit="frame", disable=not progress, leave=False)
     progress_stage = _Progress(bar)
-    stages = [OverlayStage(Overlay(alpha=0.5)), CropStage(CropExtractor(CropConfig())), progress_stage]
+    stages = ([] if cameras else sinks()) + [progress_stage]
     paired = None
-    if pair_image is not None:
+    if pair_image is not None and batch == 1:  # (a batched model's bare invoke would be a padded batch)
         paired = PairedWindows(segmenter, pair_image, every=max(10, min(150, frames // 8)))
     with one_core_infers() if pin else nullcontext(None) as other_cpus:
         pipeline = Pipeline(source, segmenter, stages=stages, max_frames=frames, other_cpus=other_cpus,
-                            after_frame=paired)
+                            after_frame=paired, cameras=cameras, batch=batch)
         cpu0, wall0, mine0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), time.thread_time()
         stats = pipeline.run()  # this thread is the inference thread
         mine = time.thread_time() - mine0
         cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - wall0
+    if batch > 1:
+        segmenter.batch_size(1)  # one frame per invoke again, for the measurements after the loop
     bar.close()
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     pairs = paired.summary() if paired is not None else None
@@ -259,12 +275,23 @@ def bench_loop(segmenter: Segmenter, source_uri: str, frames: int, fps: float | 
             "cpu_ms_per_frame_by_thread": {"inference": mine * per_frame, "all_others": (cpu_s - mine) * per_frame},
             "peak_rss_mb": peak_rss_mb(), "sampled_rss_mb": progress_stage.peak_rss_mb,
             "sampled_peak_anonymous_mb": progress_stage.peak_anon_mb,
-            "sampled_file_backed_at_that_peak_mb": progress_stage.file_at_anon_peak_mb, "paired": pairs}
+            "sampled_file_backed_at_that_peak_mb": progress_stage.file_at_anon_peak_mb, "paired": pairs,
+            "batch": pipeline.batch, **_per_stream(pipeline, wall)}
+
+
+def _per_stream(pipeline, wall: float) -> dict:
+    """Several streams: how many, each one's FPS over the run and their spread ((max - min) / mean)."""
+    if not pipeline.multi:
+        return {"streams": 1}
+    fps = [cam.stats.completed / wall if wall > 0 else 0.0 for cam in pipeline.cameras]
+    mean = sum(fps) / len(fps)
+    return {"streams": len(fps), "per_stream_fps": fps,
+            "per_stream_fps_spread": (max(fps) - min(fps)) / mean if mean > 0 else float("nan")}
 
 
 def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, int] = (1280, 720),
               source: str | None = None, loop_frames: int | None = None, progress: bool = True,
-              label: str = "", clip_codec: str = "i420") -> BenchReport:
+              label: str = "", clip_codec: str = "i420", streams: int = 1, batch: int = 1) -> BenchReport:
     """All three measurements; the loop runs on ``source`` or on a generated clip of ``frame_size``.
 
     The clip is rendered in a child process and the frame-path frames are read back from it, so this
@@ -272,7 +299,8 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
     Bare invoke is also timed inside the loop, after every window of frames, and the ratio loop FPS /
     bare-invoke FPS is the median of the windows' ratios, so a machine whose speed drifts within
     seconds (shared or throttling CPUs) does not skew it. The bare invoke of the table is the mean
-    of the runs just before and just after the loop.
+    of the runs just before and just after the loop. ``streams`` > 1: the loop runs that many streams of the clip
+    (one camera each, one model), after a one-stream loop of a third of the frames whose peak RSS it is compared to.
     """
     report = BenchReport(label=label or segmenter.manifest.name, frame_size=frame_size)
     with tempfile.TemporaryDirectory(prefix="edge-seg-bench-") as tmp:
@@ -287,7 +315,14 @@ def run_bench(segmenter: Segmenter, frames: int = 300, frame_size: tuple[int, in
         # the loop first, so its peak RSS is its own (the frame path's buffers come later)
         first = read_frames(uri, 1)[0]
         before = bench_invoke(segmenter, first, frames)
-        report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress, pair_image=first)
+        one_stream_rss = None
+        if streams > 1:  # the one-stream peak first: the process's peak RSS only grows
+            one_stream_rss = bench_loop(segmenter, uri, max(30, (loop_frames or frames) // 3), fps=None,
+                                        progress=progress)["peak_rss_mb"]
+        report.loop = bench_loop(segmenter, uri, loop_frames or frames, fps=None, progress=progress, pair_image=first,
+                                 streams=streams, batch=batch)
+        if one_stream_rss is not None:
+            report.loop["peak_rss_mb_one_stream"] = one_stream_rss
         after = bench_invoke(segmenter, first, frames)
         report.invoke = {q: (before[q] + after[q]) / 2 for q in before}
         report.loop["bare_invoke_p50_before_after_ms"] = [before["p50"], after["p50"]]

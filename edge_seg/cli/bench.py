@@ -24,7 +24,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      f"upsample {args.upsample})")
             reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),
                                      source=args.source, loop_frames=args.loop_frames, progress=not args.json,
-                                     label=label, clip_codec=args.clip_codec))
+                                     label=label, clip_codec=args.clip_codec, streams=args.streams,
+                                     batch=args.batch))
     if args.json:
         print(json.dumps([r.as_dict() for r in reports] if len(reports) > 1 else reports[0].as_dict(), indent=2))
     else:
@@ -59,6 +60,10 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, default=1280, help="frame width (default 1280)")
     p.add_argument("--height", type=int, default=720, help="frame height (default 720)")
     p.add_argument("--source", default=None, help="loop source URI (default: a generated WxH file:// clip)")
+    p.add_argument("--streams", type=int, default=1, help="streams through the loop, one model for all (each "
+                   "reads its own copy of the source; default 1)")
+    p.add_argument("--batch", type=int, default=1, help="with --streams: frames of up to N streams in one invoke "
+                   "where the backend allows (default 1)")
     p.add_argument("--clip-codec", choices=("i420", "mjpg", "mp4v"), default="i420",
                    help="how the generated clip is stored: i420 = raw YUV frames, what a camera delivers "
                         "(default); mp4v / mjpg add a software video / JPEG decode to the loop")

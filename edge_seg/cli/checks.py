@@ -23,7 +23,8 @@ def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list |
     from edge_seg.loop.sinks import writable_file
     from edge_seg.model import check_model
 
-    for flag, value in (("--frames", args.frames), ("--loop-frames", args.loop_frames)):
+    for flag, value in (("--frames", args.frames), ("--loop-frames", args.loop_frames), ("--streams", args.streams),
+                        ("--batch", args.batch)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
     if args.width < MIN_BENCH_SIZE or args.height < MIN_BENCH_SIZE:

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -136,12 +137,31 @@ def _preview_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", number
 
 
+_NAMED_SOURCE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$")
+
+
+def _source_flags(data: dict, flags: list[str]) -> None:
+    """``--source URI`` (one camera) or ``--source NAME=URI`` repeated (several): replaces the config's sources."""
+    if not flags:
+        return
+    named = [_NAMED_SOURCE.match(flag) for flag in flags]
+    if len(flags) == 1 and named[0] is None:
+        data["source"]["uri"] = flags[0]
+        data["sources"] = []
+        return
+    cameras = [{"name": m.group(1), "uri": m.group(2)} if m else {"name": f"cam{i}", "uri": flag}
+               for i, (m, flag) in enumerate(zip(named, flags))]
+    data["sources"] = cameras
+    data.pop("source", None)
+
+
 def _run_config(args: argparse.Namespace):
     from edge_seg.config import Config, load_config, parse_config
 
     config = load_config(args.config) if args.config else Config()
     data = config.model_dump(mode="json")
-    flags = {("source", "uri"): args.source, ("model", "path"): args.model and str(args.model),
+    _source_flags(data, args.source or [])
+    flags = {("model", "path"): args.model and str(args.model),
              ("model", "backend"): args.backend, ("model", "num_threads"): args.threads,
              ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
              ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
@@ -167,7 +187,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from edge_seg.config import load_config
 
     config = load_config(args.file)
-    print(f"{args.file}: OK (device {config.device.name}, source {config.source.uri})")
+    sources = ", ".join(f"{c.name} {c.uri}" for c in config.sources) if config.sources else config.source.uri
+    print(f"{args.file}: OK (device {config.device.name}, source {sources})")
     return 0
 
 
@@ -280,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
     p.add_argument("--config", "-c", type=Path, default=None, help="device YAML config (default: built-in defaults)")
-    p.add_argument("--source", "-s", default=None, help="source URI, e.g. file://clip.mp4, rtsp://..., "
-                   "v4l2:///dev/video0, csi://0, picam://0, images://DIR, synthetic:// (default)")
+    p.add_argument("--source", "-s", action="append", default=None, metavar="[NAME=]URI",
+                   help="source URI, e.g. file://clip.mp4, rtsp://..., v4l2:///dev/video0, csi://0, picam://0, "
+                   "images://DIR, synthetic:// (default); repeat as NAME=URI for several cameras")
     p.add_argument("--model", "-m", type=Path, default=None, help="model (default: the bundled model)")
     p.add_argument("--backend", "-b", default=None, help="runtime to use: litert, edgetpu, onnxruntime, tensorrt "
                    "(default: by model file suffix)")

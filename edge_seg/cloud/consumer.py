@@ -1,7 +1,9 @@
 """The cloud side: subscribe to devices' results over MQTT, dedupe, store (``edge-seg consume``).
 
 ``Consumer`` subscribes (MQTT 5, QoS 1) to ``{prefix}/+/mask``, ``/crop``, ``/status``, ``/metrics``,
-``/cmd/result`` and ``/event`` (zone events: also in the ``events`` table, ``edge_seg.cloud.events``).
+``/cmd/result`` and ``/event`` (zone events: also in the ``events`` table, ``edge_seg.cloud.events``), and
+to ``{prefix}/+/+/mask``, ``/crop``, ``/event``: the topics of a device with several cameras (the ``camera``
+column of the store).
 With ``share="GROUP"`` the filters become ``$share/GROUP/...``: the broker hands
 each message to one member of the group, so N consumer processes split the stream. (Shared
 subscriptions get no retained messages: a shared consumer sees a device's status when it next
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EDGE_SEG_MQTT_PASSWORD"
 KINDS = ("mask", "crop", "status", "metrics", "cmd/result", "event")
+CAMERA_KINDS = ("mask", "crop", "event")  # {prefix}/{device}/{camera}/{kind} when a device has several cameras
 PROGRESS_INTERVAL_S = 5.0
 SLOW_MESSAGE_S = 2.0  # a message that takes longer is logged (the decode limits keep this from happening)
 
@@ -177,6 +180,7 @@ class Consumer:
     def topics(self) -> list[str]:
         """The subscription filters (with ``$share/GROUP/`` when sharing)."""
         base = [f"{self.prefix}/+/{kind}" for kind in KINDS]
+        base += [f"{self.prefix}/+/+/{kind}" for kind in CAMERA_KINDS]  # a device with several cameras
         return [f"$share/{self.share}/{t}" for t in base] if self.share else base
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -280,6 +284,9 @@ class Consumer:
     def _check_topic(self, topic: str, msg) -> None:
         rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
         device, _, kind = rest.partition("/")
+        camera = getattr(msg, "camera", None)
+        if camera is not None and kind.startswith(f"{camera}/"):
+            kind = kind[len(camera) + 1:]
         if device != msg.device or kind != kind_of(msg):
             raise MessageError(f"a {kind_of(msg)} message from device '{msg.device}' arrived on topic '{topic[:200]}'")
 

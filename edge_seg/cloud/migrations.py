@@ -57,6 +57,11 @@ CREATE TABLE consumer_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 CREATE INDEX masks_unrendered ON masks (msg_id) WHERE png_key IS NULL;
 CREATE INDEX devices_last_seen ON devices (last_seen);
 """),
+    (3, "cameras of devices with several", """
+ALTER TABLE messages ADD COLUMN camera TEXT;
+ALTER TABLE masks ADD COLUMN camera TEXT;
+ALTER TABLE events ADD COLUMN camera TEXT;
+"""),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -44,6 +44,20 @@ def kind_of(msg: Message) -> str:
             EventMessage: "event", ZoneStateMessage: "zone_state"}[type(msg)]
 
 
+def split_stream(stream: str) -> tuple[str | None, str]:
+    """(camera, kind) of a stream key: ``mask`` or ``CAMERA/mask`` (``cmd/result`` is a kind: ``cmd`` is
+    never a camera name)."""
+    head, sep, tail = stream.partition("/")
+    return (head, tail) if sep and head != "cmd" else (None, stream)
+
+
+def stream_of(msg: Message) -> str:
+    """The stream key sequence numbers count on: the kind, ``CAMERA/kind`` for a camera's own topics."""
+    camera = getattr(msg, "camera", None)
+    kind = kind_of(msg)
+    return kind if camera is None else f"{camera}/{kind}"
+
+
 def crop_file_name(device: str, seq: int, msg_id: str) -> str:
     """``images/{device}/{seq:09d}_{msg_id}.jpg``: one folder per device, so two devices never share a name.
 

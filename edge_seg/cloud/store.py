@@ -50,6 +50,8 @@ from edge_seg.cloud.records import (
     kind_of,
     mask_png,
     message_record,
+    split_stream,
+    stream_of,
     track_device,
     track_rows,
 )
@@ -114,8 +116,11 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA_SQL)
         self.db.executescript(EVENTS_SQL)
-        if "frame_seq" not in {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
+        if "frame_seq" not in columns:
             self.db.execute("ALTER TABLE messages ADD COLUMN frame_seq INTEGER")  # an out_dir from before
+        if "camera" not in columns:  # the camera of a device with several (NULL: the only one)
+            self.db.execute("ALTER TABLE messages ADD COLUMN camera TEXT")
         self.db.execute("CREATE INDEX IF NOT EXISTS messages_stream ON messages (device, kind)")
         self.gaps = GapCounter(self._highest)
         self.dead_letters = DeadLetters(self.db)
@@ -133,11 +138,12 @@ class Store:
         except (OSError, ValueError):
             return {}
 
-    def _highest(self, device: str, kind: str, msg_id: str) -> int | None:
+    def _highest(self, device: str, stream: str, msg_id: str) -> int | None:
         """The highest ``seq`` among the last 100 messages stored of a stream, but ``msg_id`` (gap counting)."""
+        camera, kind = split_stream(stream)
         row = self.db.execute("SELECT MAX(seq) FROM (SELECT seq FROM messages WHERE device = ? AND kind = ? AND "
-                              "msg_id != ? AND seq > 0 ORDER BY rowid DESC LIMIT 100)",
-                              (device, kind, msg_id)).fetchone()
+                              "camera IS ? AND msg_id != ? AND seq > 0 ORDER BY rowid DESC LIMIT 100)",
+                              (device, kind, camera, msg_id)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def describe(self) -> str:
@@ -171,9 +177,9 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             cur = self.db.execute("INSERT OR IGNORE INTO messages (msg_id, kind, device, seq, ts, received, path, "
-                                  "frame_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                  "frame_seq, camera) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                   (msg.msg_id, kind, msg.device, msg.seq, msg.ts, now, rel,
-                                   getattr(msg, "frame_seq", None)))
+                                   getattr(msg, "frame_seq", None), getattr(msg, "camera", None)))
             if cur.rowcount == 0:
                 self.db.execute("ROLLBACK")
                 return False
@@ -206,6 +212,7 @@ class Store:
         return True
 
     def _track(self, msg: Message, kind: str, now: float) -> None:
+        kind = stream_of(msg)  # a camera's topics count on their own
         delta = self.gaps.observe(msg.device, kind, msg.seq, msg.msg_id)
         track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, kind, now, delta)
         self._dirty_devices = True

@@ -37,6 +37,7 @@ from edge_seg.cloud.records import (
     kind_of,
     mask_png,
     message_record,
+    stream_of,
     track_device,
     track_rows,
 )
@@ -56,11 +57,12 @@ from edge_seg.publish.payload_masks import check_limits
 
 FLUSH_INTERVAL_S = 1.0
 _RESET = f"(excluded.highest > s.highest + {RESET_JUMP} OR excluded.highest < s.highest - {LATE_WINDOW})"
-_BASE = f"""WITH m AS (INSERT INTO messages (msg_id, kind, device, seq, ts, received, frame_seq, object_key, record)
-    VALUES (%(msg_id)s, %(kind)s, %(device)s, %(seq)s, %(ts)s, %(now)s, %(frame_seq)s, %(key)s, %(record)s)
+_BASE = f"""WITH m AS (INSERT INTO messages (msg_id, kind, device, seq, ts, received, frame_seq, object_key, record,
+    camera) VALUES (%(msg_id)s, %(kind)s, %(device)s, %(seq)s, %(ts)s, %(now)s, %(frame_seq)s, %(key)s, %(record)s,
+    %(camera)s)
     ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id),
 s AS (INSERT INTO streams AS s (device, kind, lowest, highest, stored)
-    SELECT %(device)s, %(kind)s, %(seq)s, %(seq)s, 1 FROM m WHERE %(seq)s > 0
+    SELECT %(device)s, %(stream)s, %(seq)s, %(seq)s, 1 FROM m WHERE %(seq)s > 0
     ON CONFLICT (device, kind) DO UPDATE SET
     lowest = CASE WHEN {_RESET} THEN excluded.lowest ELSE least(s.lowest, excluded.lowest) END,
     highest = CASE WHEN {_RESET} THEN excluded.highest ELSE greatest(s.highest, excluded.highest) END,
@@ -73,16 +75,17 @@ d AS (INSERT INTO devices AS d (device, first_seen, last_seen, status, status_re
     d.status_received), metrics = coalesce(excluded.metrics, d.metrics),
     metrics_received = coalesce(excluded.metrics_received, d.metrics_received) RETURNING 1)"""
 _EXTRA = {
-    "mask": """, x AS (INSERT INTO masks (msg_id, device, seq, frame_seq, ts, instances, body)
-    SELECT msg_id, %(device)s, %(seq)s, %(frame_seq)s, %(ts)s, %(instances)s, %(body)s FROM m RETURNING 1)""",
+    "mask": """, x AS (INSERT INTO masks (msg_id, device, seq, frame_seq, ts, instances, body, camera)
+    SELECT msg_id, %(device)s, %(seq)s, %(frame_seq)s, %(ts)s, %(instances)s, %(body)s, %(camera)s FROM m
+    RETURNING 1)""",
     "tracks": """, t AS (INSERT INTO instance_tracks SELECT r.* FROM m, jsonb_to_recordset(%(tracks)s::jsonb) AS
     r(msg_id text, device text, frame_seq bigint, ts float8, track_id bigint, class_id int, score float8, x float8,
     y float8, w float8, h float8) RETURNING 1)""",
     "crop": """, x AS (INSERT INTO labelling (msg_id, device, object_key, image, annotations)
     SELECT msg_id, %(device)s, %(key)s, %(image)s, %(annotations)s FROM m RETURNING 1)""",
-    "event": """, x AS (INSERT INTO events (msg_id, device, zone, class, kind, track_ids, value, frame_seq, seq, ts)
-    SELECT msg_id, %(device)s, %(zone)s, %(class)s, %(event_kind)s, %(track_ids)s, %(value)s, %(frame_seq)s,
-    %(seq)s, %(ts)s FROM m ON CONFLICT DO NOTHING RETURNING 1)""",
+    "event": """, x AS (INSERT INTO events (msg_id, device, zone, class, kind, track_ids, value, frame_seq, seq, ts,
+    camera) SELECT msg_id, %(device)s, %(zone)s, %(class)s, %(event_kind)s, %(track_ids)s, %(value)s, %(frame_seq)s,
+    %(seq)s, %(ts)s, %(camera)s FROM m ON CONFLICT DO NOTHING RETURNING 1)""",
 }
 _TRACK_FIELDS = ("msg_id", "device", "frame_seq", "ts", "track_id", "class_id", "score", "x", "y", "w", "h")
 
@@ -157,7 +160,9 @@ class PgStore:
 
         kind, now = kind_of(msg), time.time()
         record = message_record(msg)
-        params = {"msg_id": msg.msg_id, "kind": kind, "device": msg.device, "seq": msg.seq, "ts": msg.ts,
+        stream = stream_of(msg)  # a camera's topics count their seq on their own
+        params = {"msg_id": msg.msg_id, "kind": kind, "stream": stream, "camera": getattr(msg, "camera", None),
+                  "device": msg.device, "seq": msg.seq, "ts": msg.ts,
                   "now": now, "frame_seq": getattr(msg, "frame_seq", None), "key": None, "record": Json(record),
                   "status": None, "status_at": None, "metrics": None, "metrics_at": None}
         extra = []
@@ -192,7 +197,7 @@ class PgStore:
         sql = _BASE + "".join(_EXTRA[e] for e in extra) + " SELECT count(*) FROM m"
         stored = self.execute(sql, params).fetchone()[0] == 1
         if stored:
-            track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, kind, now, 0)
+            track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, stream, now, 0)
         return stored
 
     def _category_ids(self, names: list[str]) -> list[int]:

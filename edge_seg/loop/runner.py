@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from edge_seg.config import Config
 from edge_seg.errors import EdgeSegError
+from edge_seg.loop.assemble import CameraParts, camera_stages, open_camera, start_preview
+from edge_seg.loop.camera import Camera
 from edge_seg.loop.pipeline import Pipeline
 from edge_seg.loop.stats import LoopStats
 from edge_seg.segmenter import DEFAULT_MODEL, Segmenter
@@ -32,38 +34,6 @@ class Built:
     events: list = field(default_factory=list)
 
 
-def _source(config: Config, stats: LoopStats, events: list, listeners: list, lores: tuple[int, int] | None = None):
-    """The configured source behind a reconnect watchdog; ``lores``: the model input size, for a
-    camera that can scale a second stream to it (picamera2).
-
-    The source is opened here, so a bad URI fails before any thread starts; a live camera or stream
-    that is only unavailable (unplugged, busy, not up yet at boot) is retried with backoff instead.
-    """
-    from edge_seg.sources import SourceUnavailable, open_source
-    from edge_seg.sources.reconnect import ResilientSource
-
-    src = config.source
-
-    def factory():
-        return open_source(src.uri, loop=src.loop, fps=src.fps, lores=lores)
-
-    def on_event(event) -> None:
-        events.append(event)
-        if event.kind == "reopened":
-            stats.reconnects += 1
-        for listener in listeners:
-            listener(event)
-        log.warning("source %s: %s", event.kind, event.detail)
-
-    try:
-        first = factory()
-    except SourceUnavailable as exc:
-        log.warning("source unavailable: %s; retrying with backoff (at most every %g s)", exc, src.backoff_cap_s)
-        first = None
-    return ResilientSource(factory, deadline=src.deadline_s, backoff_cap=src.backoff_cap_s, on_event=on_event,
-                           first=first)
-
-
 def _source_state(metrics, event) -> None:
     """``source_up``: 1 from the first frame after a reopen (a reopen alone proves nothing), 0 on a failure."""
     if event.kind == "stuck":
@@ -72,90 +42,6 @@ def _source_state(metrics, event) -> None:
         metrics.set_source_up(True)
     elif event.kind in ("stalled", "open_failed", "ended"):
         metrics.set_source_up(False)
-
-
-def _stages(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> list:
-    """The sink stages ``config`` asks for; if one cannot be made, those already made are closed."""
-    stages: list = []
-    try:
-        _add_stages(stages, config, segmenter, stats, built)
-    except Exception:
-        for stage in stages:
-            close = getattr(stage, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as err:  # noqa: BLE001 - the first error is the one to report
-                    log.warning("closing %s after a failed start: %s", getattr(stage, "name", stage), err)
-        raise
-    return stages
-
-
-def _add_stages(stages: list, config: Config, segmenter: Segmenter, stats: LoopStats, built: Built) -> None:
-    from edge_seg.loop.sinks import JsonlSink, MetricsStage, OverlayStage, PreviewSink, VideoSink
-    from edge_seg.view.overlay import Overlay
-
-    if config.tracking.enabled:  # first: every later stage sees the track ids
-        from edge_seg.loop.track_stage import TrackStage
-        from edge_seg.postprocess.tracking import Tracker
-
-        stages.append(TrackStage(Tracker(**config.tracking.tracker_options())))
-        if segmenter.manifest.task != "instance":
-            log.warning("tracking.enabled: %s is a %s model, which has no instances to track",
-                        segmenter.manifest.name, segmenter.manifest.task)
-    ov = config.overlay
-    drawer = None  # draws the overlay; a stage when the video needs every frame, else lazily for the preview
-    if ov.enabled and (config.preview.enabled or config.output.video):  # redaction: the pipeline's (``_redactor``)
-        zones = None
-        if config.zones:
-            from edge_seg.view.zone_layer import ZoneLayer
-
-            zones = ZoneLayer(config.zones)
-        drawer = OverlayStage(Overlay(alpha=ov.alpha, contours=ov.contours, legend=ov.legend), zones=zones)
-        if config.output.video:
-            stages.append(drawer)
-    if config.uncertainty.enabled:
-        from edge_seg.loop.sinks import CropStage
-        from edge_seg.postprocess.uncertainty import CropExtractor
-
-        stages.append(CropStage(CropExtractor(config.uncertainty.crops)))
-    from edge_seg.loop.metrics import Metrics
-
-    manifest = segmenter.manifest
-    built.metrics = Metrics(device=config.device.name, classes=list(manifest.classes), baseline=manifest.baseline)
-    built.metrics.set_model(manifest.name, manifest.version, segmenter.loaded.sha256)
-    stages.append(MetricsStage(built.metrics, stats))
-    zone_summary = None
-    if config.zones:  # one ZoneTracker per source (several cameras: one each)
-        from edge_seg.loop.zone_stage import ZoneStage
-        from edge_seg.postprocess.zones import ZoneTracker, check_classes
-
-        check_classes(config.zones, manifest.classes)  # fails before any thread starts
-        stages.append(ZoneStage(ZoneTracker(config.zones), built.metrics))
-        zone_summary = stages[-1].summary
-    if config.preview.enabled:
-        from edge_seg.view.access import read_token_file
-        from edge_seg.view.preview import PreviewServer
-
-        pv = config.preview
-        token = read_token_file(pv.token_file) if pv.token_file is not None else pv.token
-        built.preview = PreviewServer(host=pv.host, port=pv.port, metrics=built.metrics, max_fps=pv.max_fps,
-                                      max_clients=pv.max_clients, request_timeout_s=pv.request_timeout_s,
-                                      write_timeout_s=pv.write_timeout_s, token=token, allow_open=pv.allow_open)
-        built.preview.start()
-        info = {"model": f"{manifest.name} {manifest.version}", "source": config.source.uri}
-        zones = zone_summary or list
-        stages.append(PreviewSink(built.preview, lambda: {**stats.snapshot(), **info, "zones": zones(),
-                                                           "source_state": built.pipeline.source.state},
-                                  draw=drawer.draw if drawer is not None else None,
-                                  tracking=config.tracking.enabled))
-    if config.output.video:
-        rate = config.source.fps or getattr(built.pipeline.source, "nominal_fps", None) or 15.0
-        stages.append(VideoSink(config.output.video, fps=rate))  # the source's own rate where it has one
-    if config.output.jsonl:
-        stages.append(JsonlSink(config.output.jsonl))
-    if config.mqtt.url:
-        stages.append(_publisher(config, segmenter, stats, built))
 
 
 def _redactor(config: Config, segmenter: Segmenter):
@@ -198,28 +84,79 @@ def _reload_active_service() -> dict:
 
 
 def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Built):
-    """The MQTT publisher (a sink stage): after the metrics stage, so class areas are computed."""
+    """The one MQTT publisher of the device (a sink stage): after the metrics stages, so class areas are computed.
+
+    With several cameras it publishes each camera's data on ``{prefix}/{device}/{camera}/...`` with that
+    camera's publish policy, and its status lists every camera's state."""
+    from edge_seg.loop.camera import degraded, source_state
     from edge_seg.ota import actions as ota
     from edge_seg.publish.mqtt import Publisher
     from edge_seg.segmentation import ModelIdentity
-    from edge_seg.sources.reconnect import degraded_of
 
     m = segmenter.manifest
+    cameras = config.cameras()
+    multi = len(cameras) > 1
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
-                                classes=m.classes, source_state=lambda: built.pipeline.source.state,
-                                degraded=lambda: degraded_of(built.pipeline.source),
+                                classes=m.classes, source_state=lambda: source_state(built.pipeline.cameras),
+                                degraded=lambda: degraded(built.pipeline.cameras),
                                 summary=lambda: {"loop": stats.snapshot(), **_quality(built.metrics)},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,
-                                zones=config.zones, zone_counts=m.task == "instance")
+                                zones=() if multi else cameras[0].zones,  # HA zone entities: one camera only
+                                zone_counts=m.task == "instance",
+                                cameras={cam.name: cam.publish for cam in cameras} if multi else None,
+                                camera_states=built.pipeline.camera_states if multi else None)
     outbox = built.publisher.outbox
     built.metrics.watch_outbox(lambda: outbox.stats().depth)  # read at each scrape (the outbox-growing alert)
     return built.publisher
 
 
+def _cameras(config: Config, segmenter: Segmenter, stats: LoopStats, events: list) -> list[Camera]:
+    """One ``Camera`` per configured camera, its source opened (closed again if a later one fails)."""
+    cameras: list[Camera] = []
+    configs = config.cameras()
+    multi = len(configs) > 1
+    try:
+        for cam in configs:
+            whole = cam.roi is None and not config.pipeline.tiling.enabled  # lores shows the whole view
+            cam_stats = LoopStats() if multi else stats
+            listeners: list = []  # the metrics' source_up, added by _add_stages
+            source = open_camera(cam, cam_stats, events, listeners, lores=segmenter.input_size if whole else None)
+            cameras.append(Camera(source, name=cam.name if multi else None, every_n=cam.every_n, roi=cam.roi,
+                                  stats=cam_stats, listeners=listeners))
+    except Exception:
+        for made in cameras:
+            made.source.close()
+        raise
+    return cameras
+
+
+def _add_stages(config: Config, segmenter: Segmenter, built: Built) -> None:
+    """Each camera's stages, and the loop's own (the publisher); metrics first, so the preview can serve them."""
+    from edge_seg.loop.camera_metrics import camera_metrics
+
+    pipeline, manifest = built.pipeline, segmenter.manifest
+    configs = config.cameras()
+    names = [cam.name for cam in configs] if pipeline.multi else [None]
+    built.metrics, per_camera = camera_metrics(config.device.name, names, manifest, segmenter.loaded.sha256)
+    built.preview = start_preview(config, built.metrics)
+    for cam, cfg, metrics in zip(pipeline.cameras, configs, per_camera):
+        parts = CameraParts(cfg, cam.name, cam.stats, metrics, share=len(configs), preview=built.preview,
+                            source=cam.source)
+        stages = camera_stages(config, segmenter, parts)
+        if pipeline.multi:
+            cam.stages = stages
+        else:
+            pipeline.stages = stages
+        metrics.set_source_up(False)  # until the first frame ("recovered")
+        cam.listeners.append(lambda event, m=metrics: _source_state(m, event))
+    if config.mqtt.url:
+        pipeline.stages.append(_publisher(config, segmenter, built.pipeline.stats, built))
+
+
 def build(config: Config) -> Built:
-    """Open the model, the source and the sinks described by ``config``."""
+    """Open the model, the sources and the sinks described by ``config``."""
     from edge_seg.service.daemon import segmenter_factory
 
     segmenter = segmenter_factory(config)(config.model.path or DEFAULT_MODEL)  # as the OTA hot reload makes it
@@ -228,17 +165,11 @@ def build(config: Config) -> Built:
         segmenter.close()
         raise EdgeSegError(f"pipeline.tiling works with semantic and binary models only, and {name} is an instance "
                            "model: set pipeline.tiling.enabled: false")
-    try:
-        redactor = _redactor(config, segmenter)
-    except Exception:
-        segmenter.close()
-        raise
     stats = LoopStats()
     events: list = []
     try:
-        listeners: list = []
-        whole_frame = config.pipeline.roi is None and not config.pipeline.tiling.enabled  # lores shows the whole view
-        source = _source(config, stats, events, listeners, lores=segmenter.input_size if whole_frame else None)
+        redactor = _redactor(config, segmenter)
+        cameras = _cameras(config, segmenter, stats, events)
     except Exception:
         segmenter.close()
         raise
@@ -249,18 +180,20 @@ def build(config: Config) -> Built:
 
         tiling = config.pipeline.tiling
         tiler = Tiler(segmenter, overlap=tiling.overlap, min_scale=tiling.min_scale)
-    p = config.pipeline
-    built.pipeline = Pipeline(source, segmenter, every_n=p.every_n, roi=p.roi, max_frames=p.max_frames,
-                              tiler=tiler, stats=stats, redactor=redactor)
+    batch = config.pipeline.batch
+    built.pipeline = Pipeline(None, segmenter, max_frames=config.pipeline.max_frames, tiler=tiler, stats=stats,
+                              redactor=redactor, cameras=cameras, batch=len(cameras) if batch == "auto" else batch)
     try:
-        built.pipeline.stages = _stages(config, segmenter, stats, built)
-        metrics = built.metrics
-        metrics.set_source_up(False)  # until the first frame ("recovered")
-        listeners.append(lambda event: _source_state(metrics, event))
+        _add_stages(config, segmenter, built)
     except Exception:
         if built.preview is not None:  # a later stage failed (e.g. an output path): free the port again
             built.preview.stop()
-        built.pipeline.source.close()
+        for stage in [s for cam in cameras for s in cam.stages] + built.pipeline.stages:
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
+        for cam in cameras:
+            cam.source.close()
         segmenter.close()
         raise
     return built

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edge_seg.errors import InputError
-from edge_seg.loop.pipeline import FrameResult
+from edge_seg.loop.result import FrameResult
 from edge_seg.view.overlay import Overlay
 from edge_seg.view.redact import Redactor
 
@@ -130,16 +130,19 @@ class VideoSink:
 
 
 class JsonlSink:
-    """Appends one JSON summary per frame (seq, capture ts, areas, confidence, timings)."""
+    """Appends one JSON summary per frame (seq, capture ts, areas, confidence, timings; ``camera`` when named)."""
 
     name = "jsonl"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, camera: str | None = None):
         self.path = writable_file(path, "JSONL output (output.jsonl, --jsonl)")
+        self.camera = camera
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def __call__(self, result: FrameResult) -> None:
         record = {"seq": result.frame.seq, "ts": result.frame.ts, **result.segmentation.summary()}
+        if self.camera is not None:
+            record["camera"] = self.camera
         record["timings_ms"] = {k: round(v, 3) for k, v in result.timings.items()}
         crops = result.extras.get("crops")
         if crops:
@@ -161,13 +164,16 @@ class PreviewSink:
     server gets a function that draws this result's overlay: it runs only for the frames the
     preview encodes (at most its ``max_fps``, none while no client watches), not for every frame.
     With ``tracking`` (the loop tracks instances), the stats also carry ``tracks``: the track ids and
-    class names of the frame the stats were built on, for the page's track list.
+    class names of the frame the stats were built on, for the page's track list. ``camera``: the camera's
+    view of the server (several cameras: one view each, the page shows a grid).
     """
 
     name = "preview"
 
-    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None, tracking: bool = False):
+    def __init__(self, server, stats_fn, stats_every: float = 0.5, draw=None, tracking: bool = False,
+                 camera: str | None = None):
         self.server = server
+        self.camera = camera
         self.stats_fn = stats_fn
         self.stats_every = stats_every
         self.draw = draw
@@ -188,7 +194,7 @@ class PreviewSink:
         else:
             image = result.frame.image
         frame = result.frame.image
-        self.server.update(image, self._stats, size=(frame.shape[1], frame.shape[0]))
+        self.server.update(image, self._stats, size=(frame.shape[1], frame.shape[0]), camera=self.camera)
 
     def _tracks(self, result: FrameResult) -> list[dict]:
         seg = result.segmentation

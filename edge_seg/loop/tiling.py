@@ -88,7 +88,7 @@ class Tiler:
         return mosaic[None], Transform(frame_size, mosaic_size, (0, 0, *mosaic_size)), invoke_ms
 
     def decode(self, raw: np.ndarray, transform: Transform, timings: dict[str, float] | None = None,
-               frame: np.ndarray | None = None) -> Segmentation:
+               frame: np.ndarray | None = None, stream: str | None = None) -> Segmentation:
         """Stitched probabilities → ``Segmentation`` of the whole frame (smoothed over time when the
         segmenter smooths; ``frame``, the BGR image, lets it detect scene cuts)."""
-        return self.segmenter.decode_probabilities(raw, transform, timings, frame=frame)
+        return self.segmenter.decode_probabilities(raw, transform, timings, frame=frame, stream=stream)

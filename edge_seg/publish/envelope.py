@@ -36,7 +36,7 @@ class MessageError(EdgeSegError):
 class Encoded:
     """A payload ready to publish on ``{prefix}/{device}/{topic}``."""
 
-    topic: str  # "mask" (class or instance masks) | "crop" | "status" | "metrics" | "cmd/result"
+    topic: str  # "mask" (class or instance masks) | "crop" | "status" | "metrics" | "cmd/result"; "CAMERA/mask" …
     payload: bytes
     content_type: str
     msg_id: str
@@ -58,14 +58,22 @@ def json_bytes(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
-def envelope(schema: str, device: str, seq: int, ts: float | None = None) -> dict:
+def envelope(schema: str, device: str, seq: int, ts: float | None = None, camera: str | None = None) -> dict:
+    """The fields every message starts with; ``camera`` (several cameras on the device) also picks the topic
+    (``{camera}/mask``, see ``encoded_message``)."""
     if not isinstance(device, str) or not _DEVICE_RE.match(device):
         raise MessageError(f"device id {device!r} is not valid: 1-64 of A-Z a-z 0-9 _ . - starting with a letter "
                            "or digit")
     if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
         raise MessageError(f"seq must be a non-negative integer, got {seq!r}")
-    return {"schema": schema, "device": device, "msg_id": new_msg_id(), "seq": int(seq),
+    head = {"schema": schema, "device": device, "msg_id": new_msg_id(), "seq": int(seq),
             "ts": round(float(time.time() if ts is None else ts), 6)}
+    if camera is not None:
+        if not isinstance(camera, str) or not _DEVICE_RE.match(camera):
+            raise MessageError(f"camera name {camera!r} is not valid: 1-64 of A-Z a-z 0-9 _ . - starting with a "
+                               "letter or digit")
+        head["camera"] = camera
+    return head
 
 
 def model_dict(model: Any) -> dict | None:
@@ -80,4 +88,8 @@ def finite(value: float | None, digits: int) -> float | None:
 
 
 def encoded_message(topic: str, head: dict, payload: bytes, content_type: str = JSON_CONTENT_TYPE) -> Encoded:
-    return Encoded(topic, payload, content_type, head["msg_id"], head["seq"])
+    """The encoded message; a camera's data goes to ``{camera}/{topic}`` (DESIGN §3: one camera keeps the short
+    form)."""
+    camera = head.get("camera")
+    return Encoded(topic if camera is None else f"{camera}/{topic}", payload, content_type, head["msg_id"],
+                   head["seq"])

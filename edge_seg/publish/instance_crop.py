@@ -30,9 +30,9 @@ from edge_seg.publish.schemas import CROP_CONTENT_TYPE, INSTANCE_CROP_SCHEMA, In
 
 
 def encode_instance_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
-                         classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
+                         classes: tuple[str, ...] | list[str] | None = None, camera: str | None = None) -> Encoded:
     """An instance crop message for an ``InstanceCrop``: JSON header line + ``\\n`` + JPEG."""
-    head = envelope(INSTANCE_CROP_SCHEMA, device, seq, crop.ts)
+    head = envelope(INSTANCE_CROP_SCHEMA, device, seq, crop.ts, camera)
     x, y, w, h = (int(v) for v in crop.bbox)
     names = list(classes) if classes is not None else None
     items = []

@@ -155,13 +155,13 @@ def _validate(cls: type[BaseModel], obj: dict, what: str, command_id: str | None
 # --------------------------------------------------------------------------------------------- encoding
 def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "rle", max_bytes: int = 128_000,
                 timings: dict[str, float] | None = None, mean_uncertainty: float | None = None,
-                frame_seq: int | None = None) -> Encoded:
+                frame_seq: int | None = None, camera: str | None = None) -> Encoded:
     """A mask message for one ``Segmentation`` (see the module docstring for the fallback chain)."""
     if fmt not in ("rle", "png"):
         raise MessageError(f"mask format must be 'rle' or 'png', got {fmt!r}")
     labels = np.asarray(segmentation.label_map, dtype=np.uint8)
     height, width = labels.shape
-    head = envelope(MASK_SCHEMA, device, seq, ts)
+    head = envelope(MASK_SCHEMA, device, seq, ts, camera)
     classes = list(segmentation.classes)
     if mean_uncertainty is None:
         mean_uncertainty = 1.0 - segmentation.mean_confidence
@@ -197,11 +197,12 @@ def encode_mask(segmentation, *, device: str, seq: int, ts: float, fmt: str = "r
 
 
 def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_bytes: int = 128_000,
-                     timings: dict[str, float] | None = None, frame_seq: int | None = None) -> Encoded:
+                     timings: dict[str, float] | None = None, frame_seq: int | None = None,
+                     camera: str | None = None) -> Encoded:
     """An instances message: one COCO RLE per instance of an instance model's ``Segmentation``."""
     if segmentation.instances is None:
         raise MessageError("an instances message needs a Segmentation of an instance model")
-    head = envelope(INSTANCES_SCHEMA, device, seq, ts)
+    head = envelope(INSTANCES_SCHEMA, device, seq, ts, camera)
     classes = list(segmentation.classes)
     frame_size = tuple(int(v) for v in segmentation.frame_size)
     head.update(model=model_dict(segmentation.model), frame_size=list(frame_size), classes=classes,
@@ -231,11 +232,12 @@ def encode_instances(segmentation, *, device: str, seq: int, ts: float, max_byte
 
 
 def encode_crop(crop, *, device: str, seq: int, model, frame_size: tuple[int, int],
-                classes: tuple[str, ...] | list[str] | None = None) -> Encoded:
+                classes: tuple[str, ...] | list[str] | None = None, camera: str | None = None) -> Encoded:
     """A crop message: JSON header line + ``\\n`` + JPEG (content type ``CROP_CONTENT_TYPE``); an instance crop too."""
     if getattr(crop, "kind", "semantic") == "instance":
-        return encode_instance_crop(crop, device=device, seq=seq, model=model, frame_size=frame_size, classes=classes)
-    head = envelope(CROP_SCHEMA, device, seq, crop.ts)
+        return encode_instance_crop(crop, device=device, seq=seq, model=model, frame_size=frame_size, classes=classes,
+                                    camera=camera)
+    head = envelope(CROP_SCHEMA, device, seq, crop.ts, camera)
     local = np.asarray(crop.class_map, dtype=np.uint8)
     x, y, w, h = (int(v) for v in crop.bbox)
     if local.shape != (h, w):

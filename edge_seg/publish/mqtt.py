@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,9 +50,9 @@ from edge_seg.publish.messages import (
     encode_status,
 )
 from edge_seg.publish.mqtt_client import connection
-from edge_seg.publish.mqtt_config import MqttConfig, parse_broker_url
+from edge_seg.publish.mqtt_config import MqttConfig, PolicyConfig, parse_broker_url
 from edge_seg.publish.outbox import Outbox
-from edge_seg.publish.policy import PublishPolicy
+from edge_seg.publish.policy import CameraPolicies
 from edge_seg.publish.sequence import Sequences
 from edge_seg.publish.zone_output import ZoneOutput
 
@@ -78,7 +78,8 @@ class Publisher:
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
                  update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
-                 zones: Sequence = (), zone_counts: bool = False, start: bool = True):
+                 zones: Sequence = (), zone_counts: bool = False, start: bool = True,
+                 cameras: Mapping[str, PolicyConfig] | None = None, camera_states: Callable[[], dict] | None = None):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
         self.model, self.classes = model, tuple(classes)
@@ -87,7 +88,8 @@ class Publisher:
         self.counts = {"frames": 0, "queued": 0, "queue_dropped": 0, "masks": 0, "crops": 0, "encode_errors": 0,
                        "sent": 0, "acked": 0, "rejected": 0, "qos0_dropped": 0}
         self.call_ms: deque[tuple[float, float]] = deque(maxlen=2000)  # (wall, thread CPU) ms per publish()
-        self.policy = PublishPolicy(config.policy)
+        self.policy = CameraPolicies(config.policy, cameras)  # each camera's own (several cameras)
+        self._camera_states = camera_states  # () -> each camera's state, for the status message
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
                              snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
         self.commands = build_handler(config.commands, device, hooks, lambda: self.seqs.next("cmd/result"),
@@ -128,10 +130,10 @@ class Publisher:
         t0, c0 = time.perf_counter(), time.thread_time()
         if self._closed:
             return
-        seg = result.segmentation
+        seg, policy = result.segmentation, self.policy.of(getattr(result, "camera", None))
         # the mean over the confidence map only when the policy needs it (else the publisher thread computes it)
-        uncertainty = None if self.policy.config.uncertainty is None else 1.0 - seg.mean_confidence
-        reason = self.policy.decide(seg.area_fractions, uncertainty)
+        uncertainty = None if policy.config.uncertainty is None else 1.0 - seg.mean_confidence
+        reason = policy.decide(seg.area_fractions, uncertainty)
         crops = result.extras.get("crops") or ()
         self.counts["frames"] += 1
         if reason is not None or crops or ZoneOutput.wants(result):
@@ -180,12 +182,15 @@ class Publisher:
             fps = (self.counts["frames"] - frames) / (now - at)
             self._fps = (self.counts["frames"], now, fps)
         state, degraded = self._hook(self._source_state), self._hook(self._degraded)
+        extra = {"nodelay": self.link.nodelay}
+        if self._camera_states is not None:
+            extra["cameras"] = self._hook(self._camera_states)  # name -> state, degraded, fps, counters
         return encode_status(device=self.device, seq=self.seqs.next("status"), online=online, model=self.model, fps=fps,
                              uptime_s=self.uptime(), source_state=state, outbox_depth=self.outbox.stats().depth,
-                             degraded=degraded, extra={"nodelay": self.link.nodelay})
+                             degraded=degraded, extra=extra)
 
     @staticmethod
-    def _hook(hook: Callable[[], str | None] | None) -> str | None:
+    def _hook(hook: Callable[[], object] | None):
         try:
             return None if hook is None else hook()
         except Exception:  # noqa: BLE001 - a status must not fail on a hook
@@ -265,7 +270,7 @@ class Publisher:
         for item in work:
             messages = self._encode(item)
             encoded += messages
-            if item.reason == "snapshot" and messages and messages[0].topic == "mask":
+            if item.reason == "snapshot" and messages and messages[0].topic.endswith("mask"):
                 snapshot_frame = (item, messages[0])
         if encoded:
             self._store(encoded)
@@ -275,7 +280,8 @@ class Publisher:
 
     def _encode(self, item: _Work) -> list[Encoded]:
         result, cfg = item.result, self.config
-        seg, frame = result.segmentation, result.frame
+        seg, frame, camera = result.segmentation, result.frame, getattr(result, "camera", None)
+        topic = "" if camera is None else f"{camera}/"  # seq per device and topic: each camera's count on their own
         if self.model is None:
             self.model, self.classes = seg.model, tuple(seg.classes)
             if self.link.connected:
@@ -285,17 +291,17 @@ class Publisher:
             out += self.zone_output.encode(result)  # zone events (outbox) and changed retained zone states
             if item.reason is not None:
                 if seg.instances is not None:  # an instance model: one RLE per instance
-                    out.append(encode_instances(seg, device=self.device, seq=self.seqs.next("mask"), ts=frame.ts,
-                                                max_bytes=cfg.max_payload, timings=result.timings,
-                                                frame_seq=frame.seq))
+                    out.append(encode_instances(seg, device=self.device, seq=self.seqs.next(f"{topic}mask"),
+                                                ts=frame.ts, max_bytes=cfg.max_payload, timings=result.timings,
+                                                frame_seq=frame.seq, camera=camera))
                 else:
-                    out.append(encode_mask(seg, device=self.device, seq=self.seqs.next("mask"), ts=frame.ts,
+                    out.append(encode_mask(seg, device=self.device, seq=self.seqs.next(f"{topic}mask"), ts=frame.ts,
                                            fmt=cfg.mask_format, max_bytes=cfg.max_payload, timings=result.timings,
-                                           mean_uncertainty=item.uncertainty, frame_seq=frame.seq))
+                                           mean_uncertainty=item.uncertainty, frame_seq=frame.seq, camera=camera))
                 self.counts["masks"] += 1
             for crop in item.crops:
-                out.append(encode_crop(crop, device=self.device, seq=self.seqs.next("crop"), model=seg.model,
-                                       frame_size=seg.frame_size, classes=seg.classes))
+                out.append(encode_crop(crop, device=self.device, seq=self.seqs.next(f"{topic}crop"), model=seg.model,
+                                       frame_size=seg.frame_size, classes=seg.classes, camera=camera))
                 self.counts["crops"] += 1
         except MessageError as err:
             self.counts["encode_errors"] += 1

@@ -85,4 +85,44 @@ class PublishPolicy:
             return reason
 
 
-__all__ = ["PublishPolicy", "area_l1"]
+class CameraPolicies:
+    """The publish policy of each camera of a device (``cameras``: name → its ``PolicyConfig``); frames of an
+    unnamed camera (the only one) use the device's. ``update`` and ``request_snapshot`` (the ``set_policy`` and
+    ``snapshot`` commands) apply to all; ``config`` and ``counts`` are the device policy's."""
+
+    def __init__(self, config: PolicyConfig | None = None, cameras: Mapping[str, PolicyConfig] | None = None):
+        self.device = PublishPolicy(config)
+        self.cameras = {name: PublishPolicy(cfg) for name, cfg in (cameras or {}).items()}
+
+    def of(self, camera: str | None) -> PublishPolicy:
+        return self.cameras.get(camera, self.device) if camera is not None else self.device
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self.device.config
+
+    @property
+    def counts(self) -> dict[str, int]:
+        if not self.cameras:
+            return self.device.counts
+        total: dict[str, int] = {}
+        for policy in self.cameras.values():
+            for key, value in policy.counts.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def update(self, **fields) -> PolicyConfig:
+        for policy in self.cameras.values():
+            policy.update(**fields)
+        return self.device.update(**fields)
+
+    def request_snapshot(self) -> None:
+        for policy in (self.device, *self.cameras.values()):
+            policy.request_snapshot()
+
+    def decide(self, areas: Mapping[str, float], uncertainty: float | None, camera: str | None = None) -> str | None:
+        """``PublishPolicy.decide`` of ``camera``'s policy."""
+        return self.of(camera).decide(areas, uncertainty)
+
+
+__all__ = ["CameraPolicies", "PublishPolicy", "area_l1"]

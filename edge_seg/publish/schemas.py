@@ -83,6 +83,7 @@ class _Envelope(_Strict):
     msg_id: MsgId
     seq: Seq
     ts: Ts
+    camera: Device | None = None  # which camera (a device with several); optional: v1 consumers ignore it
 
 
 def _check_rles(rles: list[ClassRLE], size: list[int], n_classes: int | None) -> None:

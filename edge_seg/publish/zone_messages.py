@@ -28,10 +28,11 @@ def state_topic(zone: str) -> str:
     return f"zone/{zone}/state"
 
 
-def encode_event(event, *, device: str, seq: int, snapshot: tuple[str, tuple[int, int]] | None = None) -> Encoded:
-    """An event message for one ``edge_seg.postprocess.zones.ZoneEvent``; ``snapshot``: (base64 JPEG, its
-    (width, height)) to attach."""
-    head = envelope(EVENT_SCHEMA, device, seq, event.ts)
+def encode_event(event, *, device: str, seq: int, snapshot: tuple[str, tuple[int, int]] | None = None,
+                 camera: str | None = None) -> Encoded:
+    """An event message for one ``edge_seg.postprocess.zones.ZoneEvent`` (on ``CAMERA/event`` with a camera);
+    ``snapshot``: (base64 JPEG, its (width, height)) to attach."""
+    head = envelope(EVENT_SCHEMA, device, seq, event.ts, camera)
     head.update({"zone": event.zone, "class": event.class_name, "kind": event.kind,
                  "track_ids": [int(t) for t in event.track_ids], "value": finite(max(event.value, 0.0), 6) or 0.0})
     if event.frame_seq is not None:
@@ -42,9 +43,9 @@ def encode_event(event, *, device: str, seq: int, snapshot: tuple[str, tuple[int
 
 
 def encode_zone_state(zone: str, states: Iterable, *, device: str, seq: int, ts: float | None = None,
-                      frame_seq: int | None = None) -> Encoded:
+                      frame_seq: int | None = None, camera: str | None = None) -> Encoded:
     """The retained state of ``zone`` from its ``ZoneState`` values (one per watched class)."""
-    head = envelope(ZONE_STATE_SCHEMA, device, seq, ts)
+    head = envelope(ZONE_STATE_SCHEMA, device, seq, ts, camera)
     classes = {}
     for state in states:
         item = {"occupied": bool(state.occupied), "track_ids": [int(t) for t in state.track_ids]}

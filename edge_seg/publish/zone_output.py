@@ -38,19 +38,21 @@ class ZoneOutput:
 
     def encode(self, result) -> list[Encoded]:
         """The event messages of ``result`` (for the outbox); its changed zone states are sent retained now."""
+        camera = getattr(result, "camera", None)
+        prefix = "" if camera is None else f"{camera}/"  # seq per topic: each camera's topics count on their own
         found = result.extras.get("zone_events") or ()
         snapshot = None
         if any(e.snapshot for e in found):  # one JPEG per frame, for every event that asks
             snapshot = overlay_jpeg_b64(result, result.overlay, MAX_SNAPSHOT_B64, max_side=EVENT_SIDE)
-        events = [encode_event(e, device=self.device, seq=self.seqs.next("event"),
-                               snapshot=snapshot if e.snapshot else None) for e in found]
+        events = [encode_event(e, device=self.device, seq=self.seqs.next(f"{prefix}event"),
+                               snapshot=snapshot if e.snapshot else None, camera=camera) for e in found]
         self.counts["events"] += len(events)
         frame = result.frame
         for zone, states in (result.extras.get("zone_states") or {}).items():
-            state = encode_zone_state(zone, states, device=self.device, seq=self.seqs.next("zone_state"),
-                                      ts=frame.ts, frame_seq=frame.seq)
+            state = encode_zone_state(zone, states, device=self.device, seq=self.seqs.next(f"{prefix}zone_state"),
+                                      ts=frame.ts, frame_seq=frame.seq, camera=camera)
             with self._lock:
-                self._latest[zone] = state
+                self._latest[state.topic] = state
                 if self._connected():
                     self._send(state, True)
             self.counts["states"] += 1

@@ -158,11 +158,11 @@ class Service:
     def status_line(self) -> str:
         pipeline = self.built.pipeline
         m = pipeline.segmenter.manifest
-        source = getattr(pipeline.source, "state", "?")
-        text = f"{pipeline.stats.fps:.1f} FPS; model {m.name} {m.version}; source {source}"
-        from edge_seg.sources.reconnect import degraded_of
+        from edge_seg.loop.camera import degraded, source_state
 
-        degraded = degraded_of(pipeline.source)
+        source = source_state(pipeline.cameras) or "?"
+        text = f"{pipeline.stats.fps:.1f} FPS; model {m.name} {m.version}; source {source}"
+        degraded = degraded(pipeline.cameras)
         if degraded:
             text += f"; degraded: {degraded}"
         if self.reloader is not None:

@@ -86,7 +86,8 @@ def check_backends(config) -> list[Check]:
 def check_devices(config) -> list[Check]:
     out = []
     cams = sorted(glob.glob("/dev/video*"))
-    uri = config.source.uri
+    uris = [camera.uri for camera in config.cameras()]  # the first camera that needs a device node, if any
+    uri = next((u for u in uris if u.startswith(("v4l2://", "csi://", "picam://"))), uris[0])
     needs_camera = uri.startswith(("v4l2://", "csi://", "picam://"))
     if cams:
         usable = [c for c in cams if os.access(c, os.R_OK | os.W_OK)]

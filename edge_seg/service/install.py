@@ -186,7 +186,7 @@ def install_service(board: str | None = None, config_src: Path | None = None, ro
     unit_dir.mkdir(parents=True, exist_ok=True)
     (unit_dir / UNIT_NAME).write_text(render_unit(_exec_path(exec_path), user, CONFIG_PATH, state_dir))
     report.append(f"wrote {unit_dir / UNIT_NAME}")
-    if config.source.uri.startswith("csi://"):
+    if any(camera.uri.startswith("csi://") for camera in config.cameras()):
         dropin = unit_dir / f"{UNIT_NAME}.d"
         dropin.mkdir(exist_ok=True)
         (dropin / "jetson-argus.conf").write_text(ARGUS_DROPIN)

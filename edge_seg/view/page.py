@@ -6,9 +6,13 @@ track ids inside); with tracking on, the current frame's track ids. Both come fr
 
 With a bearer token, open it as ``/?token=...``: the script passes the token on to the stream
 (``?token=``, which an ``<img>`` can carry) and to ``/stats.json`` (an ``Authorization`` header).
+
+Several cameras: ``grid_page`` shows one stream per camera, each with its source state and FPS.
 """
 
-__all__ = ["PAGE"]
+import json
+
+__all__ = ["PAGE", "grid_page"]
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edge_seg preview</title>
@@ -102,3 +106,51 @@ function tracks(list) {  // the track ids of the latest frame (absent without tr
 poll(); setInterval(poll, 1000);
 </script></body></html>
 """
+
+_GRID = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edge_seg preview: cameras</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{margin:0;font:14px/1.4 system-ui,sans-serif;background:#111;color:#ddd}
+ h1{font-size:16px;margin:12px} #grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px;
+ padding:0 12px 12px} figure{margin:0;background:#1b1b1b;padding:8px} img{width:100%;background:#000;display:block}
+ figcaption{display:flex;justify-content:space-between} .bad{color:#f66} .good{color:#6c6}
+ #err{color:#f66;margin:0 12px}
+</style></head><body><h1>edge_seg live preview: <span id="count"></span> cameras</h1><div id="err"></div>
+<div id="grid"></div>
+<script>
+"use strict";
+const cameras = __CAMERAS__;
+const token = new URLSearchParams(location.search).get("token");
+const auth = token ? {Authorization: "Bearer " + token} : {};
+const q = (name) => "?camera=" + encodeURIComponent(name) + (token ? "&token=" + encodeURIComponent(token) : "");
+document.getElementById("count").textContent = cameras.length;
+for (const name of cameras) {  // one stream per camera; its caption: name, source state, FPS
+  const f = document.getElementById("grid").appendChild(document.createElement("figure"));
+  f.dataset.camera = name;
+  const img = f.appendChild(document.createElement("img")); img.alt = name; img.src = "/stream.mjpg" + q(name);
+  const c = f.appendChild(document.createElement("figcaption"));
+  c.appendChild(document.createElement("b")).textContent = name;
+  c.appendChild(document.createElement("span")).className = "state";
+}
+async function poll() {
+  try {
+    const r = await fetch("/stats.json", {cache: "no-store", headers: auth});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    const s = await r.json(); const views = s.views || {};
+    for (const f of document.querySelectorAll("figure")) {
+      const v = views[f.dataset.camera] || {}; const p = v.pipeline || {}; const st = f.querySelector(".state");
+      st.textContent = (p.source_state || "no frame yet") + " \u00b7 " + (p.fps ?? 0).toFixed(1) + " FPS";
+      st.className = "state " + (p.source_state === "live" ? "good" : "bad");
+    }
+    document.getElementById("err").textContent = "";
+  } catch (e) { document.getElementById("err").textContent = "stats unavailable: " + e; }
+}
+poll(); setInterval(poll, 1000);
+</script></body></html>
+"""
+
+
+def grid_page(cameras: list[str]) -> str:
+    """The page of a device with several cameras: a grid with one stream per camera (names are topic-safe)."""
+    return _GRID.replace("__CAMERAS__", json.dumps(list(cameras)))

@@ -8,7 +8,8 @@ at most ``max_fps`` times a second however many clients watch, and once per new 
 The caller must not write into an array after handing it to ``update()``.
 
 Routes: ``/`` page, ``/stream.mjpg``, ``/snapshot.jpg``, ``/stats.json``, ``/metrics``,
-``/healthz``; anything else is 404.
+``/healthz``; anything else is 404. Several cameras (``update(..., camera=NAME)``): ``/`` is a grid
+with one stream per camera, ``/stream.mjpg?camera=NAME`` and ``/snapshot.jpg?camera=NAME`` pick one.
 
 Bounds (``edge_seg.view.httpd``): at most ``max_clients`` connections at once (a stream holds one
 while it streams; beyond that a quick 503, no thread), the request head within
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import cv2
 import numpy as np
@@ -33,7 +35,7 @@ import numpy as np
 from edge_seg.errors import EdgeSegError
 from edge_seg.view.access import TokenGate, is_loopback, redact
 from edge_seg.view.httpd import BoundedHTTPServer, DeadlineRequestHandler
-from edge_seg.view.page import PAGE
+from edge_seg.view.page import PAGE, grid_page
 
 if TYPE_CHECKING:
     from edge_seg.loop.metrics import Metrics
@@ -65,12 +67,7 @@ class PreviewServer:
         self.max_clients, self.request_timeout_s, self.write_timeout_s = max_clients, request_timeout_s, write_timeout_s
         self.gate = TokenGate(token)
         self.allow_open = allow_open
-        # seq, monotonic time, frame (or a function drawing it), stats, (width, height)
-        self._latest: tuple[int, float, np.ndarray | Callable[[], np.ndarray], dict, tuple[int, int]] | None = None
-        self._seq = 0
-        self._encode_lock = threading.Lock()
-        self._jpeg: tuple[int, bytes] | None = None  # (seq, bytes) of the last encoded frame
-        self._encoded_at = 0.0
+        self._views: dict[str | None, _View] = {}  # one per camera (None: the only one), from its first frame
         self._stopping = threading.Event()
         self._httpd: BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -149,58 +146,61 @@ class PreviewServer:
     # -- the producer side (pipeline sink thread) -----------------------------------------------
 
     def update(self, overlay_bgr: np.ndarray | Callable[[], np.ndarray], stats: dict | None = None,
-               size: tuple[int, int] | None = None) -> None:
+               size: tuple[int, int] | None = None, camera: str | None = None) -> None:
         """Offer the newest overlay (BGR uint8) and a small JSON-ready stats dict. Costs a tuple store.
 
         ``overlay_bgr`` may be a function that draws it, with its ``size`` (width, height): it is
         called only when a client wants a frame and the rate limit allows an encode (never for
-        frames nobody looks at).
+        frames nobody looks at). ``camera``: whose view it is (several cameras; None: the only one).
         """
         if size is None:
             if callable(overlay_bgr):
                 raise ValueError("update() with a drawing function needs the image size")
             size = (int(overlay_bgr.shape[1]), int(overlay_bgr.shape[0]))
-        self._seq += 1
-        self._latest = (self._seq, time.monotonic(), overlay_bgr, stats or {}, size)
+        view = self._views.get(camera) or self._views.setdefault(camera, _View())
+        view._seq += 1
+        view._latest = (view._seq, time.monotonic(), overlay_bgr, stats or {}, size)
+
+    @property
+    def cameras(self) -> list[str]:
+        """The named cameras with a view (several cameras: the page is a grid), in the order they came."""
+        return [name for name in self._views if name is not None]
 
     # -- the consumer side (HTTP threads) -------------------------------------------------------
 
-    def latest_jpeg(self) -> tuple[int, bytes] | None:
-        """(seq, JPEG) of a recent frame, encoding the newest one if the rate limit allows; None before any."""
-        latest = self._latest
-        if latest is None:
-            return None
-        with self._encode_lock:
-            cached = self._jpeg
-            if cached is not None and (cached[0] == latest[0]
-                                       or time.monotonic() - self._encoded_at < self.min_interval):
-                return cached
-            image = latest[2]() if callable(latest[2]) else latest[2]
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if not ok:
-                raise ValueError("could not encode the preview frame as JPEG")
-            self._jpeg = (latest[0], buf.tobytes())
-            self._encoded_at = time.monotonic()
-            return self._jpeg
+    def latest_jpeg(self, camera: str | None = None) -> tuple[int, bytes] | None:
+        """(seq, JPEG) of a recent frame of ``camera`` (None: the only or first one), encoding the newest one if
+        the rate limit allows; None before any (or for an unknown camera)."""
+        view = self._view(camera)
+        return None if view is None else view.jpeg(self.jpeg_quality, self.min_interval)
+
+    def _view(self, camera: str | None) -> _View | None:
+        if camera is None:
+            return self._views.get(None) or next(iter(self._views.values()), None)
+        return self._views.get(camera)
 
     def health(self) -> tuple[bool, str]:
-        """(healthy, reason): healthy while a frame arrived within ``stale_after_s``."""
-        latest = self._latest
-        if latest is None:
+        """(healthy, reason): healthy while a frame of every camera arrived within ``stale_after_s``."""
+        if not self._views:
             return False, "no frame received yet"
-        age = time.monotonic() - latest[1]
-        if age > self.stale_after_s:
-            return False, f"last frame {age:.1f} s ago (limit {self.stale_after_s:g} s)"
+        for name, view in self._views.items():
+            latest = view._latest
+            who = f"camera {name}: " if name is not None else ""
+            if latest is None:
+                return False, f"{who}no frame received yet"
+            age = time.monotonic() - latest[1]
+            if age > self.stale_after_s:
+                return False, f"{who}last frame {age:.1f} s ago (limit {self.stale_after_s:g} s)"
         return True, "ok"
 
     def stats(self) -> dict:
-        """What ``/stats.json`` serves: metrics snapshot, frame seq/age, the pipeline's stats, this server's clients."""
-        latest = self._latest
+        """What ``/stats.json`` serves: metrics snapshot, frame seq/age, the pipeline's stats, this server's clients;
+        with several cameras also ``views``: each camera's frame and pipeline stats."""
         out = self.metrics.snapshot() if self.metrics is not None else {}
-        out["frame"] = ({"seq": latest[0], "age_s": round(time.monotonic() - latest[1], 3),
-                         "width": latest[4][0], "height": latest[4][1]}
-                        if latest is not None else None)
-        out["pipeline"] = latest[3] if latest is not None else {}
+        view = self._view(None)
+        out.update(view.describe() if view is not None else {"frame": None, "pipeline": {}})
+        if self.cameras:
+            out["views"] = {name: self._views[name].describe() for name in self.cameras}
         out["preview"] = {"clients": self.active_clients, "max_clients": self.max_clients,
                           "refused": self.refused_clients}
         return out
@@ -208,6 +208,40 @@ class PreviewServer:
     def wait_stopping(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when the server is stopping."""
         return self._stopping.wait(seconds)
+
+
+class _View:
+    """The newest frame of one camera and its JPEG, encoded lazily (see ``PreviewServer.latest_jpeg``)."""
+
+    def __init__(self) -> None:
+        # seq, monotonic time, frame (or a function drawing it), stats, (width, height)
+        self._latest: tuple[int, float, np.ndarray | Callable[[], np.ndarray], dict, tuple[int, int]] | None = None
+        self._seq = 0
+        self._encode_lock = threading.Lock()
+        self._jpeg: tuple[int, bytes] | None = None  # (seq, bytes) of the last encoded frame
+        self._encoded_at = 0.0
+
+    def jpeg(self, quality: int, min_interval: float) -> tuple[int, bytes] | None:
+        latest = self._latest
+        if latest is None:
+            return None
+        with self._encode_lock:
+            cached = self._jpeg
+            if cached is not None and (cached[0] == latest[0] or time.monotonic() - self._encoded_at < min_interval):
+                return cached
+            image = latest[2]() if callable(latest[2]) else latest[2]
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise ValueError("could not encode the preview frame as JPEG")
+            self._jpeg = (latest[0], buf.tobytes())
+            self._encoded_at = time.monotonic()
+            return self._jpeg
+
+    def describe(self) -> dict:
+        latest = self._latest
+        frame = ({"seq": latest[0], "age_s": round(time.monotonic() - latest[1], 3), "width": latest[4][0],
+                  "height": latest[4][1]} if latest is not None else None)
+        return {"frame": frame, "pipeline": latest[3] if latest is not None else {}}
 
 
 class _Handler(DeadlineRequestHandler):
@@ -251,11 +285,17 @@ class _Handler(DeadlineRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _camera(self) -> str | None:
+        """The ``?camera=NAME`` of the request (None: the only or first camera)."""
+        values = parse_qs(self.path.partition("?")[2]).get("camera")
+        return values[0] if values else None
+
     def _page(self) -> None:
-        self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+        self._send(200, (grid_page(self.preview.cameras) if self.preview.cameras else PAGE).encode(),
+                   "text/html; charset=utf-8")
 
     def _snapshot(self) -> None:
-        jpeg = self.preview.latest_jpeg()
+        jpeg = self.preview.latest_jpeg(self._camera())
         if jpeg is None:
             self._send(503, b"no frame yet: the pipeline has not produced an overlay\n")
         else:
@@ -285,9 +325,9 @@ class _Handler(DeadlineRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")
         self.end_headers()
-        last = -1
+        last, camera = -1, self._camera()
         while True:
-            jpeg = preview.latest_jpeg()
+            jpeg = preview.latest_jpeg(camera)
             if jpeg is not None and jpeg[0] != last:  # one part per new frame
                 last = jpeg[0]
                 head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg[1])}\r\n\r\n"

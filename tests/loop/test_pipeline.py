@@ -204,7 +204,7 @@ def test_loop_serves_preview_and_metrics_while_running(colour_config):
     assert "overlay" not in [getattr(stage, "name", "") for stage in built.pipeline.stages]
     preview_sink = next(stage for stage in built.pipeline.stages if getattr(stage, "name", "") == "preview")
     assert preview_sink.draw is not None
-    assert callable(built.preview._latest[2])  # the server holds a drawing function, not a drawn frame
+    assert callable(built.preview._view(None)._latest[2])  # the server holds a drawing function, not a drawn frame
     assert stats["pipeline"]["completed"] >= 1 and stats["pipeline"]["source_state"] == "live"
     processed = families["edge_seg_frames_processed"].samples[0].value
     assert processed >= 10
