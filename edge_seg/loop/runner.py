@@ -203,6 +203,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 degraded=lambda: degraded_of(built.pipeline.source),
                                 summary=lambda: {"loop": stats.snapshot()},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
+                                rollback=ota.handle_rollback,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,
                                 zones=config.zones, zone_counts=m.task == "instance")
     outbox = built.publisher.outbox

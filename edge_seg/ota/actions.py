@@ -156,6 +156,26 @@ def handle_update_model(args: dict) -> dict:
     return reply
 
 
+def handle_rollback(args: dict) -> dict:
+    """The MQTT ``rollback`` command (``schemas.RollbackArgs``): ``current`` back to ``previous`` (only while
+    ``expect_current`` is current, when given), then wait up to ``wait_s`` for the loop to swap to it."""
+    service = _ACTIVE
+    if service is None:
+        raise OtaError("rollback: no running loop with OTA on this device")
+    if service.store is None:
+        raise OtaError("rollback: model.path is not in the model store (set it to <state_dir>/models/current)")
+    left, now = service.store.rollback(str(args.get("reason") or "rollback command"),
+                                       mark_bad=bool(args.get("mark_bad", True)),
+                                       expect_current=args.get("expect_current"))
+    reply = {"left": left, "current": now}
+    if service.reloader is None:
+        reply["reload"] = "hot reload is off: restart the service to use the previous model"
+        return reply
+    outcome = service.reloader.request("rollback").wait(float(args.get("wait_s", 120.0)))
+    reply["reload"] = outcome if outcome is not None else {"outcome": "pending", "note": "see the status"}
+    return reply
+
+
 __all__ = ["BundleError", "IntegrityError", "OtaError", "SignatureError", "active", "generate_keypair",
-           "handle_update_model", "install", "pack", "set_active", "status", "store_for", "trusted_keys", "update",
+           "handle_rollback", "handle_update_model", "install", "pack", "set_active", "status", "store_for", "trusted_keys", "update",
            "verify_bundle"]

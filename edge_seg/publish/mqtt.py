@@ -77,7 +77,8 @@ class Publisher:
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
-                 update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
+                 update_model: Callable[[dict], dict] | None = None, rollback: Callable[[dict], dict] | None = None,
+                 allowed_url_prefixes: Sequence[str] = (),
                  zones: Sequence = (), zone_counts: bool = False, start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
@@ -89,7 +90,8 @@ class Publisher:
         self.call_ms: deque[tuple[float, float]] = deque(maxlen=2000)  # (wall, thread CPU) ms per publish()
         self.policy = PublishPolicy(config.policy)
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
-                             snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
+                             snapshot=self._arm_snapshot, reload=reload, update_model=update_model,
+                             rollback=rollback)
         self.commands = build_handler(config.commands, device, hooks, lambda: self.seqs.next("cmd/result"),
                                       state_dir=state_dir, allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
