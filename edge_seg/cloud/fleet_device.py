@@ -78,7 +78,8 @@ class SimDevice:
 
     def __init__(self, device: str, broker, scenes, *, prefix: str = "edge_seg", model: ModelIdentity,
                  labels: dict | None = None, health: Health | None = None, verifier: Verifier | None = None,
-                 fail_on: str | None = None, fail_drop: float = 0.5, crop_every: int = 5):
+                 fail_on: str | None = None, fail_drop: float = 0.5, crop_every: int = 5,
+                 allowed_url_prefixes: tuple[str, ...] = ("http://bundles.test/",)):
         self.device, self.broker, self.scenes, self.prefix = device, broker, scenes, prefix
         self.base = f"{prefix}/{device}"
         self.model, self.previous = model, None
@@ -96,7 +97,7 @@ class SimDevice:
         hooks = CommandHooks(uptime=lambda: time.monotonic() - self._started, update_model=self._update_model,
                              rollback=self._rollback)
         self.handler = CommandHandler(device, hooks, lambda: self._next("cmd/result"), verifier,
-                                      insecure=verifier is None, allowed_url_prefixes=("http://", "https://"))
+                                      insecure=verifier is None, allowed_url_prefixes=allowed_url_prefixes)
         self.client = self._client()
 
     # --- MQTT --------------------------------------------------------------------------------

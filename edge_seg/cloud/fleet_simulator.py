@@ -90,6 +90,7 @@ class SimConfig:
     labels: dict = field(default_factory=dict)  # label -> list of values, assigned round-robin
     driver_threads: int = 2
     verifier: Verifier | None = None  # None: commands run unsigned (insecure)
+    allowed_url_prefixes: tuple[str, ...] = ("http://bundles.test/",)  # ota.allowed_url_prefixes of every device
 
 
 def device_ids(name: str, count: int) -> list[str]:
@@ -112,7 +113,8 @@ class Simulator:
             health = Health(fps=round(10.0 + (i % 7) * 0.5, 2), confidence=round(0.75 + (i % 5) * 0.03, 4))
             self.devices.append(SimDevice(device, broker, self.scenes, prefix=config.prefix, model=DEFAULT_MODEL,
                                           labels=labels, health=health, verifier=config.verifier, fail_on=fail_on,
-                                          fail_drop=config.fail_drop, crop_every=config.crop_every))
+                                          fail_drop=config.fail_drop, crop_every=config.crop_every,
+                                          allowed_url_prefixes=config.allowed_url_prefixes))
         self.by_id = {d.device: d for d in self.devices}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
