@@ -36,8 +36,10 @@ def run_cli(args: list[str], timeout: float = 90, **kwargs) -> subprocess.Comple
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def spawn_cli(args: list[str], log: Path) -> subprocess.Popen:
+def spawn_cli(args: list[str], log: Path, python: bool = False) -> subprocess.Popen:
+    """``args`` in a subprocess (after ``sys.executable`` when ``python``), stderr to ``log``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, *args] if python else args
     with open(log, "wb") as stderr:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 

@@ -37,19 +37,19 @@ DEFAULT_MODEL = ModelIdentity("scenes-seg", "1.0.0", "1" * 64)
 class SceneCache:
     """Class maps and crops of ``SCENES`` synthetic scenes, and Segmentations of them per (model, confidence)."""
 
-    def __init__(self, count: int = SCENES):
+    def __init__(self, count: int = SCENES, frame: tuple[int, int] = FRAME):
         import cv2
 
         from edge_seg.bench.messages import noisy_label_map
         from edge_seg.demo.scenes import CLASSES, PALETTE, render_scene
         from edge_seg.postprocess.uncertainty import Crop
 
-        self.classes, self.palette = CLASSES, PALETTE
+        self.classes, self.palette, self.frame = CLASSES, PALETTE, tuple(frame)
         self.labels, self.crops = [], []
         for seed in range(count):
-            scene = render_scene(seed, FRAME)
+            scene = render_scene(seed, self.frame)
             self.labels.append(noisy_label_map(scene.mask, MODEL_SIZE, np.random.default_rng(seed)))
-            x, y, w, h = 100 + 40 * seed, 80, 96, 64
+            x, y, w, h = (self.frame[0] - 96) * seed // count, self.frame[1] // 4, 96, 64
             ok, jpeg = cv2.imencode(".jpg", scene.image[y:y + h, x:x + w])
             self.crops.append(Crop(jpeg=jpeg.tobytes(), bbox=(x, y, w, h), score=0.4,
                                    class_map=scene.mask[y:y + h, x:x + w].copy(), ts=0.0))
@@ -63,7 +63,7 @@ class SceneCache:
             if seg is None:
                 labels = self.labels[key[0]]
                 conf = np.full(labels.shape, confidence, np.float32)
-                seg = Segmentation(labels, conf, FRAME, self.classes, self.palette, model,
+                seg = Segmentation(labels, conf, self.frame, self.classes, self.palette, model,
                                    timings={"infer": 8.0, "post": 1.0})
                 if len(self._segs) > 4096:
                     self._segs.clear()
@@ -89,6 +89,7 @@ class SimConfig:
     fail_drop: float = 0.5
     labels: dict = field(default_factory=dict)  # label -> list of values, assigned round-robin
     driver_threads: int = 2
+    frame: tuple[int, int] = FRAME  # the camera frame size the masks describe (consumers render PNGs at it)
     verifier: Verifier | None = None  # None: commands run unsigned (insecure)
     allowed_url_prefixes: tuple[str, ...] = ("http://bundles.test/",)  # ota.allowed_url_prefixes of every device
 
@@ -104,7 +105,7 @@ class Simulator:
         if config.devices < 1 or config.rate < 0:
             raise InputError("fleet simulate needs --devices ≥ 1 and --rate ≥ 0")
         _raise_fd_limit(config.devices * 4 + 64)
-        self.config, self.scenes = config, SceneCache()
+        self.config, self.scenes = config, SceneCache(frame=config.frame)
         failing = set(config.fail_devices)
         self.devices: list[SimDevice] = []
         for i, device in enumerate(device_ids(config.name, config.devices)):
