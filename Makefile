@@ -2,7 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-APT_PKGS := mosquitto mosquitto-clients chromium prometheus
+APT_PKGS := mosquitto mosquitto-clients chromium prometheus postgresql
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test bench model lint clean
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[device,convert,dev]'
+	$(PY) -m pip install -q -e '.[device,convert,cloud,dev]'
 	touch $(STAMP)
 
 demo: install

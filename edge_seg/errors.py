@@ -28,6 +28,16 @@ class InputError(EdgeSegError):
     """An input (image, directory, dataset) cannot be read or has the wrong layout."""
 
 
+class StoreError(EdgeSegError):
+    """The consumer's store (database, object storage) cannot be opened or used: bad URL, credentials,
+    schema version; the message says what to do."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store went away while running (connection lost, server shut down, disk full): the consumer
+    acknowledges nothing more and exits non-zero, so its service manager restarts it."""
+
+
 class FieldValueError(ValueError):
     """Raised by a config model's validator about one of its fields: the config error then names that field's
     path (``smoothing.hysteresis_low: ...``) instead of the section's. The message says what it got."""

@@ -83,3 +83,8 @@ def instance_model_dir(tmp_path_factory):
                         files={"tflite": FileEntry(path=model.name, sha256=sha256_file(model))})
     (root / "manifest.json").write_text(manifest.dump())
     return root
+
+
+# real PostgreSQL and SeaweedFS S3 servers: one each per session, a fresh database / prefix per test
+from pg_server import pg_server, pg_url  # noqa: E402, F401
+from s3_server import s3_server, s3_url  # noqa: E402, F401

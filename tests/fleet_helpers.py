@@ -23,11 +23,13 @@ def start_fleet(broker, devices: int, **fields) -> Simulator:
     return Simulator(broker, SimConfig(devices=devices, verifier=Verifier("hmac", KEY), **fields)).start()
 
 
-def rollout_args(tmp_path: Path, broker, url: str, *extra: str) -> list[str]:
+def rollout_args(tmp_path: Path, broker, url: str, *extra: str, store: list[str] | None = None) -> list[str]:
+    """``edge-seg fleet rollout URL`` with short soak/baseline/discover times; state in ``store`` (default
+    ``--out tmp_path/store``)."""
     key = tmp_path / "command.key"
     key.write_bytes(KEY + b"\n")
     return [sys.executable, "-m", "edge_seg.cli", "fleet", "rollout", url, "--sha256", NEW_SHA, "--signing-key",
-            str(key), "--broker", broker.url, "--db", str(tmp_path / "fleet.sqlite"), "--soak", "2s",
+            str(key), "--broker", broker.url, *(store or ["--out", str(tmp_path / "store")]), "--soak", "2s",
             "--baseline", "1s", "--discover", "1s", "--command-timeout", "20s", *extra]
 
 

@@ -54,7 +54,7 @@ EXTRA_OF = {"tensorflow": "convert", "tf_keras": "convert", "tensorflow_model_op
             "tf2onnx": "convert", "onnx": "convert", "onnxruntime": "convert", "paho": "device",
             "pycocotools": "device", "prometheus_client": "device", "cryptography": "device",
             "ai_edge_litert": "device", "picamera2": "pi", "tensorrt": "jetson", "scipy": "device",
-            "motmetrics": "dev"}
+            "motmetrics": "dev", "psycopg": "cloud", "boto3": "cloud", "botocore": "cloud"}
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:

@@ -1,12 +1,105 @@
-"""``edge-seg fleet ...``: the cloud side's fleet commands (registered through the ``edge_seg.commands`` entry
-points). ``rollout``, ``simulate`` and ``bench`` are declared in ``edge_seg.cli.fleet_rollout``."""
+"""``edge-seg fleet ...``: queries and actions on a fleet through the consumer's store.
+
+Registered through the ``edge_seg.commands`` entry points (setup.cfg). ``status`` (devices, last
+seen, model, FPS, drift, degraded camera, outbox depth, gaps) and ``export-coco`` (the labelling
+queue as COCO for the converters). Each subcommand group is one ``add(actions)`` function; ``register``
+calls every one in ``SUBCOMMANDS``, so adding some (e.g. ``fleet_rollout.register``) is one line there.
+``store_args(p)`` gives a subcommand the ``--out`` / ``--db`` / ``--objects``
+options that pick the store (``edge_seg.cloud.store_base``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from pathlib import Path
 
-def register(sub) -> None:
-    from edge_seg.cli import fleet_rollout
+from edge_seg.cli import fleet_rollout
+from edge_seg.errors import StoreError
 
-    p = sub.add_parser("fleet", help="cloud side: staged model rollouts, a fleet simulator, a fleet benchmark")
-    fsub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
-    fleet_rollout.register(fsub)
+
+def store_args(p: argparse.ArgumentParser, objects: bool = True) -> None:
+    """``--out DIR`` (SQLite + folder) or ``--db postgresql://…`` [``--objects s3://…``]."""
+    p.add_argument("--out", "-o", type=Path, default=None, help="the consumer's SQLite + folder output directory")
+    p.add_argument("--db", default=None, metavar="URL", help="the fleet's PostgreSQL: postgresql://user@host/dbname")
+    if objects:
+        p.add_argument("--objects", default=None, metavar="s3://BUCKET/PREFIX",
+                       help="with --db: the object storage of masks and crops (AWS_ENDPOINT_URL, keys from env)")
+
+
+def store_of(args: argparse.Namespace) -> dict:
+    """``out_dir`` / ``db`` / ``objects`` keyword arguments from ``store_args`` options (exactly one store)."""
+    if (args.out is None) == (args.db is None):
+        raise StoreError("give either --out DIR (SQLite + folder) or --db postgresql://…")
+    found = {"out_dir": args.out, "db": args.db}
+    if getattr(args, "objects", None) is not None:
+        found["objects"] = args.objects
+    return found
+
+
+def _age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0.0, now - ts)
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.fleet import fleet_status
+
+    kwargs = store_of(args)
+    kwargs.pop("objects", None)
+    states = fleet_status(**kwargs)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in states], indent=1))
+        return 0
+    now = time.time()
+    rows = [("DEVICE", "ONLINE", "LAST SEEN", "MODEL", "FPS", "DRIFT", "OUTBOX", "GAPS", "DEGRADED")]
+    for s in states:
+        rows.append((s.device, {True: "yes", False: "no"}.get(s.online, "?"), _age(s.last_seen, now), s.model or "-",
+                     "-" if s.fps is None else f"{s.fps:.1f}", "-" if s.drift is None else f"{s.drift:.3f}",
+                     "-" if s.outbox_depth is None else str(s.outbox_depth), str(s.gaps), s.degraded or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+    degraded = sum(1 for s in states if s.degraded)
+    online = sum(1 for s in states if s.online)
+    print(f"{len(states)} devices, {online} online, {degraded} degraded")
+    return 0
+
+
+def cmd_export_coco(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.fleet import export_coco
+
+    data = export_coco(args.dest, **store_of(args))
+    print(f"{args.dest / 'annotations.json'}: {len(data['images'])} crops, {len(data['annotations'])} "
+          f"pre-annotations, {len(data['categories'])} categories (images in {args.dest / 'images'})")
+    return 0
+
+
+def add_status(actions) -> None:
+    p = actions.add_parser("status", help="devices: last seen, model, FPS, drift, degraded cameras, outbox, gaps")
+    store_args(p, objects=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_status)
+
+
+def add_export_coco(actions) -> None:
+    p = actions.add_parser("export-coco", help="the labelling queue (uncertain crops + pre-annotations) as COCO")
+    store_args(p)
+    p.add_argument("dest", type=Path, metavar="DEST", help="writes DEST/annotations.json and DEST/images/")
+    p.set_defaults(func=cmd_export_coco)
+
+
+SUBCOMMANDS = [add_status, add_export_coco, fleet_rollout.register]  # rollout, simulate, bench
+
+
+def register(sub) -> argparse._SubParsersAction:
+    """Add ``edge-seg fleet`` and its subcommands; the subcommands' action object (to add more)."""
+    p = sub.add_parser("fleet", help="fleet queries and actions on the consumer's store")
+    actions = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    for add in SUBCOMMANDS:
+        add(actions)
+    return actions

@@ -16,13 +16,18 @@ import sys
 import threading
 from pathlib import Path
 
-DEFAULT_DB = "fleet.sqlite"
-
-
 def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                    help="mqtt[s]://[user@]host:port (password: EDGE_SEG_MQTT_PASSWORD; default mqtt://127.0.0.1:1883)")
     p.add_argument("--prefix", default="edge_seg", help="topic prefix (default edge_seg)")
+
+
+def _state(args: argparse.Namespace):
+    from edge_seg.cli.fleet import store_of
+    from edge_seg.cloud.rollout_state import open_state
+
+    where = store_of(args)
+    return open_state(where.get("out_dir"), db=where.get("db"))
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -38,7 +43,6 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from edge_seg.cloud.consumer import parse_broker_url
     from edge_seg.cloud.rollout import RolloutRunner
     from edge_seg.cloud.rollout_plan import Plan, Signer, parse_duration, parse_select
-    from edge_seg.cloud.rollout_state import open_state
     from edge_seg.cloud.rollout_watch import FleetWatch
 
     plan = Plan(waves=args.waves, select=parse_select(args.select), max_fps_drop=args.max_fps_drop,
@@ -47,7 +51,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 discover_s=parse_duration(args.discover), wait_s=parse_duration(args.wait),
                 allow_downgrade=args.allow_downgrade)
     signer = Signer(args.signing_key)
-    state = open_state(args.db)
+    state = _state(args)
     existing = state.unfinished(args.url, args.sha256.lower())
     watch = FleetWatch(parse_broker_url(args.broker), args.prefix, session=existing.id if existing else None)
     try:
@@ -69,9 +73,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def _rollout_status(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from edge_seg.cloud.rollout_state import open_state
-
-    state = open_state(args.db)
+    state = _state(args)
     try:
         if args.rollout_id is None:
             rows = [{"id": r.id, "state": r.state, "wave": r.wave, "waves": len(r.devices), "url": r.url,
@@ -134,6 +136,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def register(fsub) -> None:
+    from edge_seg.cli.fleet import store_args  # loaded: fleet.register is what calls this
     p = fsub.add_parser("rollout", help="signed update_model wave by wave, halted and rolled back on a health "
                                         "regression; 'fleet rollout status [ID]' shows rollouts")
     p.add_argument("url", metavar="BUNDLE_URL", help="http(s) URL of the signed bundle (or 'status')")
@@ -155,8 +158,7 @@ def register(fsub) -> None:
     p.add_argument("--discover", default="3s", help="time to read the devices' retained statuses (default 3s)")
     p.add_argument("--wait", default="120s", help="update_model's wait_s on the device (default 120s)")
     p.add_argument("--allow-downgrade", action="store_true", help="let devices install an older version")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"rollout state: SQLite file, a consumer's out dir or "
-                   f"postgresql://… (default {DEFAULT_DB})")
+    store_args(p, objects=False)  # the rollout tables live in the consumer's store
     p.add_argument("--json", action="store_true", help="with 'status': print JSON")
     _broker_args(p)
     p.set_defaults(func=cmd_rollout)

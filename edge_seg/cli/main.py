@@ -180,7 +180,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in (("topic_prefix", args.prefix), ("client_id", args.client_id),
                                  ("password_file", args.password_file), ("tls_ca", args.ca),
-                                 ("tls_cert", args.cert), ("tls_key", args.key)) if v is not None}
+                                 ("tls_cert", args.cert), ("tls_key", args.key), ("db", args.db),
+                                 ("objects", args.objects)) if v is not None}
+    if args.migrate:
+        options["migrate"] = True
     stats = run_consumer(args.broker, args.out, share=args.share, duration=args.duration,
                          progress=not args.quiet, **options)
     print("consumer: " + ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, (int, float))))
@@ -294,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consume", help="cloud side: receive, dedupe and store masks, crops and status from MQTT")
     p.add_argument("--broker", required=True, help="mqtt[s]://[user@]host:port (password: EDGE_SEG_MQTT_PASSWORD)")
-    p.add_argument("--out", "-o", type=Path, required=True, help="where to store masks, crops and the database")
+    p.add_argument("--out", "-o", type=Path, default=None, help="store into SQLite + this folder (one host)")
+    p.add_argument("--db", default=None, metavar="URL", help="store rows into PostgreSQL instead: "
+                   "postgresql://user@host:5432/dbname (password: PGPASSWORD or ~/.pgpass); needs --objects")
+    p.add_argument("--objects", default=None, metavar="s3://BUCKET/PREFIX", help="with --db: masks and crops "
+                   "into S3-compatible object storage (endpoint and keys: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                   "AWS_SECRET_ACCESS_KEY or the AWS config files)")
+    p.add_argument("--migrate", action="store_true", help="with --db: create or upgrade the database schema first")
     p.add_argument("--share", default=None, metavar="GROUP", help="MQTT 5 shared subscription group: N consumers "
                    "with the same GROUP split the stream")
     p.add_argument("--prefix", default=None, help="topic prefix (default edge_seg)")

@@ -54,8 +54,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_seg.cloud.dead_letters import iter_dead_letters, reason_of
-from edge_seg.cloud.store import Store, StoredMask, iter_masks, kind_of
-from edge_seg.errors import EdgeSegError
+from edge_seg.cloud.records import kind_of
+from edge_seg.cloud.store import StoredMask, iter_masks
+from edge_seg.cloud.store_base import open_store
+from edge_seg.errors import EdgeSegError, StoreUnavailableError
 from edge_seg.publish.messages import MessageError
 from edge_seg.publish.messages import decode as decode_message
 from edge_seg.publish.payload_masks import check_limits
@@ -116,19 +118,20 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
 class Consumer:
     """Subscribe, decode, dedupe and store devices' messages into ``out_dir`` (see the module docstring)."""
 
-    def __init__(self, broker_url: str, out_dir: str | os.PathLike, *, share: str | None = None,
+    def __init__(self, broker_url: str, out_dir: str | os.PathLike | None, *, share: str | None = None,
                  topic_prefix: str = "edge_seg", client_id: str | None = None, username: str | None = None,
                  password: str | None = None, password_file: str | os.PathLike | None = None,
                  tls_ca: str | os.PathLike | None = None, tls_cert: str | os.PathLike | None = None,
                  tls_key: str | os.PathLike | None = None, tls_insecure: bool = False, progress: bool = False,
-                 progress_interval: float = PROGRESS_INTERVAL_S, keepalive: int = 30):
+                 progress_interval: float = PROGRESS_INTERVAL_S, keepalive: int = 30, db: str | None = None,
+                 objects: str | None = None, migrate: bool = False):
         if share is not None and (not share or any(c in share for c in "/+#")):
             raise EdgeSegError(f"share group {share!r} must be a non-empty name without '/', '+' or '#'")
         if any(c in topic_prefix for c in "+#") or not topic_prefix:
             raise EdgeSegError("topic prefix must be non-empty and without '+' or '#'")
         self.address = parse_broker_url(broker_url, username=username, password=password,
                                         password_file=password_file)
-        self.out_dir = Path(out_dir)
+        self.out_dir = None if out_dir is None else Path(out_dir)
         self.share = share
         self.prefix = topic_prefix.rstrip("/")
         self.progress = progress
@@ -141,7 +144,8 @@ class Consumer:
                        "dead_letters_total": 0, "connects": 0, "by_kind": dict.fromkeys(KINDS, 0)}
         self._last_error: str | None = None
         self._connected = False
-        self.store = Store(self.out_dir)
+        self._fatal: str | None = None  # the store went away: acknowledge nothing more, stop, exit non-zero
+        self.store = open_store(self.out_dir, db=db, objects=objects, migrate=migrate)
         self._stats["dead_letters_total"] = self.store.dead_letters.total()
         persistent = client_id is not None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
@@ -207,6 +211,8 @@ class Consumer:
         content_type = getattr(message.properties, "ContentType", None) if message.properties else None
         started = time.monotonic()
         with self._lock:
+            if self._fatal is not None:
+                return  # not acknowledged: the broker redelivers it when the consumer is back
             self._stats["received"] += 1
             try:
                 msg = decode_message(message.payload, content_type)
@@ -217,6 +223,9 @@ class Consumer:
                 if stored:
                     self._stats["by_kind"][kind_of(msg)] += 1
                 ack = True
+            except StoreUnavailableError as err:
+                self._give_up(str(err))
+                return
             except MessageError as err:
                 self._stats["bad"] += 1
                 ack = self._dead_letter(message, content_type, str(err), "bad payload")
@@ -236,6 +245,9 @@ class Consumer:
         try:
             self._stats["dead_letters_total"] = self.store.dead_letters.add(message.topic, message.payload,
                                                                             reason, content_type)
+        except StoreUnavailableError as err:
+            self._give_up(str(err))
+            return False
         except Exception as err:  # noqa: BLE001 - the database itself is failing (disk full, locked)
             log.error("%s from %s (%s) and cannot park it in the dead letters: %s; not acknowledged, the broker "
                       "redelivers it on the next connection", what, topic, reason, reason_of(err))
@@ -244,11 +256,22 @@ class Consumer:
         log.warning("%s from %s (%d bytes): %s; kept in the dead letters", what, topic, len(message.payload), reason)
         return True
 
+    def _give_up(self, reason: str) -> None:
+        """The store went away: acknowledge nothing more and stop; ``run`` raises ``StoreUnavailableError``."""
+        if self._fatal is None:
+            self._fatal = reason
+            log.error("%s; not acknowledged, stopping (the broker redelivers what was not stored)", reason)
+        self._stop.set()
+
     def _flush(self) -> None:
+        if self._fatal is not None:
+            return
         try:
             self.store.flush()  # at most once a second; run() also flushes when idle
-        except Exception as err:  # noqa: BLE001 - the message is stored: the files are rewritten at the next flush
-            self._report(f"cannot write annotations.json / devices.json in {self.out_dir}: {reason_of(err)}")
+        except StoreUnavailableError as err:
+            self._give_up(str(err))
+        except Exception as err:  # noqa: BLE001 - the message is stored: the summary is rewritten at the next flush
+            self._report(f"cannot update the summary of {self.store.describe()}: {reason_of(err)}")
 
     def _check_topic(self, topic: str, msg) -> None:
         rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
@@ -284,6 +307,9 @@ class Consumer:
             self.close()
         if self.progress:
             print(self.summary_line(), flush=True)
+        if self._fatal is not None:
+            raise StoreUnavailableError(f"{self._fatal}: exiting so the service manager restarts the consumer "
+                                        "(nothing unstored was acknowledged)")
         return self.stats
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
 """A fleet rollout's state, persisted so a crashed ``edge-seg fleet rollout`` resumes where it stopped.
 
-Two tables, in any DB-API database whose SQL both SQLite and PostgreSQL understand (the
-``rollouts`` and ``rollout_devices`` tables; ``?`` placeholders become ``%s`` for psycopg):
+Two tables in the consumer's store, SQLite (``consumer.sqlite`` of ``--out DIR``) or PostgreSQL (``--db``),
+in SQL both understand (created if missing; ``?`` placeholders become ``%s`` for psycopg):
 
 * ``rollouts``: one row per rollout: bundle URL and sha256, the plan (waves, selection,
   thresholds, soak, timeouts) and the selected devices in wave order (JSON), ``state`` (running,
@@ -144,22 +144,23 @@ class RolloutState:
         self.db.close()
 
 
-def open_state(target: str | os.PathLike) -> RolloutState:
-    """The rollout state in a SQLite file (created if missing) or a ``postgresql://`` database (psycopg 3)."""
-    text = os.fspath(target)
-    if text.startswith(("postgresql://", "postgres://")):
-        try:
-            import psycopg
-        except ImportError:
-            raise InputError("a postgresql:// rollout database needs psycopg: pip install 'edge-seg[cloud]'") from None
-        return RolloutState(psycopg.connect(text), placeholder="%s")
-    path = Path(text)
-    if path.is_dir():
-        path = path / "consumer.sqlite"  # a consumer's out dir: the rollout tables live beside its messages
+def open_state(out_dir: str | os.PathLike | None = None, *, db: str | None = None) -> RolloutState:
+    """The rollout tables beside a consumer's messages: in ``out_dir``'s ``consumer.sqlite`` (SQLite + folder
+    store; created if missing) or in the ``db`` PostgreSQL database (the fleet store, already migrated)."""
+    if db is not None:
+        from edge_seg.cloud.pg import connect
+        from edge_seg.cloud.store_base import is_postgres
+
+        if not is_postgres(db):
+            raise InputError("--db must be a PostgreSQL URL: postgresql://user@host:5432/dbname")
+        return RolloutState(connect(db, application="edge-seg fleet rollout"), placeholder="%s")
+    if out_dir is None:
+        raise InputError("say where the rollout state lives: --out DIR (the consumer's) or --db postgresql://…")
+    path = Path(out_dir) / "consumer.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, isolation_level="DEFERRED")
-    db.execute("PRAGMA journal_mode=WAL")
-    return RolloutState(db)
+    con = sqlite3.connect(path, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    return RolloutState(con)
 
 
 __all__ = ["DEVICE_STATES", "Rollout", "RolloutState", "open_state"]

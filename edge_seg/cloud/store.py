@@ -35,32 +35,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 from edge_seg.cloud.dead_letters import DeadLetters
 from edge_seg.cloud.events import EVENTS_SQL, insert_event
 from edge_seg.cloud.gaps import GapCounter
+from edge_seg.cloud.records import (
+    coco_dataset,
+    coco_rows,
+    crop_file_name,
+    instance_id_map,  # noqa: F401 - re-exported (tests, other programs)
+    kind_of,
+    mask_png,
+    message_record,
+    track_device,
+    track_rows,
+)
 from edge_seg.errors import InputError
-from edge_seg.maskio import palette_png, read_palette_png
+from edge_seg.maskio import read_palette_png
 from edge_seg.publish.messages import (
-    CommandResultMessage,
     CropMessage,
     EventMessage,
     InstanceCropMessage,
     InstancesMessage,
     MaskMessage,
     Message,
-    MetricsMessage,
-    StatusMessage,
-    ZoneStateMessage,
 )
-from edge_seg.publish.payload_masks import check_limits, class_map_from_mask, instance_boxes
+from edge_seg.publish.payload_masks import check_limits
 
 FLUSH_INTERVAL_S = 1.0
-_GREY = [(i, i, i) for i in range(256)]
-# instance id k -> a distinct colour (0 = none, black)
-_INSTANCE_COLOURS = [(0, 0, 0)] + [tuple(int(v) for v in np.random.default_rng(k).integers(60, 256, 3))
-                                   for k in range(1, 256)]
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS messages (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL,
     seq INTEGER NOT NULL, ts REAL NOT NULL, received REAL NOT NULL, path TEXT, frame_seq INTEGER);
@@ -72,59 +74,6 @@ CREATE TABLE IF NOT EXISTS instance_tracks (msg_id TEXT NOT NULL, device TEXT NO
     x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS instance_tracks_track ON instance_tracks (device, track_id, ts);
 """
-
-
-def kind_of(msg: Message) -> str:
-    """The topic suffix a message belongs on: mask, crop, status, metrics or cmd/result."""
-    return {MaskMessage: "mask", InstancesMessage: "mask", CropMessage: "crop", InstanceCropMessage: "crop",
-            StatusMessage: "status", MetricsMessage: "metrics", CommandResultMessage: "cmd/result",
-            EventMessage: "event", ZoneStateMessage: "zone_state"}[type(msg)]
-
-
-def crop_file_name(device: str, seq: int, msg_id: str) -> str:
-    """``images/{device}/{seq:09d}_{msg_id}.jpg``: one folder per device, so two devices never share a name.
-
-    A device name has no ``/`` and is never ``.`` or ``..`` (``DEVICE_PATTERN``); inside its folder the
-    first ``_`` ends the digits of ``seq``, so (seq, msg_id) reads back from the name: no two
-    messages map to one file. (Flat ``{device}_{seq}_{msg_id}`` did: ``cam`` seq 1 ``000000002_x``
-    and ``cam_000000001`` seq 2 ``x``.)
-    """
-    return f"images/{device}/{seq:09d}_{msg_id}.jpg"
-
-
-def instance_id_map(msg: InstancesMessage) -> np.ndarray:
-    """uint8 (H, W): 0 where no instance, k + 1 for the k-th instance (highest score wins; at most 255).
-
-    Each instance is decoded at its own box and pasted where no earlier (higher-score) one is: the
-    work follows the boxes, and the limits of ``payload_masks`` are checked before the first decode.
-    """
-    check_limits(msg)  # before the frame-size map is allocated
-    width, height = msg.frame_size
-    ids = np.zeros((height, width), np.uint8)
-    for k, box in enumerate(instance_boxes(msg)):
-        if box is not None:
-            (x, y), (h, w) = box.origin, box.mask.shape
-            region = ids[y:y + h, x:x + w]
-            region[box.mask & (region == 0)] = k + 1
-    return ids
-
-
-def _instance_annotations(msg: InstanceCropMessage) -> list[dict]:
-    """One COCO annotation per instance of an instance crop (its mask at crop size, counts already checked)."""
-    width, height = msg.mask_resolution
-    rles = [{"size": [height, width], "counts": item.counts.encode("ascii")} for item in msg.instances]
-    anns = []
-    for item, area, box in zip(msg.instances, coco_mask.area(rles), coco_mask.toBbox(rles)):
-        name = item.name or (msg.classes[item.class_id] if msg.classes and item.class_id < len(msg.classes)
-                             else f"class_{item.class_id}")
-        attributes = {"pre_annotation": True, "class_id": item.class_id, "score": item.score,
-                      "reasons": list(item.reasons)}
-        if item.runner_up is not None:
-            attributes["runner_up"] = item.runner_up.model_dump()
-        anns.append({"category_name": name, "segmentation": {"size": [height, width], "counts": item.counts},
-                     "area": int(area), "bbox": [float(v) for v in box], "iscrowd": 0, "score": item.score,
-                     "attributes": attributes})
-    return anns
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -188,6 +137,9 @@ class Store:
                               (device, kind, msg_id)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    def describe(self) -> str:
+        return str(self.out)
+
     def seen(self, msg_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone() is not None
 
@@ -200,16 +152,15 @@ class Store:
         now = time.time()
         path: Path | None = None
         coco: tuple[dict, list[dict]] | None = None
-        if isinstance(msg, MaskMessage):
-            path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}.png"
-            _write_atomic(path, palette_png(class_map_from_mask(msg), [tuple(c) for c in msg.palette] or _GREY))
-        elif isinstance(msg, InstancesMessage):
-            path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}_instances.png"
-            _write_atomic(path, palette_png(instance_id_map(msg), _INSTANCE_COLOURS))
+        if isinstance(msg, (MaskMessage, InstancesMessage)):
+            suffix = "_instances" if isinstance(msg, InstancesMessage) else ""
+            path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}{suffix}.png"
+            _write_atomic(path, mask_png(msg))
         elif isinstance(msg, (CropMessage, InstanceCropMessage)):
-            path = self.out / "labelling" / crop_file_name(msg.device, msg.seq, msg.msg_id)
+            name = crop_file_name(msg.device, msg.seq, msg.msg_id)
+            path = self.out / "labelling" / name
             _write_atomic(path, msg.jpeg)
-            coco = self._coco_rows(msg, path)
+            coco = coco_rows(msg, name)
         rel = None if path is None else path.relative_to(self.out).as_posix()
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -222,8 +173,7 @@ class Store:
                 return False
             if isinstance(msg, InstancesMessage):  # tracked instances: one row each (dwell time, counting)
                 self.db.executemany("INSERT INTO instance_tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                    [(msg.msg_id, msg.device, msg.frame_seq, msg.ts, item.track_id, item.class_id,
-                                      item.score, *item.bbox) for item in msg.instances if item.track_id is not None])
+                                    track_rows(msg))
             if isinstance(msg, EventMessage):
                 insert_event(self.db, msg)
             if coco is not None:
@@ -243,60 +193,21 @@ class Store:
             if self.db.in_transaction:  # a failed COMMIT may have rolled back already
                 self.db.execute("ROLLBACK")
             raise
-        exclude = {"rle": True, "png": True, "jpeg": True, "instances": {"__all__": {"counts"}}}
-        record = {"kind": kind, "received": round(now, 6), "path": rel,
-                  **msg.model_dump(mode="json", by_alias=True, exclude=exclude)}
+        record = {"kind": kind, "received": round(now, 6), "path": rel, **message_record(msg)}
         self._jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._jsonl.flush()
         self._track(msg, kind, now)
         return True
 
-    def _coco_rows(self, msg: CropMessage | InstanceCropMessage, path: Path) -> tuple[dict, list[dict]]:
-        width, height = msg.mask_resolution
-        image = {"file_name": path.relative_to(self.out / "labelling").as_posix(), "width": width,
-                 "height": height, "device": msg.device, "msg_id": msg.msg_id, "seq": msg.seq,
-                 "frame_seq": msg.frame_seq, "frame_bbox": list(msg.bbox), "frame_size": list(msg.frame_size),
-                 "score": msg.score, "ts": msg.ts, "model": msg.model.model_dump()}
-        if isinstance(msg, InstanceCropMessage):
-            image.update(kind="instance", reasons=list(msg.reasons))
-            return image, _instance_annotations(msg)
-        rles = [{"size": [height, width], "counts": item.counts.encode("ascii")} for item in msg.rle]
-        areas = coco_mask.area(rles)
-        boxes = coco_mask.toBbox(rles)
-        anns = []
-        for item, area, box in zip(msg.rle, areas, boxes):
-            name = item.name or (msg.classes[item.id] if msg.classes and item.id < len(msg.classes)
-                                 else f"class_{item.id}")
-            anns.append({"category_name": name, "segmentation": {"size": [height, width], "counts": item.counts},
-                         "area": int(area), "bbox": [float(v) for v in box], "iscrowd": 0,
-                         "attributes": {"pre_annotation": True, "class_id": item.id}})
-        return image, anns
-
     def _track(self, msg: Message, kind: str, now: float) -> None:
-        entry = self.devices.setdefault(msg.device, {"counts": {}})
-        entry["counts"][kind] = entry["counts"].get(kind, 0) + 1
-        entry["last_seen"] = round(now, 3)
         delta = self.gaps.observe(msg.device, kind, msg.seq, msg.msg_id)
-        if delta:
-            gaps = entry.setdefault("gaps", {})
-            gaps[kind] = gaps.get(kind, 0) + delta
-        if isinstance(msg, StatusMessage):
-            entry["status"] = msg.model_dump(mode="json", by_alias=True)
-            entry["status_received"] = round(now, 3)
+        track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, kind, now, delta)
         self._dirty_devices = True
 
     def coco(self) -> dict:
         """The COCO dataset of the labelling queue (ids: images and categories from SQLite)."""
-        categories = [{"id": i, "name": name, "supercategory": ""}
-                      for i, name in self.db.execute("SELECT id, name FROM categories ORDER BY id")]
-        images, annotations = [], []
-        for image_id, image, anns in self.db.execute("SELECT id, image, annotations FROM coco_images ORDER BY id"):
-            images.append({"id": image_id, **json.loads(image)})
-            for ann in json.loads(anns):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-        return {"info": {"description": "edge_seg uncertain crops with model pre-annotations",
-                         "version": "1.0"},
-                "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+        return coco_dataset(self.db.execute("SELECT id, name FROM categories ORDER BY id").fetchall(),
+                            self.db.execute("SELECT id, image, annotations FROM coco_images ORDER BY id"))
 
     def flush(self, force: bool = False) -> None:
         """Rewrite annotations.json / devices.json if they changed (at most once a second unless forced)."""
@@ -339,4 +250,4 @@ def iter_masks(out_dir: str | os.PathLike, device: str | None = None) -> Iterato
         yield StoredMask(dev, seq, msg_id, ts, out / path, frame_seq)
 
 
-__all__ = ["Store", "StoredMask", "crop_file_name", "iter_masks", "kind_of"]
+__all__ = ["Store", "StoredMask", "crop_file_name", "instance_id_map", "iter_masks", "kind_of"]

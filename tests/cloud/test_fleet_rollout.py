@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import signal
 
+import psycopg
 import pytest
 from fleet_helpers import device_states, rollout_args, run_cli, spawn_cli, start_fleet
 from mqtt_helpers import run_broker, wait_for
 
 from edge_seg.cloud.fleet_device import model_id
+from edge_seg.cloud.pg import connect
 from edge_seg.cloud.rollout_plan import parse_waves, selected, split_waves
 from edge_seg.errors import InputError
 
@@ -40,7 +42,7 @@ def test_rollout_halts_on_wave_two_rolls_it_back_and_resumes_after_kill_9_withou
     try:
         args = rollout_args(tmp_path, broker, URL, "--waves", "2,10,100%")
         first = spawn_cli(args, tmp_path / "rollout-1.log")
-        db = tmp_path / "fleet.sqlite"
+        db = tmp_path / "store" / "consumer.sqlite"
         # kill -9 in the middle of wave 2: once its commands are being sent, before its soak ends
         wait_for(lambda: any(w == 1 and s != "pending" for w, s in device_states(db).values()), 40,
                  what="wave 2 commands")
@@ -69,15 +71,19 @@ def test_rollout_halts_on_wave_two_rolls_it_back_and_resumes_after_kill_9_withou
         assert by_id[device].runs["rollback"] == 1 and by_id[device].model.version == "1.0.0", device
     untouched = [d for d in by_id.values() if d.device not in wave1 + wave2]
     assert len(untouched) == 40 and all(not d.command_ids and d.model.version == "1.0.0" for d in untouched)
-    status = run_cli([*args[:5], "status", summary["id"], "--db", str(tmp_path / "fleet.sqlite")])
+    status = run_cli([*args[:5], "status", summary["id"], "--out", str(tmp_path / "store")])
     assert "wave 1: 2 devices: 2 healthy" in status.stdout and "sim-0004: rolled_back: FPS dropped" in status.stdout
     assert "errors" not in stats and stats["frames"] > 0
 
 
-def test_healthy_rollout_updates_only_the_selected_devices_wave_by_wave(broker, tmp_path):
+def test_healthy_rollout_updates_only_the_selected_devices_wave_by_wave_with_state_in_postgres(
+        broker, tmp_path, pg_url):
+    connect(pg_url, migrate=True).close()  # what the first `consume --migrate` does
+    store = ["--db", pg_url]
     sim = start_fleet(broker, 6, labels={"site": ["north", "south"]})
     try:
-        done = run_cli(rollout_args(tmp_path, broker, URL, "--waves", "1,100%", "--select", "site=north"))
+        done = run_cli(rollout_args(tmp_path, broker, URL, "--waves", "1,100%", "--select", "site=north",
+                                    store=store))
     finally:
         sim.stop()
     assert done.returncode == 0, done.stderr
@@ -86,6 +92,9 @@ def test_healthy_rollout_updates_only_the_selected_devices_wave_by_wave(broker, 
         north = device.labels["site"] == "north"
         assert (device.model.version == "scenes-seg-2.0.0") is north, device.device
         assert bool(device.command_ids) is north
-    listing = run_cli([*rollout_args(tmp_path, broker, URL)[:5], "status", "--db", str(tmp_path / "fleet.sqlite")])
-    assert " done " in listing.stdout and "3 devices" in listing.stdout
+    listing = run_cli([*rollout_args(tmp_path, broker, URL)[:5], "status", *store])
+    assert " done " in listing.stdout and "3 devices" in listing.stdout, listing.stderr
+    with psycopg.connect(pg_url) as con:
+        rows = con.execute("SELECT wave, state FROM rollout_devices ORDER BY device").fetchall()
+    assert rows == [(0, "healthy"), (1, "healthy"), (1, "healthy")]
     assert model_id(sim.devices[0].model).startswith("scenes-seg-scenes-seg-2.0.0-abab")
