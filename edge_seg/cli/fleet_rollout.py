@@ -4,7 +4,8 @@
   a staged, health-gated, resumable update (``edge_seg.cloud.rollout``); exit status 1 when halted.
 * ``fleet rollout status [ID]``: the rollouts in the state database, or one rollout's devices.
 * ``fleet simulate --devices N --rate R``: simulated devices (``edge_seg.cloud.fleet_simulator``).
-* ``fleet bench --devices N``: consumer ingest figures on loopback (``edge_seg.cloud.fleet_bench``).
+* ``fleet bench --devices N [--db postgresql://… --objects s3://…]``: consumer ingest figures on loopback
+  (``edge_seg.cloud.fleet_bench``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.fleet_bench import BenchConfig, run_bench
+    from edge_seg.errors import InputError
+
+    try:
+        consumers = tuple(int(n) for n in args.consumers.split(","))
+    except ValueError:
+        raise InputError("--consumers is a list of counts, e.g. 1,2,4") from None
+    config = BenchConfig(devices=args.devices, rate=args.rate, duration_s=args.duration, consumers=consumers,
+                         drain_s=args.drain, broker=args.broker, db=args.db, objects=args.objects)
+    results = run_bench(config)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    cols = ("consumers", "offered_masks_s", "ingest_masks_s", "cpu_ms_per_mask", "latency_ms_p50", "latency_ms_p99",
+            "db_rows_s", "objects_s")
+    print("  ".join(cols))
+    for row in results:
+        print("  ".join(str(row[c]).rjust(len(c)) for c in cols))
+    return 0
+
+
 def register(fsub) -> None:
     from edge_seg.cli.fleet import store_args  # loaded: fleet.register is what calls this
     p = fsub.add_parser("rollout", help="signed update_model wave by wave, halted and rolled back on a health "
@@ -182,6 +205,18 @@ def register(fsub) -> None:
     p.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
     _broker_args(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = fsub.add_parser("bench", help="consumer ingest with 1, 2, 4 consumers of simulated devices (loopback)")
+    p.add_argument("--devices", type=int, default=200, help="simulated devices (default 200; try 500, 1000)")
+    p.add_argument("--rate", type=float, default=1.0, help="masks per second per device (default 1)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds the devices send per run (default 10)")
+    p.add_argument("--consumers", default="1,2,4", help="consumer counts, one run each (default 1,2,4)")
+    p.add_argument("--drain", type=float, default=20.0, help="seconds left to store the backlog (default 20)")
+    p.add_argument("--broker", default=None, help="a broker URL (default: a Mosquitto started on loopback)")
+    p.add_argument("--db", default=None, help="PostgreSQL URL (default: SQLite + folder in a temporary directory)")
+    p.add_argument("--objects", default=None, metavar="s3://BUCKET/PREFIX", help="with --db: object storage")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench)
 
 
 __all__ = ["register"]
