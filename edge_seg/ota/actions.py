@@ -141,11 +141,7 @@ def handle_update_model(args: dict) -> dict:
     if reloader is None:
         reply["reload"] = "hot reload is off: restart the service to use the new model"
         return reply
-    ticket = reloader.request("update_model")
-    outcome = ticket.wait(wait_s)
-    if outcome is not None and outcome.get("outcome") == "unchanged":  # the file watch got there first
-        outcome = next((o for o in reversed(reloader.outcomes)
-                        if o.get("id") == result.id and o.get("outcome") != "unchanged"), outcome)
+    outcome = _await_swap(reloader, "update_model", result.id, wait_s)
     if outcome is None:
         reply["reload"] = {"outcome": "pending", "note": f"not finished within {wait_s:g} s; see the status"}
         return reply
@@ -154,6 +150,15 @@ def handle_update_model(args: dict) -> dict:
                        f"{outcome.get('reason')}")
     reply["reload"] = outcome
     return reply
+
+
+def _await_swap(reloader, reason: str, model_id: str, wait_s: float) -> dict | None:
+    """Ask the loop to reload and wait for the outcome for ``model_id`` (None: not within ``wait_s``)."""
+    outcome = reloader.request(reason).wait(wait_s)
+    if outcome is not None and outcome.get("outcome") == "unchanged":  # the file watch got there first
+        outcome = next((o for o in reversed(reloader.outcomes)
+                        if o.get("id") == model_id and o.get("outcome") != "unchanged"), outcome)
+    return outcome
 
 
 def handle_rollback(args: dict) -> dict:
@@ -171,7 +176,7 @@ def handle_rollback(args: dict) -> dict:
     if service.reloader is None:
         reply["reload"] = "hot reload is off: restart the service to use the previous model"
         return reply
-    outcome = service.reloader.request("rollback").wait(float(args.get("wait_s", 120.0)))
+    outcome = _await_swap(service.reloader, "rollback", now, float(args.get("wait_s", 120.0)))
     reply["reload"] = outcome if outcome is not None else {"outcome": "pending", "note": "see the status"}
     return reply
 
