@@ -1,11 +1,11 @@
 """``edge-seg fleet ...``: queries and actions on a fleet through the consumer's store.
 
 Registered through the ``edge_seg.commands`` entry points (setup.cfg). ``status`` (devices, last
-seen, model, FPS, drift, degraded camera, outbox depth, gaps) and ``export-coco`` (the labelling
-queue as COCO for the converters). Each subcommand group is one ``add(actions)`` function; ``register``
-calls every one in ``SUBCOMMANDS``, so adding some (e.g. ``fleet_rollout.register``) is one line there.
-``store_args(p)`` gives a subcommand the ``--out`` / ``--db`` / ``--objects``
-options that pick the store (``edge_seg.cloud.store_base``).
+seen, model, FPS, drift, degraded camera, outbox depth, gaps), ``export-coco`` (the labelling queue
+as COCO for the converters) and ``bench-store`` (CPU per stored mask). Each subcommand group is one
+``add(actions)`` function; ``register`` calls every one in ``SUBCOMMANDS``, so adding some (e.g.
+``fleet_rollout.register``) is one line there. ``store_args(p)`` gives a subcommand the ``--out`` /
+``--db`` / ``--objects`` options that pick the store (``edge_seg.cloud.store_base``).
 """
 
 from __future__ import annotations
@@ -16,26 +16,7 @@ import time
 from pathlib import Path
 
 from edge_seg.cli import fleet_rollout
-from edge_seg.errors import StoreError
-
-
-def store_args(p: argparse.ArgumentParser, objects: bool = True) -> None:
-    """``--out DIR`` (SQLite + folder) or ``--db postgresql://…`` [``--objects s3://…``]."""
-    p.add_argument("--out", "-o", type=Path, default=None, help="the consumer's SQLite + folder output directory")
-    p.add_argument("--db", default=None, metavar="URL", help="the fleet's PostgreSQL: postgresql://user@host/dbname")
-    if objects:
-        p.add_argument("--objects", default=None, metavar="s3://BUCKET/PREFIX",
-                       help="with --db: the object storage of masks and crops (AWS_ENDPOINT_URL, keys from env)")
-
-
-def store_of(args: argparse.Namespace) -> dict:
-    """``out_dir`` / ``db`` / ``objects`` keyword arguments from ``store_args`` options (exactly one store)."""
-    if (args.out is None) == (args.db is None):
-        raise StoreError("give either --out DIR (SQLite + folder) or --db postgresql://…")
-    found = {"out_dir": args.out, "db": args.db}
-    if getattr(args, "objects", None) is not None:
-        found["objects"] = args.objects
-    return found
+from edge_seg.cli.store_options import store_args, store_of
 
 
 def _age(ts: float | None, now: float) -> str:
@@ -93,7 +74,37 @@ def add_export_coco(actions) -> None:
     p.set_defaults(func=cmd_export_coco)
 
 
-SUBCOMMANDS = [add_status, add_export_coco, fleet_rollout.register]  # rollout, simulate, bench
+def cmd_bench_store(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.store_base import open_store
+    from edge_seg.cloud.store_bench import bench_store
+
+    store = open_store(migrate=True, **store_of(args))
+    try:
+        result = bench_store(store, masks=args.masks, devices=args.devices, render=not args.no_render)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['store']}: {result['masks']} masks ({result['mean_payload_bytes']} B each), "
+              f"{result['cpu_ms_per_mask']:.3f} ms CPU per stored mask, {result['masks_per_s']:.0f} masks/s"
+              + (f"; PNG rendering off the ingest path {result['render_cpu_ms_per_mask']:.3f} ms CPU per mask, "
+                 f"{result['rendered_per_s']:.0f}/s" if "rendered" in result else ""))
+    return 0
+
+
+def add_bench_store(actions) -> None:
+    p = actions.add_parser("bench-store", help="CPU per stored mask of a store, MQTT left out (writes bench-N "
+                           "devices' masks: use a throw-away database / folder)")
+    store_args(p)
+    p.add_argument("--masks", type=int, default=2000, help="mask messages to store (default 2000)")
+    p.add_argument("--devices", type=int, default=10, help="devices they come from (default 10)")
+    p.add_argument("--no-render", action="store_true", help="PostgreSQL: skip rendering the PNGs afterwards")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench_store)
+
+
+SUBCOMMANDS = [add_status, add_export_coco, add_bench_store, fleet_rollout.register]  # + rollout, simulate, bench
 
 
 def register(sub) -> argparse._SubParsersAction:

@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+
 def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                    help="mqtt[s]://[user@]host:port (password: EDGE_SEG_MQTT_PASSWORD; default mqtt://127.0.0.1:1883)")
@@ -24,7 +25,7 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _state(args: argparse.Namespace):
-    from edge_seg.cli.fleet import store_of
+    from edge_seg.cli.store_options import store_of
     from edge_seg.cloud.rollout_state import open_state
 
     where = store_of(args)
@@ -159,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def register(fsub) -> None:
-    from edge_seg.cli.fleet import store_args  # loaded: fleet.register is what calls this
+    from edge_seg.cli.store_options import store_args
     p = fsub.add_parser("rollout", help="signed update_model wave by wave, halted and rolled back on a health "
                                         "regression; 'fleet rollout status [ID]' shows rollouts")
     p.add_argument("url", metavar="BUNDLE_URL", help="http(s) URL of the signed bundle (or 'status')")

@@ -6,7 +6,11 @@ With ``share="GROUP"`` the filters become ``$share/GROUP/...``: the broker hands
 each message to one member of the group, so N consumer processes split the stream. (Shared
 subscriptions get no retained messages: a shared consumer sees a device's status when it next
 changes.) Each message is decoded and validated (``edge_seg.publish.messages.decode``), checked
-against its topic, deduplicated by ``msg_id`` and stored (``edge_seg.cloud.store``). Before any pixel is decoded
+against its topic, deduplicated by ``msg_id`` and stored: into SQLite + ``out_dir`` (``edge_seg.cloud.store``) or,
+with ``db``/``objects``, PostgreSQL + S3 (``edge_seg.cloud.store_postgres``; ``edge_seg.cloud.store_base``
+picks). If the store goes away while running (``StoreUnavailableError``: connection lost, server down),
+the consumer acknowledges nothing more, stops, and ``run`` raises: ``edge-seg consume`` exits non-zero
+for its service manager to restart it; the broker redelivers what was not stored. Before any pixel is decoded
 its frame and pixel counts are checked against the limits of ``edge_seg.publish.payload_masks``
 (a dozen bytes of RLE can describe a 16384x16384 mask), so one message costs bounded time and memory.
 A payload that does not decode or passes a limit is counted as ``bad``; one that raises anything

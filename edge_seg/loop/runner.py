@@ -179,6 +179,14 @@ def _redactor(config: Config, segmenter: Segmenter):
     return redactor
 
 
+def _quality(metrics) -> dict:
+    """Drift against the model's baseline and mean uncertainty for the metrics message (``edge-seg fleet status``)."""
+    if metrics is None:
+        return {}
+    snap = metrics.snapshot()
+    return {"drift_js": snap["drift_js"], "mean_uncertainty": snap["mean_uncertainty"]}
+
+
 def _reload_active_service() -> dict:
     """The MQTT ``reload`` command: the running service looks at ``current`` again (raises the reason)."""
     from edge_seg.ota import actions as ota
@@ -201,7 +209,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
                                 degraded=lambda: degraded_of(built.pipeline.source),
-                                summary=lambda: {"loop": stats.snapshot()},
+                                summary=lambda: {"loop": stats.snapshot(), **_quality(built.metrics)},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
                                 rollback=ota.handle_rollback,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,

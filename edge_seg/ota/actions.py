@@ -182,5 +182,5 @@ def handle_rollback(args: dict) -> dict:
 
 
 __all__ = ["BundleError", "IntegrityError", "OtaError", "SignatureError", "active", "generate_keypair",
-           "handle_rollback", "handle_update_model", "install", "pack", "set_active", "status", "store_for", "trusted_keys", "update",
-           "verify_bundle"]
+           "handle_rollback", "handle_update_model", "install", "pack", "set_active", "status", "store_for",
+           "trusted_keys", "update", "verify_bundle"]

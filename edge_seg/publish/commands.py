@@ -79,7 +79,8 @@ from edge_seg.publish.schemas import RollbackArgs, UpdateModelArgs
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 1024
-PRIVILEGED = ("update_model", "rollback", "set_policy", "reload", "snapshot")  # need a signature unless commands.insecure
+# need a signature unless commands.insecure
+PRIVILEGED = ("update_model", "rollback", "set_policy", "reload", "snapshot")
 UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
 

@@ -1,7 +1,7 @@
 """Load acceptance: 200 simulated devices at 1 mask/s (+ a crop every 5 masks) into 3 consumers of one share
 group storing into PostgreSQL + SeaweedFS S3, with the broker restarted and one consumer killed -9 during the
-run: every message stored exactly once (a query per stream: seq 1..n, each once), every crop (and every mask PNG rendered so far) in the
-bucket (a listing), the store's gap count 0."""
+run: every message stored exactly once (a query per stream: seq 1..n, each once), every crop (and every mask
+PNG rendered so far) in the bucket (a listing), the store's gap count 0."""
 
 from __future__ import annotations
 

@@ -115,3 +115,14 @@ def test_two_consumers_in_a_share_group_store_each_message_exactly_once(broker, 
     assert pg_rows(pg_url, "SELECT count(*) FROM messages") == [(150,)]
     assert pg_rows(pg_url, "SELECT sum(highest - lowest + 1 - stored), sum(stored) FROM streams") == [(0, 150)]
     assert results[-1]["gaps"] == 0
+
+
+def test_bench_store_measures_cpu_per_mask_on_both_stores(tmp_path, pg_url, s3_url, capsys):
+    results = []
+    for args in (["--out", str(tmp_path / "out")], ["--db", pg_url, "--objects", s3_url]):
+        assert main(["fleet", "bench-store", *args, "--masks", "30", "--devices", "3", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    for result in results:
+        assert result["masks"] == 30 and 0 < result["cpu_ms_per_mask"] < 1000 and result["masks_per_s"] > 0
+    assert results[1]["rendered"] == 50  # 20 warm-up + 30 timed, all rendered to PNG objects afterwards
+    assert pg_rows(pg_url, "SELECT count(*), count(png_key) FROM masks") == [(50, 50)]

@@ -225,7 +225,7 @@ def test_real_loop_exports_every_timed_stage_and_an_end_to_end_total(tiny_models
     from conftest import write_manifest, write_scene_clip
 
     from edge_seg.config import parse_config
-    from edge_seg.loop.runner import build
+    from edge_seg.loop.runner import _quality, build
 
     clip = write_scene_clip(tmp_path / "clip.mp4", seed=5, frames=40)
     baseline = {"red": 0.25, "green": 0.25, "blue": 0.25, "dark": 0.25}
@@ -270,6 +270,8 @@ def test_real_loop_exports_every_timed_stage_and_an_end_to_end_total(tiny_models
     drift = value(m, "edge_seg_drift_js_distance")
     want = js_distance([m.rolling_distribution()[c] for c in baseline], list(baseline.values()))
     assert drift == pytest.approx(want, abs=1e-9) and drift > 0
+    # the MQTT metrics message carries the same drift (``edge-seg fleet status`` shows it)
+    assert _quality(m) == {"drift_js": pytest.approx(drift), "mean_uncertainty": value(m, "edge_seg_mean_uncertainty")}
 
 
 def test_a_failing_timing_listener_does_not_stop_the_loop(tiny_models):
