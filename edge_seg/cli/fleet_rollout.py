@@ -106,10 +106,24 @@ def _rollout_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from edge_seg.cloud.consumer import parse_broker_url
-    from edge_seg.cloud.fleet_simulator import SimConfig, Simulator
+    from edge_seg.cloud.fleet_simulator import MAX_PER_PROCESS, SimConfig, Simulator
     from edge_seg.publish.commands_signing import Verifier
+
+    if args.devices > MAX_PER_PROCESS:  # paho's select() loop: a few hundred clients per process
+        from edge_seg.cloud.fleet_procs import run_split
+
+        argv = sys.argv[sys.argv.index("fleet"):] if "fleet" in sys.argv else ["fleet", "simulate"]
+        print(json.dumps(run_split(argv, args.devices, _stop_on_signals())))
+        return 0
 
     verifier = None
     if args.require_signature:
@@ -121,12 +135,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(devices=args.devices, rate=args.rate, prefix=args.prefix, name=args.name,
                        status_interval=args.status_interval, crop_every=args.crop_every, fail_on=args.fail_health_on,
                        fail_devices=tuple(d for d in (args.fail_devices or "").split(",") if d),
-                       labels=labels, verifier=verifier, allowed_url_prefixes=tuple(args.allow_url or ["http://bundles.test/"]))
+                       labels=labels, verifier=verifier, first=args.first,
+                       allowed_url_prefixes=tuple(args.allow_url or ["http://bundles.test/"]))
     sim = Simulator(parse_broker_url(args.broker), config).start()
     print(f"fleet simulate: {args.devices} devices connected, {args.rate:g} masks/s each", file=sys.stderr, flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     while not stop.wait(min(args.report_every, args.duration or args.report_every)):
         stats = sim.stats()
         print(json.dumps({k: stats[k] for k in ("elapsed_s", "frames_per_s", "cpu_ms_per_frame", "cpu_cores")}),
@@ -203,6 +216,7 @@ def register(fsub) -> None:
     p.add_argument("--allow-url", action="append", default=None, metavar="PREFIX",
                    help="URL prefix update_model may name (ota.allowed_url_prefixes; default http://bundles.test/)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)  # a slice of a split fleet
     p.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
     _broker_args(p)
     p.set_defaults(func=cmd_simulate)

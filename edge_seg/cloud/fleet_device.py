@@ -107,6 +107,7 @@ class SimDevice:
                              extra={"labels": self.labels})
         client.will_set(f"{self.base}/status", will.payload, qos=1, retain=True)
         client.reconnect_delay_set(1, 5)
+        client.connect_timeout = 30.0  # a loaded host: a slow handshake is not a dead broker
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *a: self.connected.clear()

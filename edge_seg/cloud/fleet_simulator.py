@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 SCENES = 8
 FRAME = (1280, 720)
 MODEL_SIZE = (192, 108)
+CONNECT_BATCH = 50
+MAX_PER_PROCESS = 300
 DEFAULT_MODEL = ModelIdentity("scenes-seg", "1.0.0", "1" * 64)
 
 
@@ -89,13 +91,14 @@ class SimConfig:
     fail_drop: float = 0.5
     labels: dict = field(default_factory=dict)  # label -> list of values, assigned round-robin
     driver_threads: int = 2
+    first: int = 0  # index of the first device (a fleet split over processes)
     frame: tuple[int, int] = FRAME  # the camera frame size the masks describe (consumers render PNGs at it)
     verifier: Verifier | None = None  # None: commands run unsigned (insecure)
     allowed_url_prefixes: tuple[str, ...] = ("http://bundles.test/",)  # ota.allowed_url_prefixes of every device
 
 
-def device_ids(name: str, count: int) -> list[str]:
-    return [f"{name}-{i:04d}" for i in range(count)]
+def device_ids(name: str, count: int, first: int = 0) -> list[str]:
+    return [f"{name}-{i:04d}" for i in range(first, first + count)]
 
 
 class Simulator:
@@ -104,11 +107,14 @@ class Simulator:
     def __init__(self, broker, config: SimConfig):
         if config.devices < 1 or config.rate < 0:
             raise InputError("fleet simulate needs --devices ≥ 1 and --rate ≥ 0")
+        if config.devices > MAX_PER_PROCESS:
+            raise InputError(f"at most {MAX_PER_PROCESS} simulated devices per process (paho's select() handles "
+                             "1024 descriptors, 3 per client): edge-seg fleet simulate spreads more over processes")
         _raise_fd_limit(config.devices * 4 + 64)
         self.config, self.scenes = config, SceneCache(frame=config.frame)
         failing = set(config.fail_devices)
         self.devices: list[SimDevice] = []
-        for i, device in enumerate(device_ids(config.name, config.devices)):
+        for i, device in enumerate(device_ids(config.name, config.devices, config.first), start=config.first):
             labels = {k: values[i % len(values)] for k, values in config.labels.items() if values}
             fail_on = config.fail_on if (not failing or device in failing) else None
             health = Health(fps=round(10.0 + (i % 7) * 0.5, 2), confidence=round(0.75 + (i % 5) * 0.03, 4))
@@ -123,15 +129,18 @@ class Simulator:
         self._lock = threading.Lock()
         self._started = self._cpu0 = 0.0
 
-    def start(self, connect_timeout: float = 60.0) -> Simulator:
-        """Connect every device (waits until all are connected), then start the driver threads."""
-        self._started, self._cpu0 = time.monotonic(), time.process_time()
-        for device in self.devices:
-            device.connect()
+    def start(self, connect_timeout: float = 180.0) -> Simulator:
+        """Connect the devices, ``CONNECT_BATCH`` at a time (waits until all are), then start the driver threads."""
         deadline = time.monotonic() + connect_timeout
-        for device in self.devices:
-            if not device.connected.wait(max(0.0, deadline - time.monotonic())):
-                raise InputError(f"simulated device {device.device} could not connect to the broker: is it running?")
+        for first in range(0, len(self.devices), CONNECT_BATCH):  # a storm of N handshakes would time out
+            batch = self.devices[first:first + CONNECT_BATCH]
+            for device in batch:
+                device.connect()
+            for device in batch:
+                if not device.connected.wait(max(0.0, deadline - time.monotonic())):
+                    raise InputError(f"simulated device {device.device} could not connect to the broker within "
+                                     f"{connect_timeout:g} s: is it running?")
+        self._started, self._cpu0 = time.monotonic(), time.process_time()
         n = max(1, min(self.config.driver_threads, len(self.devices)))
         for k in range(n):
             thread = threading.Thread(target=self._drive, args=(self.devices[k::n],), name=f"fleet-sim-{k}",
@@ -211,4 +220,4 @@ def _raise_fd_limit(needed: int) -> None:
             log.warning("open file limit %d is low for this many devices (ulimit -n)", soft)
 
 
-__all__ = ["DEFAULT_MODEL", "SceneCache", "SimConfig", "Simulator", "device_ids"]
+__all__ = ["DEFAULT_MODEL", "MAX_PER_PROCESS", "SceneCache", "SimConfig", "Simulator", "device_ids"]
