@@ -206,6 +206,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
 
     m = segmenter.manifest
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
+                                labels=config.device.labels,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: built.pipeline.source.state,
                                 degraded=lambda: degraded_of(built.pipeline.source),

@@ -79,10 +79,11 @@ class Publisher:
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
                  update_model: Callable[[dict], dict] | None = None, rollback: Callable[[dict], dict] | None = None,
                  allowed_url_prefixes: Sequence[str] = (),
-                 zones: Sequence = (), zone_counts: bool = False, start: bool = True):
+                 zones: Sequence = (), zone_counts: bool = False, labels: dict[str, str] | None = None,
+                 start: bool = True):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
-        self.model, self.classes = model, tuple(classes)
+        self.model, self.classes, self.labels = model, tuple(classes), dict(labels or {})  # labels: status extra
         self._source_state, self._degraded, self._summary = source_state, degraded, summary
         self._started = time.monotonic()
         self.counts = {"frames": 0, "queued": 0, "queue_dropped": 0, "masks": 0, "crops": 0, "encode_errors": 0,
@@ -182,9 +183,10 @@ class Publisher:
             fps = (self.counts["frames"] - frames) / (now - at)
             self._fps = (self.counts["frames"], now, fps)
         state, degraded = self._hook(self._source_state), self._hook(self._degraded)
+        extra = {"nodelay": self.link.nodelay, **({"labels": self.labels} if self.labels else {})}
         return encode_status(device=self.device, seq=self.seqs.next("status"), online=online, model=self.model, fps=fps,
                              uptime_s=self.uptime(), source_state=state, outbox_depth=self.outbox.stats().depth,
-                             degraded=degraded, extra={"nodelay": self.link.nodelay})
+                             degraded=degraded, extra=extra)
 
     @staticmethod
     def _hook(hook: Callable[[], str | None] | None) -> str | None:

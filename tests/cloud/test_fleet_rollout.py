@@ -8,7 +8,7 @@ import signal
 import psycopg
 import pytest
 from fleet_helpers import device_states, rollout_args, run_cli, spawn_cli, start_fleet
-from mqtt_helpers import run_broker, wait_for
+from mqtt_helpers import Collector, publisher_factory, run_broker, wait_for
 
 from edge_seg.cloud.fleet_device import model_id
 from edge_seg.cloud.pg import connect
@@ -16,6 +16,7 @@ from edge_seg.cloud.rollout_plan import parse_waves, selected, split_waves
 from edge_seg.errors import InputError
 
 broker = pytest.fixture(run_broker, name="broker")
+make_publisher = pytest.fixture(publisher_factory, name="make_publisher")
 URL = "http://bundles.test/scenes-seg-2.0.0.tar"
 
 
@@ -33,6 +34,18 @@ def test_select_matches_device_patterns_models_and_status_labels():
     status = {"device": "cam-7", "model": {"name": "seg", "version": "1.0"}, "extra": {"labels": {"site": "north"}}}
     assert selected(status, {"device": "cam-*", "site": "north", "version": "1.0"})
     assert not selected(status, {"site": "south"}) and not selected(status, {"model": "other"})
+
+
+def test_a_devices_config_labels_are_in_its_status_for_select(broker, make_publisher):
+    from edge_seg.config import Config
+
+    labels = Config.model_validate({"device": {"labels": {"site": "north"}}}).device.labels
+    make_publisher(broker.url, hooks={"labels": labels})
+    watcher = Collector(broker.host, broker.port, "edge_seg/dev1/status")
+    status = json.loads(wait_for(lambda: watcher.on("status"), 10, what="status")[-1].payload)
+    watcher.close()
+    assert status["extra"]["labels"] == {"site": "north"}
+    assert selected(status, {"site": "north"}) and not selected(status, {"site": "south"})
 
 
 def test_rollout_halts_on_wave_two_rolls_it_back_and_resumes_after_kill_9_without_repeating_commands(
