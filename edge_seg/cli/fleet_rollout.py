@@ -226,7 +226,7 @@ def register(fsub) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="masks per second per device (default 1)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds the devices send per run (default 10)")
     p.add_argument("--consumers", default="1,2,4", help="consumer counts, one run each (default 1,2,4)")
-    p.add_argument("--drain", type=float, default=20.0, help="seconds left to store the backlog (default 20)")
+    p.add_argument("--drain", type=float, default=30.0, help="seconds left to store the backlog (default 30)")
     p.add_argument("--broker", default=None, help="a broker URL (default: a Mosquitto started on loopback)")
     p.add_argument("--db", default=None, help="PostgreSQL URL (default: SQLite + folder in a temporary directory)")
     p.add_argument("--objects", default=None, metavar="s3://BUCKET/PREFIX", help="with --db: object storage")

@@ -44,7 +44,7 @@ class BenchConfig:
     rate: float = 1.0
     duration_s: float = 10.0
     consumers: tuple[int, ...] = (1, 2, 4)
-    drain_s: float = 20.0
+    drain_s: float = 30.0
     crop_every: int = 5
     broker: str | None = None
     db: str | None = None  # postgresql://… (with objects); None: SQLite + folder in a temporary directory
@@ -196,7 +196,8 @@ def run_bench(config: BenchConfig, report=lambda line: print(line, file=sys.stde
         raise EdgeSegError("fleet bench: --db postgresql://… and --objects s3://… go together")
     with tempfile.TemporaryDirectory(prefix="edge-seg-fleet-bench-") as tmp:
         work = Path(config.work or tmp)
-        broker = None if config.broker else LocalBroker(work / "broker")
+        # a backlog must wait at the broker, not be dropped (Mosquitto queues 1000 per session by default)
+        broker = None if config.broker else LocalBroker(work / "broker", options=("max_queued_messages 1000000",))
         url = config.broker or broker.start()
         try:
             return [run_once(config, url, n, work, report) for n in config.consumers]
