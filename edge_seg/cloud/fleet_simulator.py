@@ -184,6 +184,16 @@ class Simulator:
                 self._counts["errors"] += 1
             log.warning("simulated device: %s", err)
 
+    def hold_network(self) -> None:
+        """Stop every device's network thread: messages queue in the clients, nobody reconnects (tests)."""
+        for device in self.devices:
+            device.client.loop_stop()
+
+    def release_network(self) -> None:
+        """Start the network threads again: the devices reconnect and send what queued."""
+        for device in self.devices:
+            device.client.loop_start()
+
     def stats(self) -> dict:
         """Frames sent, late frames, per-topic messages, commands, CPU ms per frame (this process)."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
