@@ -55,7 +55,18 @@ class PgServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
 
-    def start(self) -> PgServer:
+    def start(self, attempts: int = 3) -> PgServer:
+        """Start on ``port``; when another process took that port meanwhile, on a new free one."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except subprocess.CalledProcessError:
+                if attempt == attempts - 1 or "could not create" not in self.log()[-2000:]:
+                    raise RuntimeError(f"PostgreSQL did not start: {self.log()[-1500:]}") from None
+                self.port = free_port()
+        return self
+
+    def _start(self) -> PgServer:
         options = (f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c fsync=off "
                    "-c full_page_writes=off -c max_connections=200")  # synchronous_commit stays on: acks follow commits
         subprocess.run(_as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",

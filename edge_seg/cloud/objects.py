@@ -57,7 +57,8 @@ class ObjectStore:
         self.bucket, self.prefix = parse_objects_url(url)
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
                         max_pool_connections=POOL_THREADS * 2)
-        self.client = boto3.client("s3", config=config)
+        # a session of its own: boto3's default one keeps the first credentials it read for the whole process
+        self.client = boto3.session.Session().client("s3", config=config)
         self.endpoint = self.client.meta.endpoint_url
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()

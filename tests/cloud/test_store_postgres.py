@@ -84,6 +84,11 @@ def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_u
         for image in coco["images"]:
             assert (dest / "images" / image["file_name"]).read_bytes() == batch.crops[image["msg_id"]].jpeg
     assert statuses[0] == statuses[1]
+    assert main(["fleet", "status", "--db", pg_url]) == 0
+    table = capsys.readouterr().out.splitlines()
+    cam1_line = next(line for line in table if line.startswith("cam-1 "))
+    assert "scenes-seg 1.2.0" in cam1_line and "14.9" in cam1_line and "0.125" in cam1_line
+    assert cam1_line.endswith("source down since 12:00") and table[-1] == "3 devices, 1 online, 1 degraded"
     cam1 = next(s for s in statuses[1] if s["device"] == "cam-1")
     assert cam1 == {"device": "cam-1", "online": True, "model": "scenes-seg 1.2.0", "fps": 14.9, "drift": 0.125,
                     "degraded": "source down since 12:00", "outbox_depth": 2, "gaps": 0}

@@ -59,6 +59,8 @@ def test_bad_urls_and_credentials_are_one_line_errors(pg_server, pg_url, s3_url,
     broker = "mqtt://127.0.0.1:1"
     secret_url = pg_url.replace("edge@", "edge:hunter2@")
     cases = [
+        ([], "say where to store: --out DIR"),
+        (["--objects", s3_url], "--objects s3://… goes with --db"),
         (["--db", "mysql://h/db", "--objects", s3_url], "--db must be a PostgreSQL URL"),
         (["--db", pg_url], "needs --objects s3://bucket/prefix"),
         (["--db", pg_url, "--objects", "http://bucket"], "objects URL must look like s3://bucket/prefix"),
@@ -73,6 +75,10 @@ def test_bad_urls_and_credentials_are_one_line_errors(pg_server, pg_url, s3_url,
         assert main(["consume", "--broker", broker, *args, "--migrate"]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err and "hunter2" not in err, (args, err)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    assert main(["consume", "--broker", broker, "--db", pg_url, "--objects", s3_url, "--migrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused the credentials" in err and "wrong-secret" not in err, err
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     assert main(["consume", "--broker", broker, "--db", pg_url, "--objects", s3_url, "--migrate"]) == 2
     err = capsys.readouterr().err
