@@ -33,8 +33,10 @@ def rollout_args(tmp_path: Path, broker, url: str, *extra: str, store: list[str]
             "--baseline", "1s", "--discover", "1s", "--command-timeout", "20s", *extra]
 
 
-def run_cli(args: list[str], timeout: float = 90, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: float = 90, python: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """``args`` (after ``sys.executable`` when ``python``) run to the end, output captured as text."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, *args] if python else args
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
