@@ -52,6 +52,7 @@ def test_rollout_halts_on_wave_two_rolls_it_back_and_resumes_after_kill_9_withou
         broker, tmp_path):
     # 50 devices; waves: 2 devices, then up to 10 (8 more), then all; two wave-2 devices fail health on the new model
     sim = start_fleet(broker, 50, fail_on="scenes-seg-2.0.0", fail_devices=("sim-0004", "sim-0007"))
+    first = None
     try:
         args = rollout_args(tmp_path, broker, URL, "--waves", "2,10,100%")
         first = spawn_cli(args, tmp_path / "rollout-1.log")
@@ -72,6 +73,9 @@ def test_rollout_halts_on_wave_two_rolls_it_back_and_resumes_after_kill_9_withou
         summary = json.loads(second.stdout)
         assert summary["state"] == "halted" and "sim-0004" in summary["message"] and "sim-0007" in summary["message"]
     finally:
+        if first is not None and first.poll() is None:
+            first.kill()  # a failed wait above: not left running
+            first.wait(10)
         stats = sim.stop()
     by_id = sim.by_id
     wave1, wave2 = ["sim-0000", "sim-0001"], [f"sim-{i:04d}" for i in range(2, 10)]
