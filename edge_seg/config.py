@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +40,10 @@ class ModelConfig(_Section):
     backend: str | None = Field(default=None, description="runtime; None: by model file suffix")
     num_threads: int | None = Field(default=None, ge=1, le=64)
     entropy: bool = False
+    norm: Literal["imagenet", "unit", "minus1to1", "raw"] | None = Field(
+        default=None, description="input normalisation preset over the manifest's (PyTorch models: imagenet)")
+    input_size: tuple[Annotated[int, Field(ge=1, le=16384)], Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        default=None, description="[width, height] of a model input with dynamic dims")
 
     @field_validator("backend")
     @classmethod
@@ -121,7 +125,8 @@ class TrackingConfig(_Section):
     low_match_iou: float = Field(default=0.5, gt=0, le=1, description="least IoU with a low-score detection")
     min_hits: int = Field(default=3, ge=1, le=1000, description="frames a track needs before it gives its id")
     max_age: int = Field(default=30, ge=0, le=100000, description="segmented frames a lost track is kept")
-    iou: Literal["box", "mask"] = Field(default="box", description="overlap of boxes, or of masks (slower)")
+    iou: Literal["box", "mask"] = Field(default="mask", description="overlap of masks (keeps crossing objects "
+                                        "apart), or of boxes (cheaper)")
     class_aware: bool = Field(default=False, description="match only instances of the track's class")
 
     @model_validator(mode="after")

@@ -22,9 +22,19 @@ from edge_seg.errors import ManifestError, field_path
 SCHEMA = "edge_seg.manifest/v1"
 Channel = Annotated[int, Field(ge=0, le=255)]  # one 8-bit colour channel of the palette
 MANIFEST_NAME = "manifest.json"
-OUTPUT_KINDS = ("logits", "probabilities", "sigmoid", "class_map", "yolo_seg")
+OUTPUT_KINDS = ("logits", "probabilities", "sigmoid", "class_map", "yolo_seg", "yolo_seg_end2end")
+INSTANCE_KINDS = ("yolo_seg", "yolo_seg_end2end")
 
 Dtype = Literal["float32", "uint8", "int8"]
+Layout = Literal["NHWC", "NCHW"]
+# ``--norm`` presets as (mean, std) on 0..255 pixels: real = (pixel - mean) / std
+NORM_PRESETS = {
+    "imagenet": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),  # torchvision / PyTorch models
+    "unit": ([0.0, 0.0, 0.0], [255.0, 255.0, 255.0]),  # [0, 1]: TF/Keras, Ultralytics, MediaPipe
+    "minus1to1": ([127.5, 127.5, 127.5], [127.5, 127.5, 127.5]),  # [-1, 1]: MobileNet-style TF models
+    "raw": ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]),  # 0..255 as they are
+}
+Norm = Literal["imagenet", "unit", "minus1to1", "raw"]
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -46,15 +56,24 @@ class InputSpec(_Strict):
 
     width: int = Field(gt=0)
     height: int = Field(gt=0)
-    layout: Literal["NHWC"] = "NHWC"
+    layout: Layout = "NHWC"  # NCHW: [1, 3, height, width] (PyTorch exports)
     color_order: Literal["rgb", "bgr"] = "rgb"
     dtype: Dtype = "float32"
     resize: Literal["stretch", "letterbox"] = "stretch"
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [255.0, 255.0, 255.0])
+    norm: Norm | None = None  # a preset that sets mean and std (NORM_PRESETS)
 
     @model_validator(mode="after")
     def _three_channels(self) -> "InputSpec":
+        if self.norm is not None:
+            mean, std = NORM_PRESETS[self.norm]
+            given = {k for k in ("mean", "std") if k in self.model_fields_set}
+            for key, preset in (("mean", mean), ("std", std)):
+                value = getattr(self, key)
+                if key in given and [float(v) for v in (value * 3 if len(value) == 1 else value)] != preset:
+                    raise ValueError(f"norm '{self.norm}' sets {key} {preset}, but {key} is {value}: keep one")
+            self.mean, self.std = list(mean), list(std)
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) not in (1, 3):
@@ -67,8 +86,12 @@ class InputSpec(_Strict):
 class OutputSpec(_Strict):
     """How to read the model's output tensor(s)."""
 
-    kind: Literal["logits", "probabilities", "sigmoid", "class_map", "yolo_seg"]
+    kind: Literal["logits", "probabilities", "sigmoid", "class_map", "yolo_seg", "yolo_seg_end2end"]
     tensors: list[str] = Field(default_factory=list)
+    # semantic kinds: which output is the mask when the model has several (name or index; None: ``tensors[0]``
+    # or the first), and its layout ([1, h, w, C] or [1, C, h, w]; None: the input's layout)
+    tensor: str | Annotated[int, Field(ge=0)] | None = None
+    layout: Layout | None = None
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     # yolo_seg only (``threshold`` is then the mask threshold); None: 0.25, 0.5, 100
     score_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
@@ -173,44 +196,72 @@ def check_file_hash(path: Path, expected: str | None) -> str:
 
 # --- validation against the loaded tensors -------------------------------------------------
 
+def input_axes(layout: str) -> tuple[int, int, int]:
+    """(height, width, channel) axes of a 4-D input tensor in ``layout``."""
+    return (2, 3, 1) if layout == "NCHW" else (1, 2, 3)
+
+
 def validate(manifest: Manifest, input_tensor, output_tensors: list) -> None:
     """Check the manifest against the model's real tensors (``TensorSpec`` values).
 
     Raises ``ManifestError`` with one line for the first disagreement found.
     """
     shape = tuple(input_tensor.shape)
-    if len(shape) != 4 or shape[3] != 3:
-        raise ManifestError(f"model input shape {list(shape)} is not [1, height, width, 3] (NHWC)")
     spec = manifest.input
-    if (shape[2], shape[1]) != (spec.width, spec.height):
-        raise ManifestError(f"manifest input is {spec.width}x{spec.height}, model input is {shape[2]}x{shape[1]}")
+    h_axis, w_axis, c_axis = input_axes(spec.layout)
+    if len(shape) != 4 or shape[c_axis] != 3:
+        want = "[1, 3, height, width] (NCHW)" if spec.layout == "NCHW" else "[1, height, width, 3] (NHWC)"
+        raise ManifestError(f"input tensor '{input_tensor.name}' {list(shape)} is not {want}: set input.layout "
+                            "to the model's (NHWC or NCHW)")
+    if (shape[w_axis], shape[h_axis]) != (spec.width, spec.height):
+        raise ManifestError(f"manifest input is {spec.width}x{spec.height}, model input is "
+                            f"{shape[w_axis]}x{shape[h_axis]}")
     if input_tensor.dtype_name != spec.dtype:
         raise ManifestError(f"manifest input dtype is {spec.dtype}, model input is {input_tensor.dtype_name}")
     out = manifest.output
-    if (out.kind == "yolo_seg") != (manifest.task == "instance"):
+    if (out.kind in INSTANCE_KINDS) != (manifest.task == "instance"):
         raise ManifestError(f"task '{manifest.task}' with output kind '{out.kind}': instance models use kind "
-                            "'yolo_seg' and only they do")
+                            "'yolo_seg' or 'yolo_seg_end2end' and only they do")
     names = [t.name for t in output_tensors]
-    for wanted in out.tensors:
+    for wanted in out.tensors + ([out.tensor] if isinstance(out.tensor, str) else []):
         if wanted not in names:
             raise ManifestError(f"manifest names output tensor '{wanted}'; the model outputs {', '.join(names)}")
-    if out.kind == "yolo_seg":
+    if isinstance(out.tensor, int) and out.tensor >= len(names):
+        raise ManifestError(f"output.tensor is {out.tensor}; the model has {len(names)} outputs "
+                            f"({', '.join(names)})")
+    if out.kind in INSTANCE_KINDS:
         _validate_yolo_seg(manifest, output_tensors)
         return
-    tensor = output_tensor(manifest, output_tensors)
+    _validate_semantic(manifest, output_tensor(manifest, output_tensors))
+
+
+def output_layout(manifest: Manifest) -> str:
+    """The layout of a semantic output: ``output.layout``, else the input's."""
+    return manifest.output.layout or manifest.input.layout
+
+
+def _validate_semantic(manifest: Manifest, tensor) -> None:
+    out = manifest.output
     oshape = tuple(tensor.shape)
+    nchw = output_layout(manifest) == "NCHW"
+    where = f"output tensor '{tensor.name}' {list(oshape)}"
     if out.kind == "class_map":
-        if len(oshape) not in (3, 4) or (len(oshape) == 4 and oshape[3] != 1):
-            raise ManifestError(f"a class_map output has shape [1, h, w] or [1, h, w, 1], got {list(oshape)}")
+        one = oshape[1] if nchw else oshape[-1]
+        if len(oshape) not in (3, 4) or (len(oshape) == 4 and one != 1):
+            want = "[1, 1, h, w]" if nchw else "[1, h, w, 1]"
+            raise ManifestError(f"{where}: a class_map output has shape [1, h, w] or {want} "
+                                "(set output.layout, or output.tensor to the class map)")
         return
     if len(oshape) != 4:
-        raise ManifestError(f"a {out.kind} output has shape [1, h, w, channels], got {list(oshape)}")
-    channels = oshape[3]
+        want = "[1, channels, h, w]" if nchw else "[1, h, w, channels]"
+        raise ManifestError(f"{where}: a {out.kind} output has shape {want}; set output.tensor to the mask output")
+    channels = oshape[1] if nchw else oshape[3]
+    hint = f" (output '{tensor.name}' {list(oshape)} read as NCHW: set output.layout if it is NHWC)" if nchw else ""
     if manifest.task == "binary":
         if channels != 1:
-            raise ManifestError(f"manifest says binary (1 output channel), model outputs {channels} channels")
+            raise ManifestError(f"manifest says binary (1 output channel), model outputs {channels} channels{hint}")
     elif channels != manifest.num_classes:
-        raise ManifestError(f"manifest says {manifest.num_classes} classes, model outputs {channels} channels")
+        raise ManifestError(f"manifest says {manifest.num_classes} classes, model outputs {channels} channels{hint}")
 
 
 def yolo_seg_tensors(manifest: Manifest, output_tensors: list) -> list:
@@ -231,119 +282,19 @@ def _validate_yolo_seg(manifest: Manifest, output_tensors: list) -> None:
         raise ManifestError(f"a yolo_seg manifest names 2 output tensors (detections, prototypes), "
                             f"got {len(tensors)}")
     try:
-        resolve_layout(tensors, manifest.num_classes)
+        resolve_layout(tensors, manifest.num_classes, end2end=manifest.output.kind == "yolo_seg_end2end")
     except ModelError as err:
         raise ManifestError(f"manifest says {manifest.num_classes} classes (yolo_seg): {err}") from None
 
 
 def output_tensor(manifest: Manifest, output_tensors: list):
-    """The output tensor the manifest describes (named, or the first)."""
+    """The output tensor the manifest describes: ``output.tensor`` (name or index), else named, else the first."""
+    pick = manifest.output.tensor
+    if isinstance(pick, int):
+        return output_tensors[pick]
+    if pick is not None:
+        return next(t for t in output_tensors if t.name == pick)
     if manifest.output.tensors:
         by_name = {t.name: t for t in output_tensors}
         return by_name[manifest.output.tensors[0]]
     return output_tensors[0]
-
-
-# --- a manifest inferred from the tensors, for a model that comes without one --------------
-
-def _quantised_pixel_mapping(tensor) -> tuple[list[float], list[float]]:
-    """mean/std that send pixels 0..255 onto the full quantised range of the input tensor."""
-    qmin = int(np.iinfo(tensor.dtype).min)
-    std = 1.0 / tensor.scale
-    mean = (tensor.zero_point - qmin) * 1.0
-    return [mean] * 3, [std] * 3
-
-
-def _probe_kind(backend, input_tensor, out_tensor) -> str:
-    """'probabilities'/'sigmoid' if a probe frame gives values in [0, 1] (summing to 1), else 'logits'."""
-    rng = np.random.default_rng(0)
-    info = np.iinfo(input_tensor.dtype) if input_tensor.dtype != np.float32 else None
-    if info is None:
-        probe = rng.random(input_tensor.shape, dtype=np.float32)
-    else:
-        probe = rng.integers(info.min, info.max, input_tensor.shape, endpoint=True).astype(input_tensor.dtype)
-    outputs = backend.infer(probe)
-    values = out_tensor.dequantize(outputs[[t.name for t in backend.output_specs].index(out_tensor.name)])
-    in_range = bool(values.min() >= -1e-3 and values.max() <= 1.0 + 1e-3)
-    if values.shape[-1] == 1:
-        return "sigmoid" if in_range else "logits"
-    sums_to_one = bool(np.allclose(values.sum(axis=-1), 1.0, atol=0.05))
-    return "probabilities" if in_range and sums_to_one else "logits"
-
-
-def infer_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
-    """A manifest guessed from a loaded backend's tensors, and the notice line that lists the guesses."""
-    tin = backend.input_spec
-    if len(tin.shape) != 4 or tin.shape[3] != 3:
-        raise ManifestError(f"{model_file.name}: input shape {list(tin.shape)} is not [1, height, width, 3] "
-                            "and it has no manifest")
-    if sorted(len(t.shape) for t in backend.output_specs) == [3, 4]:
-        return _infer_instance_manifest(model_file, backend)
-    tout = backend.output_specs[0]
-    if tout.dtype in (np.uint8, np.int8) and not tout.quantized or len(tout.shape) == 3:
-        kind, channels = "class_map", 0
-    else:
-        if len(tout.shape) != 4:
-            raise ManifestError(f"{model_file.name}: output shape {list(tout.shape)} is not [1, h, w, C] "
-                                "and it has no manifest")
-        channels = tout.shape[3]
-        kind = _probe_kind(backend, tin, tout)
-    if channels == 1:
-        task, classes = "binary", ["background", "foreground"]
-    else:
-        task = "semantic"
-        n = channels or 256
-        classes = [f"class_{i}" for i in range(n)]
-    if tin.quantized:
-        mean, std = _quantised_pixel_mapping(tin)
-    elif tin.dtype == np.float32:
-        mean, std = [0.0] * 3, [255.0] * 3
-    else:
-        mean, std = [0.0] * 3, [1.0] * 3
-    manifest = Manifest(
-        name=model_file.stem, task=task, classes=classes,
-        input=InputSpec(width=tin.shape[2], height=tin.shape[1], dtype=np.dtype(tin.dtype).name,
-                        mean=mean, std=std),
-        output=OutputSpec(kind=kind, tensors=[tout.name]),
-        files={"tflite" if model_file.suffix == ".tflite" else model_file.suffix.lstrip("."):
-               FileEntry(path=model_file.name)})
-    scale = "[0,1]" if tin.dtype == np.float32 else f"mean={mean[0]:g} std={std[0]:g}"
-    notice = (f"notice: {model_file.name} has no manifest; inferred: input {tin.shape[2]}x{tin.shape[1]} "
-              f"{np.dtype(tin.dtype).name} rgb stretch {scale}; output {kind} "
-              f"{'1 channel -> binary' if task == 'binary' else f'{len(classes)} classes -> semantic'}; "
-              f"names class_0..; run 'edge-seg manifest init {model_file.name}' to write and edit it")
-    return manifest, notice
-
-
-def _input_mapping(tin) -> tuple[list[float], list[float]]:
-    if tin.quantized:
-        return _quantised_pixel_mapping(tin)
-    if tin.dtype == np.float32:
-        return [0.0] * 3, [255.0] * 3
-    return [0.0] * 3, [1.0] * 3
-
-
-def _infer_instance_manifest(model_file: Path, backend) -> tuple[Manifest, str]:
-    """An instance (yolo_seg) manifest for a model with a 3-D and a 4-D output, roles from shapes."""
-    from edge_seg.errors import ModelError
-    from edge_seg.tensors import resolve_layout
-
-    tin = backend.input_spec
-    try:
-        layout = resolve_layout(backend.output_specs)
-    except ModelError as err:
-        raise ManifestError(f"{model_file.name}: {err} (and it has no manifest)") from None
-    mean, std = _input_mapping(tin)
-    det, proto = backend.output_specs[layout.detections], backend.output_specs[layout.prototypes]
-    manifest = Manifest(
-        name=model_file.stem, task="instance", classes=[f"class_{i}" for i in range(layout.num_classes)],
-        input=InputSpec(width=tin.shape[2], height=tin.shape[1], dtype=np.dtype(tin.dtype).name,
-                        resize="letterbox", mean=mean, std=std),
-        output=OutputSpec(kind="yolo_seg", tensors=[det.name, proto.name]),
-        files={"tflite" if model_file.suffix == ".tflite" else model_file.suffix.lstrip("."):
-               FileEntry(path=model_file.name)})
-    notice = (f"notice: {model_file.name} has no manifest; inferred from output shapes: instance model "
-              f"(yolo_seg), {det.name} = {layout.describe()}, {proto.name} = prototypes; input "
-              f"{tin.shape[2]}x{tin.shape[1]} {np.dtype(tin.dtype).name} rgb letterbox; names class_0..; "
-              f"run 'edge-seg manifest init {model_file.name}' to write and edit it")
-    return manifest, notice

@@ -1,8 +1,11 @@
-"""Frame → input tensor: resize (stretch or letterbox), colour order, normalise, quantise.
+"""Frame → input tensor: resize (stretch or letterbox), colour order, layout, normalise, quantise.
 
 Normalisation and input quantisation fold into one 256-entry lookup table per channel
 (``real = (pixel - mean) / std``, then ``q = round(real / scale + zero_point)``), applied with
-one ``cv2.LUT`` at model resolution; a table that is the identity is skipped.
+one ``cv2.LUT`` at model resolution; a table that is the identity is skipped. An NCHW input
+(PyTorch exports) is written in the same pass: each uint8 plane of the resized image goes through
+its channel's table straight into its plane of a preallocated [1, 3, H, W] buffer (the colour
+order is the choice of source plane), so there is no interleaved float image and no transpose.
 """
 
 from __future__ import annotations
@@ -74,17 +77,30 @@ def build_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray | None:
         table.astype(dtype).reshape(256, 1, 3)
 
 
+# NCHW batches handed out before one is written again: one being prepared, one waiting, one in inference, spare
+_RING = 4
+
+
 class Preprocessor:
     """Turns BGR frames into input tensors for one model; reuses its buffers."""
 
     def __init__(self, spec: InputSpec, tensor: TensorSpec):
-        if len(tensor.shape) != 4 or tensor.shape[0] != 1 or tensor.shape[3] != 3:
-            raise ModelError(f"model input shape {list(tensor.shape)} is not [1, height, width, 3] (NHWC)")
+        self.nchw = spec.layout == "NCHW"
+        shape = tuple(tensor.shape)
+        if len(shape) != 4 or shape[0] != 1 or shape[1 if self.nchw else 3] != 3:
+            want = "[1, 3, height, width] (NCHW)" if self.nchw else "[1, height, width, 3] (NHWC)"
+            raise ModelError(f"model input shape {list(shape)} is not {want}")
         self.spec = spec
         self.tensor = tensor
-        self.input_size = (tensor.shape[2], tensor.shape[1])
+        self.input_size = (shape[3], shape[2]) if self.nchw else (shape[2], shape[1])
         self._lut = build_lut(spec, tensor)
         self._dtype = np.dtype(tensor.dtype)
+        self._ring = [np.empty(shape, self._dtype) for _ in range(_RING)] if self.nchw else []
+        self._next = 0
+        # NCHW: per output channel, (source plane of the BGR image, its table as (256, 1) or None)
+        order = (2, 1, 0) if spec.color_order == "rgb" else (0, 1, 2)
+        self._planes = [(src, None if self._lut is None else np.ascontiguousarray(self._lut[:, :, c]))
+                        for c, src in enumerate(order)]
 
     def __call__(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
         """BGR uint8 frame (H, W, 3) → (batch of one in the tensor's dtype, Transform).
@@ -108,13 +124,29 @@ class Preprocessor:
         else:
             image = _resized(source, self.input_size)
             content = (0, 0, iw, ih)
+        transform = Transform(frame_size, self.input_size, content)
+        if self.nchw:
+            return self._nchw(image), transform
         if self.spec.color_order == "rgb":
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if self._lut is not None:
             image = cv2.LUT(image, self._lut)
             if self._dtype == np.int8:
                 image = image.view(np.int8)
-        return image[None, ...], Transform(frame_size, self.input_size, content)
+        return image[None, ...], transform
+
+    def _nchw(self, image: np.ndarray) -> np.ndarray:
+        """The BGR uint8 image at input size → the next ring buffer [1, 3, H, W], one table pass per plane."""
+        out = self._ring[self._next]
+        self._next = (self._next + 1) % _RING
+        planes = cv2.split(image)
+        for c, (src, table) in enumerate(self._planes):
+            dst = out[0, c].view(np.uint8) if self._dtype == np.int8 else out[0, c]
+            if table is None:
+                np.copyto(dst, planes[src])
+            else:
+                cv2.LUT(planes[src], table, dst=dst)
+        return out
 
 
 def _check_bgr(image: np.ndarray | None) -> None:

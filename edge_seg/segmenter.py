@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.backends.base import BackendOptions
-from edge_seg.manifest import OutputSpec, output_tensor, yolo_seg_tensors
+from edge_seg.manifest import OutputSpec, output_layout, output_tensor, yolo_seg_tensors
 from edge_seg.model import LoadedModel, load_model
 from edge_seg.postprocess.semantic import Decoded, SemanticDecoder, float_spec, probabilities
 from edge_seg.preprocess import Preprocessor, Transform
@@ -35,6 +35,8 @@ class SegmenterOptions:
     entropy: bool = False  # also compute per-pixel normalised entropy
     mean: list[float] | None = None  # override the input normalisation
     std: list[float] | None = None
+    norm: str | None = None  # a normalisation preset (imagenet, unit, minus1to1, raw); mean/std given win
+    input_size: tuple[int, int] | None = None  # (width, height) of an input with symbolic dims
     smoothing: object | None = None  # a config.SmoothingConfig to smooth over time (video); None: off
     margin: bool = False  # also compute per-pixel top-1 minus top-2 probability (``margin_map``)
     upsample: str = "bilinear"  # frame-size class map: "bilinear" probabilities (smooth edges) or "nearest" labels
@@ -96,7 +98,8 @@ def _instance_decoder(manifest, specs: list):
         tensors, manifest.num_classes, mask_threshold=out.threshold,
         score_threshold=out.score_threshold if out.score_threshold is not None else 0.25,
         iou_threshold=out.iou_threshold if out.iou_threshold is not None else 0.5,
-        max_detections=out.max_detections if out.max_detections is not None else 100)
+        max_detections=out.max_detections if out.max_detections is not None else 100,
+        end2end=out.kind == "yolo_seg_end2end")
     return decoder, [specs.index(t) for t in tensors]
 
 
@@ -133,8 +136,10 @@ class Segmenter:
         out = output_tensor(manifest, backend.output_specs)
         self.output_tensor = out
         self._out_index = backend.output_specs.index(out)
+        # a [1, C, h, w] output is read through a [1, h, w, C] view: planes stay contiguous, nothing is copied
+        self._nchw_out = output_layout(manifest) == "NCHW" and len(out.shape) == 4
         self._instance = None  # an InstanceDecoder for yolo_seg models; invoke() then returns a list of outputs
-        if manifest.output.kind == "yolo_seg":
+        if manifest.output.kind in ("yolo_seg", "yolo_seg_end2end"):
             self._instance, self._instance_indices = _instance_decoder(manifest, backend.output_specs)
             self._decode = self._smoother = self._probability_decoder = None
             if smoothing is not None:
@@ -154,7 +159,7 @@ class Segmenter:
     def create_from_options(cls, options: SegmenterOptions) -> "Segmenter":
         loaded = load_model(options.model, backend=options.backend,
                             options=BackendOptions(num_threads=options.num_threads),
-                            mean=options.mean, std=options.std)
+                            mean=options.mean, std=options.std, norm=options.norm, input_size=options.input_size)
         return cls(loaded, entropy=options.entropy, smoothing=options.smoothing, margin=options.margin,
                    upsample=options.upsample)
 
@@ -174,17 +179,21 @@ class Segmenter:
 
     def prepare(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
         """Preprocess a BGR uint8 frame into the model's input tensor (from ``lores``, the camera's
-        model-size copy of the same view, when given)."""
+        model-size copy of the same view, when given). An NCHW input comes from a ring of 4 reused
+        buffers: invoke it (or copy it) before 4 more frames are prepared."""
         return self._pre(frame, lores)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
         """Run the backend; the raw (possibly quantised) output tensor the manifest describes.
 
         For an instance (yolo_seg) model: the list of its raw output tensors (detections, prototypes).
+        An NCHW semantic output comes back as a [1, h, w, C] view of it (no copy).
         """
         outputs = self.loaded.backend.infer(batch)
         if self._instance is not None:
             return [outputs[i] for i in self._instance_indices]
+        if self._nchw_out:
+            return outputs[self._out_index].transpose(0, 2, 3, 1)
         return outputs[self._out_index]
 
     @property

@@ -52,8 +52,12 @@ class YoloSegLayout:
     transposed: bool  # detections are [1, N, 4+nc+nm]
     protos_nchw: bool  # prototypes are [1, nm, mh, mw]
     proto_size: tuple[int, int] = (0, 0)  # (mw, mh)
+    end2end: bool = False  # detections [1, max_det, 6+nm]: x1, y1, x2, y2, score, class, coefficients (NMS done)
 
     def describe(self) -> str:
+        if self.end2end:
+            return (f"end-to-end detections [1, {self.num_candidates}, 6+nm] with nm={self.num_masks}, "
+                    f"prototypes {'NCHW' if self.protos_nchw else 'NHWC'}")
         det = "[1, N, 4+nc+nm]" if self.transposed else "[1, 4+nc+nm, N]"
         proto = "NCHW" if self.protos_nchw else "NHWC"
         return (f"detections {det} with nc={self.num_classes} nm={self.num_masks} N={self.num_candidates}, "
@@ -71,12 +75,36 @@ def _proto_channels(shape: tuple[int, ...], num_masks: int | None) -> bool:
     return shape[1] < shape[3]
 
 
-def resolve_layout(tensors: list[TensorSpec], num_classes: int | None = None) -> YoloSegLayout:
+def looks_end2end(tensors: list[TensorSpec]) -> bool:
+    """True if a 3-D + 4-D pair reads as an end-to-end head: detections [1, K, 6+nm] with K <= 1000 rows."""
+    ranks = [len(t.shape) for t in tensors]
+    if sorted(ranks) != [3, 4]:
+        return False
+    det, proto = tensors[ranks.index(3)].shape, tensors[ranks.index(4)].shape
+    nm = min(proto[1], proto[3])
+    return det[2] == 6 + nm and det[1] <= 1000
+
+
+def _resolve_end2end(tensors: list[TensorSpec], det_i: int, proto_i: int, num_classes: int | None) -> YoloSegLayout:
+    det, proto = tuple(tensors[det_i].shape), tuple(tensors[proto_i].shape)
+    nchw = _proto_channels(proto, det[2] - 6 if det[2] - 6 in (proto[1], proto[3]) else None)
+    nm = proto[1] if nchw else proto[3]
+    if det[2] != 6 + nm:
+        raise ModelError(f"end-to-end detection tensor '{tensors[det_i].name}' {list(det)} is not "
+                         f"[1, max_det, 6 + {nm}] (x1, y1, x2, y2, score, class, {nm} mask coefficients); "
+                         "set output.kind to 'yolo_seg' if it is a classic head")
+    proto_size = (proto[3], proto[2]) if nchw else (proto[2], proto[1])
+    return YoloSegLayout(det_i, proto_i, num_classes or 0, nm, det[1], True, nchw, proto_size, end2end=True)
+
+
+def resolve_layout(tensors: list[TensorSpec], num_classes: int | None = None,
+                   end2end: bool = False) -> YoloSegLayout:
     """Find the detection (3-D) and prototype (4-D) tensors among ``tensors`` and their layouts.
 
     With ``num_classes`` (from a manifest) the channel axis of the detections is the one of
     size 4 + nc + nm; without it, the shorter axis (N is the number of candidates, usually
     thousands; the longer one if the shorter leaves no class channel) and nc = channels - 4 - nm.
+    ``end2end``: the detections are an end-to-end head's [1, max_det, 6 + nm] rows.
     """
     ranks = [len(t.shape) for t in tensors]
     if ranks.count(3) != 1 or ranks.count(4) != 1:
@@ -87,6 +115,8 @@ def resolve_layout(tensors: list[TensorSpec], num_classes: int | None = None) ->
     det, proto = tuple(tensors[det_i].shape), tuple(tensors[proto_i].shape)
     if det[0] != 1 or proto[0] != 1:
         raise ModelError(f"yolo_seg tensors must have batch 1, got {list(det)} and {list(proto)}")
+    if end2end:
+        return _resolve_end2end(tensors, det_i, proto_i, num_classes)
     if num_classes is not None:
         candidates = []
         for nchw in (False, True):

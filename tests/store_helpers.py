@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class Batch:
     sent: int = 0
     bad: int = 0
     duplicates: int = 0
+    snapshot: bytes = b""  # the zone event's JPEG snapshot
 
 
 def tracked_instances(msg_id: str, device: str, seq: int) -> bytes:
@@ -62,7 +64,9 @@ def send_batch(dev: Device) -> Batch:
                                            outbox_depth=2, degraded="source down since 12:00")))
     sends.append(("cam-1", m.encode_metrics(device="cam-1", seq=1, summary={"fps": 15, "drift_js": 0.125})))
     event = ZoneEvent("driveway", "disc", "enter", (7,), 12, 5.0, 0.25)
-    sends.append(("cam-1", encode_event(event, device="cam-1", seq=1)))
+    snapshot = base64.b64encode(make_crop(3).jpeg).decode("ascii")
+    sends.append(("cam-1", encode_event(event, device="cam-1", seq=1, snapshot=(snapshot, (64, 48)))))
+    batch.snapshot = make_crop(3).jpeg
     for device, enc in sends:
         dev.send(device, enc)
         batch.stored.add(enc.msg_id)

@@ -73,3 +73,19 @@ def colour_frame(width: int = 64, height: int = 48) -> tuple[np.ndarray, np.ndar
         frame[:, cols] = BGR[COLOUR_CLASSES[cls]]
         truth[:, cols] = cls
     return frame, truth
+
+
+def build_nchw(path: Path, size: int = 32) -> Path:
+    """The float colour-logits model with NCHW tensors ([1, 3, size, size] in, [1, 4, size, size] out), as a
+    PyTorch model converted to TFLite without layout changes would be."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3, size, size], tf.float32)])
+    def model(x):
+        logits = _colour_logits(tf, tf.transpose(x, [0, 2, 3, 1]))
+        return tf.transpose(logits, [0, 3, 1, 2])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    path = Path(path)
+    path.write_bytes(converter.convert())
+    return path

@@ -5,6 +5,9 @@ Providers: ``options.extra["providers"]`` (a list, e.g. ``["CUDAExecutionProvide
 CPU. A uint8 input whose graph divides by 255 inside carries its quantisation in the model's
 metadata (``edge_seg.input_scale`` / ``edge_seg.input_zero_point``, written by
 ``converters.onnx``); the input ``TensorSpec`` reports it so preprocessing feeds raw pixels.
+``metadata`` keeps the whole string map (Ultralytics writes its class names and image size there).
+A symbolic input dim (``batch``, ``height``, ``width``) reads as 1 in the specs until
+``fix_input_shape`` sets the size; ``input_dims`` keeps which dims were symbolic (None).
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class OnnxRuntimeBackend(LoadedSpecs):
         self._in: TensorSpec | None = None
         self._outs: list[TensorSpec] = []
         self.providers: list[str] = []
+        self.metadata: dict[str, str] = {}
+        self.input_dims: tuple[int | None, ...] = ()
 
     def load(self, path: Path, manifest: "Manifest | None" = None, options: BackendOptions | None = None) -> None:
         ort = _ort()
@@ -90,12 +95,20 @@ class OnnxRuntimeBackend(LoadedSpecs):
         scale = float(meta.get(META_SCALE, 0.0))
         zero_point = int(meta.get(META_ZERO_POINT, 0))
         tin = inputs[0]
+        self.metadata = dict(meta)
+        self.input_dims = tuple(int(d) if isinstance(d, int) and d > 0 else None for d in tin.shape)
         self._in = TensorSpec(tin.name, _shape(tin.shape), np.dtype(_DTYPES.get(tin.type, np.float32)),
                               scale=scale, zero_point=zero_point)
         self._outs = [TensorSpec(o.name, _shape(o.shape), np.dtype(_DTYPES.get(o.type, np.float32)))
                       for o in session.get_outputs()]
         self._session = session
         self.providers = session.get_providers()
+
+    def fix_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Run at ``shape`` (an input with symbolic dims): the specs take it, and the output shapes of one run."""
+        self._in = TensorSpec(self._in.name, tuple(shape), self._in.dtype, self._in.scale, self._in.zero_point)
+        outputs = self.infer(np.zeros(shape, self._in.dtype))
+        self._outs = [TensorSpec(o.name, tuple(v.shape), o.dtype) for o, v in zip(self._outs, outputs, strict=True)]
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(None, {self._in.name: batch})

@@ -7,7 +7,9 @@ precision, the DLA core (if any) and the ONNX file's sha256: any change gives an
 engines of the same model under an older key are removed when the new one is built.
 
 ``load`` accepts the ``.onnx`` (the manifest's ``onnx`` entry; the engine is looked up or built)
-or a ``.engine`` / ``.plan`` built earlier. Options (``BackendOptions.extra``): ``engine_dir``,
+or a ``.engine`` / ``.plan`` built earlier (an Ultralytics ``.engine`` starts with a length-prefixed JSON
+header, which is stripped before deserialising and kept as ``metadata``). Layouts are the ONNX's
+own: an NCHW PyTorch export runs as it is. Options (``BackendOptions.extra``): ``engine_dir``,
 ``precision`` (``fp16`` default, ``int8``, ``fp32``), ``workspace_mb`` (default 1024),
 ``dla_core``. Needs the TensorRT Python bindings (JetPack ships them; elsewhere ``pip install
 tensorrt``) and ``cuda-python`` for device memory; both are imported only when used.
@@ -30,6 +32,7 @@ import numpy as np
 from edge_seg.backends.base import BackendOptions, LoadedSpecs
 from edge_seg.errors import BackendUnavailable, ModelError
 from edge_seg.manifest import sha256_file
+from edge_seg.model_metadata import split_engine_header
 from edge_seg.tensors import TensorSpec
 
 if TYPE_CHECKING:
@@ -161,9 +164,8 @@ def gpu_identity() -> tuple[str, str]:
     raise BackendUnavailable("no NVIDIA GPU found (cuda-python, nvidia-smi and the Jetson model file all failed)")
 
 
-def onnx_input_quantisation(onnx_path: Path) -> tuple[float, int]:
-    """(scale, zero point) recorded in an ONNX model's metadata by ``converters.onnx`` (0.0, 0 when absent)."""
-    meta: dict = {}
+def onnx_metadata_props(onnx_path: Path) -> dict[str, str]:
+    """The ``metadata_props`` string map of an ONNX file (with ``onnx``, else onnxruntime; {} without both)."""
     try:
         import onnx
 
@@ -171,16 +173,21 @@ def onnx_input_quantisation(onnx_path: Path) -> tuple[float, int]:
             model = onnx.load(str(onnx_path), load_external_data=False)
         except Exception as err:  # protobuf's DecodeError and friends
             raise ModelError(f"{Path(onnx_path).name} is not a readable ONNX model ({type(err).__name__})") from None
-        meta = {p.key: p.value for p in model.metadata_props}
+        return {p.key: p.value for p in model.metadata_props}
     except ImportError:
         try:
             import onnxruntime
 
-            meta = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]) \
-                .get_modelmeta().custom_metadata_map
+            return dict(onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                        .get_modelmeta().custom_metadata_map)
         except ImportError:
-            log.warning("neither onnx nor onnxruntime is installed: the input quantisation of %s is unknown",
-                        onnx_path.name)
+            log.warning("neither onnx nor onnxruntime is installed: the metadata of %s is unknown", onnx_path.name)
+    return {}
+
+
+def onnx_input_quantisation(onnx_path: Path) -> tuple[float, int]:
+    """(scale, zero point) recorded in an ONNX model's metadata by ``converters.onnx`` (0.0, 0 when absent)."""
+    meta = onnx_metadata_props(onnx_path)
     return float(meta.get(META_SCALE, 0.0)), int(meta.get(META_ZERO_POINT, 0))
 
 
@@ -198,6 +205,12 @@ def build_engine(onnx_path: Path, precision: str = "fp16", workspace_mb: int = 1
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelError(f"TensorRT cannot parse {Path(onnx_path).name}: {errors}")
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if any(int(d) < 0 for d in tensor.shape):
+            raise ModelError(f"input tensor '{tensor.name}' {list(tensor.shape)} of {Path(onnx_path).name} has dynamic "
+                             "dims; engines here are built for one size: export it with a fixed size (Ultralytics: "
+                             "dynamic=False) or use --backend onnxruntime --input-size WxH")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if precision in ("fp16", "int8"):
@@ -267,6 +280,7 @@ class TensorRTBackend(LoadedSpecs):
         self._device: dict[str, int] = {}
         self._host_out: list[np.ndarray] = []
         self.engine_path: Path | None = None
+        self.metadata: dict = {}  # Ultralytics metadata: the ONNX's metadata_props or the .engine's JSON header
 
     def load(self, path: Path, manifest: "Manifest | None" = None, options: BackendOptions | None = None) -> None:
         trt = _trt()
@@ -275,12 +289,16 @@ class TensorRTBackend(LoadedSpecs):
         path = Path(path)
         extra = options.extra
         if path.suffix == ".onnx":
+            self.metadata = onnx_metadata_props(path)
             path, _ = ensure_engine(path, extra.get("engine_dir"), extra.get("precision", "fp16"),
                                     int(extra.get("workspace_mb", 1024)), extra.get("dla_core"))
         sidecar = path.with_suffix(".json")
         quant = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        header, serialized = split_engine_header(path.read_bytes())  # Ultralytics .engine: JSON header first
+        if header is not None:
+            self.metadata = header
+        engine = runtime.deserialize_cuda_engine(serialized)
         if engine is None:
             raise ModelError(f"{path.name} is not an engine for this TensorRT/GPU: rebuild it "
                              "(edge-seg model build-engine --force)")

@@ -17,9 +17,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_seg.segmenter import Segmenter
 
     reports = []
-    for model, backend, mean, std in bench_specs(args):  # checks every argument before the first bench
+    for model, backend, mean, std, norm in bench_specs(args):  # checks every argument before the first bench
         with Segmenter.create(model=model, backend=backend, num_threads=args.threads, mean=mean, std=std,
-                              upsample=args.upsample) as seg:
+                              norm=norm, input_size=args.input_size, upsample=args.upsample) as seg:
             label = (f"{seg.manifest.name} {seg.manifest.version} ({seg.loaded.backend.name}, threads {args.threads}, "
                      f"upsample {args.upsample})")
             reports.append(run_bench(seg, frames=args.frames, frame_size=(args.width, args.height),

@@ -12,12 +12,12 @@ MIN_BENCH_SIZE = 16  # the smallest scene the generated bench clip can render
 DEFAULT_PLOT = Path("out/bench_compare.png")
 
 
-def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list | None, list | None]]:
-    """Check ``edge-seg bench``'s arguments; the (model, backend, mean, std) of each model to bench.
+def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list | None, list | None, str | None]]:
+    """Check ``edge-seg bench``'s arguments; the (model, backend, mean, std, norm) of each model to bench.
 
     A ``--compare`` model is resolved (path, manifest, backend name) without loading it, so a mistake in
     it is reported before the first bench runs, and its memory does not count in the first one's peak RSS.
-    ``--mean``/``--std`` apply to ``--model``, and to ``--compare`` when that only names another backend.
+    ``--mean``/``--std``/``--norm`` apply to ``--model``, and to ``--compare`` when that only names another backend.
     Sets ``args.plot`` to its default when comparing without one.
     """
     from edge_seg.loop.sinks import writable_file
@@ -33,7 +33,7 @@ def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list |
         raise InputError("--plot draws the --compare comparison: add --compare MODEL[@BACKEND], or drop --plot")
     if args.csv is not None:
         writable_file(args.csv, "--csv")
-    specs = [(args.model, args.backend, args.mean, args.std)]
+    specs = [(args.model, args.backend, args.mean, args.std, args.norm)]
     if args.compare:
         other_model, _, other_backend = args.compare.partition("@")
         model = Path(other_model) if other_model else args.model
@@ -41,5 +41,5 @@ def bench_specs(args: argparse.Namespace) -> list[tuple[Path, str | None, list |
         check_model(model, backend)
         args.plot = writable_file(args.plot or DEFAULT_PLOT, "--plot")
         same = not other_model
-        specs.append((model, backend, args.mean if same else None, args.std if same else None))
+        specs.append((model, backend, *((args.mean, args.std, args.norm) if same else (None, None, None))))
     return specs

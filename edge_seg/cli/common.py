@@ -28,13 +28,43 @@ def model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: runtime's choice)")
     p.add_argument("--mean", type=floats, default=None, help="override input mean, e.g. 127.5 or 123.7,116.3,103.5")
     p.add_argument("--std", type=floats, default=None, help="override input std, e.g. 127.5")
+    norm_arg(p)
+    input_size_arg(p)
+
+
+def size(text: str) -> tuple[int, int]:
+    """``WxH`` → (width, height)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        value = (int(width), int(height))
+    except ValueError:
+        value = (0, 0)
+    if not sep or min(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x640, got '{text}'")
+    return value
+
+
+def input_size_arg(p: argparse.ArgumentParser) -> None:
+    """``--input-size WxH``: the size of a model input with symbolic (dynamic) dims."""
+    p.add_argument("--input-size", type=size, default=None, metavar="WxH",
+                   help="input size of a model with dynamic height/width (default: its manifest or Ultralytics imgsz)")
+
+
+NORMS = ("imagenet", "unit", "minus1to1", "raw")  # manifest.NORM_PRESETS, named here so the parser loads no pydantic
+
+
+def norm_arg(p: argparse.ArgumentParser) -> None:
+    """``--norm PRESET``: the input normalisation by name (PyTorch models usually want imagenet)."""
+    p.add_argument("--norm", choices=NORMS, default=None,
+                   help="input normalisation preset: imagenet (PyTorch/torchvision), unit ([0,1]: TF, Ultralytics, "
+                        "MediaPipe), minus1to1, raw (0..255); --mean/--std given with it override its values")
 
 
 def segmenter_from_args(args: argparse.Namespace):
     from edge_seg.segmenter import Segmenter
 
     return Segmenter.create(model=args.model, backend=args.backend, num_threads=args.threads,
-                            mean=args.mean, std=args.std)
+                            mean=args.mean, std=args.std, norm=args.norm, input_size=args.input_size)
 
 
 def command_actions(sub, name: str, help: str):

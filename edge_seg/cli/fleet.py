@@ -2,7 +2,7 @@
 
 Registered through the ``edge_seg.commands`` entry points (setup.cfg). ``status`` (devices, last
 seen, model, FPS, drift, degraded camera, outbox depth, gaps), ``export-coco`` (the labelling queue
-as COCO for the converters) and ``bench-store`` (CPU per stored mask). Each subcommand group is one
+as COCO for the converters), ``render-masks`` and ``bench-store`` (CPU per stored mask). Each subcommand group is one
 ``add(actions)`` function; ``register`` calls every one in ``SUBCOMMANDS``, so adding some (e.g.
 ``fleet_rollout.register``) is one line there. ``store_args(p)`` gives a subcommand the ``--out`` /
 ``--db`` / ``--objects`` options that pick the store (``edge_seg.cloud.store_base``).
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_seg.cli import fleet_rollout
 from edge_seg.cli.store_options import store_args, store_of
+from edge_seg.errors import StoreError
 
 
 def _age(ts: float | None, now: float) -> str:
@@ -93,6 +94,32 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_masks(args: argparse.Namespace) -> int:
+    from edge_seg.cloud.store_postgres import PgStore
+
+    if args.db is None or args.objects is None:
+        raise StoreError("render-masks works on the PostgreSQL store: --db postgresql://… --objects s3://…")
+    store = PgStore(args.db, args.objects)
+    rendered = 0
+    try:
+        while (args.limit is None or rendered < args.limit) and (done := store.render_masks(
+                256 if args.limit is None else min(256, args.limit - rendered))) > 0:
+            rendered += done
+    finally:
+        store.close()
+    print(f"rendered {rendered} masks to PNG objects in {args.objects}")
+    return 0
+
+
+def add_render_masks(actions) -> None:
+    p = actions.add_parser("render-masks", help="PostgreSQL store: render the masks stored as RLE to frame-size "
+                           "PNG objects (batches, parallel puts; content-addressed, so re-running is harmless)")
+    p.add_argument("--db", required=True, metavar="URL", help="the fleet's PostgreSQL")
+    p.add_argument("--objects", required=True, metavar="s3://BUCKET/PREFIX", help="where the PNGs go")
+    p.add_argument("--limit", type=int, default=None, help="at most this many (default: all pending)")
+    p.set_defaults(func=cmd_render_masks, out=None)
+
+
 def add_bench_store(actions) -> None:
     p = actions.add_parser("bench-store", help="CPU per stored mask of a store, MQTT left out (writes bench-N "
                            "devices' masks: use a throw-away database / folder)")
@@ -104,7 +131,8 @@ def add_bench_store(actions) -> None:
     p.set_defaults(func=cmd_bench_store)
 
 
-SUBCOMMANDS = [add_status, add_export_coco, add_bench_store, fleet_rollout.register]  # + rollout, simulate, bench
+SUBCOMMANDS = [add_status, add_export_coco, add_render_masks, add_bench_store,
+               fleet_rollout.register]  # + rollout, simulate, bench
 
 
 def register(sub) -> argparse._SubParsersAction:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_seg import __version__
 from edge_seg.cli import bench
-from edge_seg.cli.common import floats, missing_extra, model_args, segmenter_from_args
+from edge_seg.cli.common import floats, input_size_arg, missing_extra, model_args, norm_arg, segmenter_from_args
 from edge_seg.errors import EdgeSegError, InputError
 
 log = logging.getLogger("edge_seg")
@@ -86,7 +86,8 @@ def _eval_tracking(args: argparse.Namespace) -> int:
         if seg.manifest.task != "instance":
             raise InputError(f"--tracking needs an instance model, and {args.model} is a {seg.manifest.task} model")
         result, path = run_tracking_eval(seg, args.out, seed=args.seed, frames=args.frames, progress=not args.quiet)
-    print(f"IDF1 {result['idf1']:.4f}  MOTA {result['mota']:.4f}  ID switches {result['num_switches']} "
+    print(f"IDF1 {result['idf1']:.4f}  MOTA {result['mota']:.4f}  HOTA {result['hota']:.4f}  "
+          f"ID switches {result['num_switches']} "
           f"({result['switches_per_100']:.2f} per 100 track-frames)  "
           f"tracking {result['track_ms_p50']:.3f} ms/frame p50  "
           f"({result['frames']} frames, {result['num_unique_objects']} objects)  report: {path}")
@@ -113,7 +114,8 @@ def cmd_manifest_init(args: argparse.Namespace) -> int:
     out = args.output or args.model.with_name("manifest.json")
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
-    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std)
+    loaded = load_model(args.model, backend=args.backend, mean=args.mean, std=args.std, norm=args.norm,
+                        input_size=args.input_size)
     manifest = loaded.manifest
     loaded.close()
     entry_key = next(iter(manifest.files))
@@ -144,7 +146,8 @@ def _run_config(args: argparse.Namespace):
              ("output", "video"): args.out and str(args.out), ("output", "jsonl"): args.jsonl and str(args.jsonl),
              ("pipeline", "max_frames"): args.max_frames, ("pipeline", "every_n"): args.every_n,
              ("device", "name"): args.device, ("mqtt", "url"): args.broker,
-             ("device", "state_dir"): args.state_dir and str(args.state_dir)}
+             ("device", "state_dir"): args.state_dir and str(args.state_dir), ("model", "norm"): args.norm,
+             ("model", "input_size"): args.input_size and list(args.input_size)}
     for (section, key), value in flags.items():
         if value is not None:
             data[section][key] = value
@@ -271,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mean", type=floats, default=None, help="input mean to write, e.g. 127.5 or 123.7,116.3,103.5 "
                    "(default: inferred from the input tensor)")
     q.add_argument("--std", type=floats, default=None, help="input std to write, e.g. 127.5 (default: inferred)")
+    norm_arg(q)
+    input_size_arg(q)
     q.set_defaults(func=cmd_manifest_init)
 
     p = sub.add_parser("run", help="run the on-device loop (source -> model -> overlay/preview/outputs)")
@@ -281,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", "-b", default=None, help="runtime to use: litert, edgetpu, onnxruntime, tensorrt "
                    "(default: by model file suffix)")
     p.add_argument("--threads", type=int, default=None, help="inference threads")
+    norm_arg(p)
+    input_size_arg(p)
     p.add_argument("--preview", type=_preview_address, default=None, metavar="[HOST]:PORT",
                    help="serve the live preview page, e.g. :8080 (binds 127.0.0.1 unless HOST is given; "
                         "another HOST needs preview.token in the config)")

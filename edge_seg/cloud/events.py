@@ -3,7 +3,8 @@
 One row per ``edge_seg.event/v1`` message, written in the same transaction as its ``messages``
 row, so a redelivered event (same ``msg_id``) is stored once. Query with SQL on
 ``consumer.sqlite`` (``SELECT * FROM events WHERE zone = 'driveway' ORDER BY ts``) or with
-``iter_events(out_dir, device=..., zone=...)``.
+``iter_events(out_dir, device=..., zone=...)``. An event's JPEG snapshot (zones with
+``snapshot: true``) is stored as ``events/{device}/{seq:09d}_{msg_id}.jpg`` (``StoredEvent.snapshot``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class StoredEvent:
     seq: int
     ts: float
     msg_id: str
+    snapshot: Path | None = None  # the event's JPEG snapshot, when it carried one
 
 
 def insert_event(db: sqlite3.Connection, msg) -> None:
@@ -55,18 +57,20 @@ def iter_events(out_dir: str | os.PathLike, device: str | None = None, zone: str
         raise InputError(f"{out} holds no consumer.sqlite: not a consumer's output directory")
     db = sqlite3.connect(f"file:{out / 'consumer.sqlite'}?mode=ro", uri=True)
     try:
-        sql, args = "SELECT device, zone, class, kind, track_ids, value, frame_seq, seq, ts, msg_id FROM events", []
-        where = [(c, v) for c, v in (("device", device), ("zone", zone)) if v is not None]
+        sql, args = ("SELECT e.device, e.zone, e.class, e.kind, e.track_ids, e.value, e.frame_seq, e.seq, e.ts, "
+                     "e.msg_id, m.path FROM events e LEFT JOIN messages m ON m.msg_id = e.msg_id"), []
+        where = [(c, v) for c, v in (("e.device", device), ("e.zone", zone)) if v is not None]
         if where:
             sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
             args = [v for _, v in where]
-        rows = db.execute(sql + " ORDER BY device, ts, seq", args).fetchall()
+        rows = db.execute(sql + " ORDER BY e.device, e.ts, e.seq", args).fetchall()
     except sqlite3.OperationalError:  # an out_dir from before events were stored
         rows = []
     finally:
         db.close()
-    for dev, zone_name, cls, kind, ids, value, frame_seq, seq, ts, msg_id in rows:
-        yield StoredEvent(dev, zone_name, cls, kind, tuple(json.loads(ids)), value, frame_seq, seq, ts, msg_id)
+    for dev, zone_name, cls, kind, ids, value, frame_seq, seq, ts, msg_id, path in rows:
+        yield StoredEvent(dev, zone_name, cls, kind, tuple(json.loads(ids)), value, frame_seq, seq, ts, msg_id,
+                          None if path is None else out / path)
 
 
 __all__ = ["EVENTS_SQL", "StoredEvent", "insert_event", "iter_events"]

@@ -15,6 +15,7 @@ a batch in parallel on a small thread pool (each put is a few ms of waiting on t
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -55,6 +56,8 @@ class ObjectStore:
 
         self.url = url
         self.bucket, self.prefix = parse_objects_url(url)
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):  # botocore's INFO lines are noise on the CLI
+            logging.getLogger("botocore").setLevel(logging.WARNING)
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
                         max_pool_connections=POOL_THREADS * 2)
         # a session of its own: boto3's default one keeps the first credentials it read for the whole process

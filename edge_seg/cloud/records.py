@@ -128,7 +128,7 @@ def track_rows(msg: InstancesMessage) -> list[tuple]:
 
 def message_record(msg: Message) -> dict:
     """The message as JSON-ready fields without its pixel data (``messages.jsonl``, the Postgres ``body``)."""
-    exclude = {"rle": True, "png": True, "jpeg": True, "instances": {"__all__": {"counts"}}}
+    exclude = {"rle": True, "png": True, "jpeg": True, "snapshot_jpeg": True, "instances": {"__all__": {"counts"}}}
     return msg.model_dump(mode="json", by_alias=True, exclude=exclude)
 
 

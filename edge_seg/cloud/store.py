@@ -8,6 +8,8 @@ Layout of ``out_dir``::
     masks/{device}/{seq:09d}_{msg_id}.png      frame-size class map, palette PNG (pixels = class ids)
     labelling/images/{device}/{seq:09d}_{msg_id}.jpg   uncertain crops, the labelling queue (one folder per
                                     device: names of two devices never collide)
+    events/{device}/{seq:09d}_{msg_id}.jpg     a zone event's snapshot, when it carries one (the
+                                    ``messages`` row's ``path``)
     labelling/annotations.json      COCO: the crops + pre-annotations as RLE: per class (semantic crops) or
                                     per instance (instance crops: score, reasons, runner-up in attributes)
     devices.json                    per device: last status, counts, last seen, gaps per topic (messages that
@@ -26,6 +28,7 @@ One output directory belongs to one consumer process.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -161,6 +164,9 @@ class Store:
             path = self.out / "labelling" / name
             _write_atomic(path, msg.jpeg)
             coco = coco_rows(msg, name)
+        elif isinstance(msg, EventMessage) and msg.snapshot_jpeg is not None:
+            path = self.out / "events" / msg.device / f"{msg.seq:09d}_{msg.msg_id}.jpg"
+            _write_atomic(path, base64.b64decode(msg.snapshot_jpeg))
         rel = None if path is None else path.relative_to(self.out).as_posix()
         self.db.execute("BEGIN IMMEDIATE")
         try:

@@ -8,11 +8,12 @@ statement, ``INSERT INTO messages … ON CONFLICT (msg_id) DO NOTHING`` with the
 data-modifying CTEs that only write when that insert did: one atomic transaction and one round trip
 per message, and a redelivered or twice-delivered ``msg_id`` writes nothing.
 
-Crops' JPEGs are written to object storage BEFORE their row (content-addressed keys: a retry writes
-the same key again), so a committed row always names a stored object. Masks are kept as received
-(the RLE or the device's PNG, in ``masks.body``): decoding and PNG encoding are what cost CPU, so
-frame-size PNGs are rendered on demand (``mask_class_map``) or in batches (``render_masks``: a
-thread pool writes them to object storage and sets ``masks.png_key``).
+Crops' JPEGs (and zone events' snapshots) are written to object storage BEFORE their row
+(content-addressed keys: a retry writes the same key again), so a committed row always names a
+stored object. Masks are kept as received (the RLE or the device's PNG, in ``masks.body``):
+decoding and PNG encoding are what cost CPU, so frame-size PNGs are rendered on demand
+(``mask_png``) or in batches (``render_masks``, ``edge-seg fleet render-masks``: a thread pool
+writes them to object storage and sets ``masks.png_key``).
 
 Gaps are counted by the database (``streams``: highest - lowest + 1 - stored since the last counter
 reset), right whichever consumer stored which message; ``gaps.counts`` is read at ``flush``.
@@ -20,6 +21,7 @@ reset), right whichever consumer stored which message; ``gaps.counts`` is read a
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -181,6 +183,8 @@ class PgStore:
             extra.append("crop")
             params.update(image=Jsonb(image), annotations=Jsonb(anns))
         elif isinstance(msg, EventMessage):
+            if msg.snapshot_jpeg is not None:  # the zone's JPEG snapshot: an object, named by the messages row
+                params["key"] = self.objects.put("events", base64.b64decode(msg.snapshot_jpeg), "jpg")
             extra.append("event")
             params.update(zone=msg.zone, track_ids=Jsonb(list(msg.track_ids)), value=msg.value,
                           **{"class": msg.class_, "event_kind": msg.kind})

@@ -7,6 +7,10 @@ The format (YOLOv8/YOLO11-seg exports) has two tensors:
   coefficients;
 * **prototypes** ``[1, mh, mw, nm]`` (NHWC) or ``[1, nm, mh, mw]`` (NCHW).
 
+End-to-end heads (Ultralytics ``end2end`` exports: NMS inside the graph) give detections
+``[1, max_det, 6 + nm]`` = x1, y1, x2, y2, score, class, coefficients instead: rows are only
+thresholded by score, no NMS runs on the device.
+
 Each tensor is dequantised with its own parameters. Candidates below the score threshold are
 dropped, class-aware NMS (IoU matrix in numpy, greedy pass over the kept rows) keeps at most
 ``max_detections``, and each mask is ``sigmoid(coefficients · prototypes)`` sampled straight into
@@ -67,8 +71,8 @@ class InstanceDecoder:
 
     def __init__(self, tensors: list[TensorSpec], num_classes: int | None = None, score_threshold: float = 0.25,
                  iou_threshold: float = 0.5, mask_threshold: float = 0.5, max_detections: int = 100,
-                 max_candidates: int = 1024):
-        self.layout = resolve_layout(tensors, num_classes)
+                 max_candidates: int = 1024, end2end: bool = False):
+        self.layout = resolve_layout(tensors, num_classes, end2end=end2end)
         self.det_spec = tensors[self.layout.detections]
         self.proto_spec = tensors[self.layout.prototypes]
         self.score_threshold = float(score_threshold)
@@ -81,6 +85,8 @@ class InstanceDecoder:
         """(boxes x0,y0,x1,y1 in input px, scores, class ids, mask coefficients, runner-up class ids and
         scores) after the score threshold; the runner-up arrays are None for a one-class model."""
         lay = self.layout
+        if lay.end2end:
+            return self._end2end_candidates(outputs)
         raw = outputs[lay.detections][0]
         det = raw if lay.transposed else raw.T  # (N, C), raw dtype
         nc = lay.num_classes
@@ -102,6 +108,16 @@ class InstanceDecoder:
             second = others[np.arange(len(sel)), second_cls]
         return boxes, top[sel].astype(np.float32), cls[sel].astype(np.int64), rows[:, 4 + nc:], (second_cls, second)
 
+    def _end2end_candidates(self, outputs: list[np.ndarray]):
+        """``candidates`` of an end-to-end head: rows x1, y1, x2, y2, score, class, coefficients, NMS done."""
+        rows = self.det_spec.dequantize(outputs[self.layout.detections][0])
+        rows = rows[rows[:, 4] >= self.score_threshold]
+        classes = np.rint(rows[:, 5]).astype(np.int64)
+        if self.layout.num_classes:
+            rows, classes = rows[classes < self.layout.num_classes], classes[classes < self.layout.num_classes]
+        boxes = rows[:, :4].astype(np.float64)
+        return boxes, rows[:, 4].astype(np.float32), classes, rows[:, 6:], (None, None)
+
     def prototypes(self, outputs: list[np.ndarray]) -> np.ndarray:
         """Dequantised prototypes as (mh, mw, nm) float32."""
         protos = self.proto_spec.dequantize(outputs[self.layout.prototypes][0])
@@ -110,7 +126,10 @@ class InstanceDecoder:
     def __call__(self, outputs: list[np.ndarray], transform) -> tuple[Instance, ...]:
         """Raw outputs (all model outputs, in backend order) + preprocess ``Transform`` → instances."""
         boxes, scores, classes, coeffs, (second_cls, second) = self.candidates(outputs)
-        keep = nms(boxes, scores, classes, self.iou_threshold, self.max_detections)
+        if self.layout.end2end:
+            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
+        else:
+            keep = nms(boxes, scores, classes, self.iou_threshold, self.max_detections)
         if len(keep) == 0:
             return ()
         protos = self.prototypes(outputs)

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_seg.errors import ModelError
 from edge_seg.manifest import OutputSpec
-from edge_seg.postprocess.upsample import binary_threshold, binary_uint8, uint8_probabilities
+from edge_seg.postprocess.upsample import binary_threshold, binary_uint8, channel_planes, uint8_probabilities
 from edge_seg.tensors import TensorSpec
 
 
@@ -57,7 +57,7 @@ def _argmax(raw: np.ndarray, runner_up: bool) -> tuple[np.ndarray, np.ndarray, n
             part = np.partition(raw, channels - 2, axis=-1)
             return idx.astype(np.uint8), part[..., -1], part[..., -2]
         return idx.astype(np.uint8), np.take_along_axis(raw, idx[..., None], axis=-1)[..., 0], None
-    planes = cv2.split(np.ascontiguousarray(raw))
+    planes = channel_planes(raw)
     best = planes[0].copy()
     idx = np.zeros(best.shape, dtype=np.uint8)
     second = None
@@ -105,7 +105,7 @@ class SemanticDecoder:
         self.num_classes = num_classes
         self.probs = probs and self.kind != "class_map"  # also uint8 probabilities (``Decoded.probs``)
         self.threshold_u8 = binary_threshold(self.threshold)
-        if self.kind == "yolo_seg":
+        if self.kind in ("yolo_seg", "yolo_seg_end2end"):
             raise ModelError("output kind 'yolo_seg' (instance segmentation) is not supported by this version")
 
     def __call__(self, raw: np.ndarray) -> Decoded:

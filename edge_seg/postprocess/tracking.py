@@ -8,17 +8,23 @@ ByteTrack (Zhang et al. 2022):
    detections (``score >= high_score``), IoU at least ``match_iou``;
 2. confirmed tracks seen in the previous frame and still unmatched with the low-score detections
    (``low_score <= score < high_score``, e.g. a partly hidden object), IoU at least ``low_match_iou``;
-3. tentative tracks with the remaining high-score detections; a tentative track that misses a
+3. with ``iou='mask'``, confirmed tracks lost for a frame or more and still unmatched with the
+   remaining high-score detections, box IoU at least ``match_iou`` (recovery: an object coming out
+   from behind another shows only a sliver at first, whose mask overlaps the track's whole last mask
+   too little);
+4. tentative tracks with the remaining high-score detections; a tentative track that misses a
    frame is dropped;
-4. a high-score detection left over (``score >= new_track_score``) starts a tentative track, unless
+5. a high-score detection left over (``score >= new_track_score``) starts a tentative track, unless
    it duplicates (box IoU >= 0.5) a detection already matched (class-aware NMS keeps one box per
    class, so an object scored as two classes shows twice).
 
-Matching is optimal (``scipy.optimize.linear_sum_assignment`` on 1 - IoU). The IoU is of boxes,
-or with ``iou='mask'`` of the instance masks (the track's last mask moved by its predicted
-displacement). A track is confirmed after ``min_hits`` hits; only confirmed tracks give their id
-to an instance (others get ``track_id=None``). Ids start at 1 and never repeat within a tracker.
-One ``Tracker`` follows one source (camera); it is not thread-safe.
+Matching is optimal (``scipy.optimize.linear_sum_assignment`` on 1 - IoU). The IoU is of the
+instance masks (``iou='mask'``, the default: the track's last mask moved by its predicted
+displacement), or of boxes (``iou='box'``, cheaper). Masks keep the ids of crossing and touching
+objects that box IoU swaps: on the synthetic tracking clip (``edge-seg eval --tracking``, seeds
+1-12) mean IDF1 0.90 against 0.83 with boxes. A track is confirmed after ``min_hits`` hits; only
+confirmed tracks give their id to an instance (others get ``track_id=None``). Ids start at 1 and
+never repeat within a tracker. One ``Tracker`` follows one source (camera); it is not thread-safe.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ def _cwh_to_xyxy(state: np.ndarray) -> np.ndarray:
     return np.concatenate([state[:, :2] - half, state[:, :2] + half], axis=1)
 
 
-def _mask_iou(a: Instance, a_shift: tuple[int, int], b: Instance) -> float:
-    """IoU of ``a``'s mask moved by ``a_shift`` (x, y) and ``b``'s mask, in frame pixels."""
+def _mask_iou(a: Instance, a_shift: tuple[int, int], b: Instance, areas: tuple[int, int] | None = None) -> float:
+    """IoU of ``a``'s mask moved by ``a_shift`` (x, y) and ``b``'s mask, in frame pixels (``areas``: their
+    pixel counts, when known)."""
     ax, ay = a.origin[0] + a_shift[0], a.origin[1] + a_shift[1]
     bx, by = b.origin
     x0, y0 = max(ax, bx), max(ay, by)
@@ -60,7 +67,8 @@ def _mask_iou(a: Instance, a_shift: tuple[int, int], b: Instance) -> float:
     if x1 > x0 and y1 > y0:
         inter = int(np.count_nonzero(a.mask[y0 - ay:y1 - ay, x0 - ax:x1 - ax]
                                      & b.mask[y0 - by:y1 - by, x0 - bx:x1 - bx]))
-    union = a.area + b.area - inter
+    area_a, area_b = areas if areas is not None else (a.area, b.area)
+    union = area_a + area_b - inter
     return inter / union if union else 0.0
 
 
@@ -75,7 +83,7 @@ class Tracker:
 
     def __init__(self, *, high_score: float = 0.5, low_score: float = 0.1, new_track_score: float = 0.6,
                  match_iou: float = 0.2, low_match_iou: float = 0.5, min_hits: int = 3, max_age: int = 30,
-                 iou: Literal["box", "mask"] = "box", class_aware: bool = False) -> None:
+                 iou: Literal["box", "mask"] = "mask", class_aware: bool = False) -> None:
         if not 0.0 <= low_score <= high_score <= 1.0:
             raise ValueError(f"need 0 <= low_score <= high_score <= 1, got {low_score} and {high_score}")
         if min_hits < 1 or max_age < 0:
@@ -96,6 +104,7 @@ class Tracker:
         self._missed = np.zeros(0, np.int64)  # frames since the last hit
         self._cls = np.zeros(0, np.int64)
         self._last: list[Instance | None] = []  # last matched instance (for mask IoU)
+        self._area = np.zeros(0, np.int64)  # pixels of its mask
         self._next_id = getattr(self, "_next_id", 1)
 
     @property
@@ -112,7 +121,7 @@ class Tracker:
         scores = np.fromiter((i.score for i in instances), np.float64, n)
         boxes = _xywh_to_cwh(np.array([i.bbox for i in instances], np.float64).reshape(n, 4))
         det_cls = np.fromiter((i.class_id for i in instances), np.int64, n)
-        iou = self._iou(instances, boxes)
+        box_ious, iou = self._iou(instances, boxes)
         high = np.flatnonzero(scores >= self.high_score)
         low = np.flatnonzero((scores >= self.low_score) & (scores < self.high_score))
         confirmed = self._hits >= self.min_hits
@@ -121,6 +130,9 @@ class Tracker:
         high = self._match(iou, det_cls, tracks, high, self.match_iou, track_of)
         tracks = np.flatnonzero(confirmed & (self._missed == 1) & ~np.isin(np.arange(len(self._ids)), track_of))
         self._match(iou, det_cls, tracks, low, self.low_match_iou, track_of)
+        if self.iou == "mask":  # recovery of lost tracks by box IoU
+            tracks = np.flatnonzero(confirmed & (self._missed > 1) & ~np.isin(np.arange(len(self._ids)), track_of))
+            high = self._match(box_ious, det_cls, tracks, high, self.match_iou, track_of)
         tentative = np.flatnonzero(~confirmed)
         high = self._match(iou, det_cls, tentative, high, self.match_iou, track_of)
         matched = track_of[track_of >= 0]
@@ -161,19 +173,25 @@ class Tracker:
                 born.append(k)
         return born
 
-    def _iou(self, instances, boxes: np.ndarray) -> np.ndarray:
-        """IoU (tracks, detections) of the predicted tracks and the detections."""
+    def _iou(self, instances, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IoU (tracks, detections) of the predicted tracks and the detections: of boxes, and the one to match
+        with (of masks with ``iou='mask'``, else the same array)."""
         if not len(self._ids) or not len(instances):
-            return np.zeros((len(self._ids), len(instances)))
-        iou = box_iou(_cwh_to_xyxy(self._state), _cwh_to_xyxy(boxes))
-        if self.iou == "mask":
-            for t, d in zip(*np.nonzero(iou > 0)):
-                last = self._last[t]
-                if last is not None:
-                    shift = (int(round(self._state[t, 0] - (last.bbox[0] + last.bbox[2] / 2))),
-                             int(round(self._state[t, 1] - (last.bbox[1] + last.bbox[3] / 2))))
-                    iou[t, d] = _mask_iou(last, shift, instances[d])
-        return iou
+            empty = np.zeros((len(self._ids), len(instances)))
+            return empty, empty
+        boxes_iou = box_iou(_cwh_to_xyxy(self._state), _cwh_to_xyxy(boxes))
+        if self.iou != "mask":
+            return boxes_iou, boxes_iou
+        iou = boxes_iou.copy()
+        pairs = np.nonzero(boxes_iou > 0)
+        det_area = {int(d): instances[d].area for d in np.unique(pairs[1])}
+        for t, d in zip(*pairs):
+            last = self._last[t]
+            if last is not None:
+                shift = (int(round(self._state[t, 0] - (last.bbox[0] + last.bbox[2] / 2))),
+                         int(round(self._state[t, 1] - (last.bbox[1] + last.bbox[3] / 2))))
+                iou[t, d] = _mask_iou(last, shift, instances[d], (int(self._area[t]), det_area[int(d)]))
+        return boxes_iou, iou
 
     def _match(self, iou: np.ndarray, det_cls: np.ndarray, tracks: np.ndarray, dets: np.ndarray, least: float,
                track_of: np.ndarray) -> np.ndarray:
@@ -198,8 +216,10 @@ class Tracker:
         self._hits[rows] += 1
         self._missed[rows] = 0
         self._cls[rows] = [i.class_id for i in instances]
-        for row, inst in zip(rows, instances):
-            self._last[row] = inst if self.iou == "mask" else None
+        if self.iou == "mask":
+            for row, inst in zip(rows, instances):
+                self._last[row] = inst
+                self._area[row] = inst.area
 
     def _prune(self, tentative: np.ndarray) -> None:
         """Drop tentative tracks that missed this frame and confirmed ones lost for more than ``max_age``."""
@@ -209,7 +229,7 @@ class Tracker:
             keep = ~drop
             self._state, self._vel, self._ids = self._state[keep], self._vel[keep], self._ids[keep]
             self._hits, self._missed, self._cls = self._hits[keep], self._missed[keep], self._cls[keep]
-            self._last = [m for m, k in zip(self._last, keep) if k]
+            self._last, self._area = [m for m, k in zip(self._last, keep) if k], self._area[keep]
         lost = self._missed > 0  # coast: a lost track keeps moving, a little slower each frame
         self._vel[lost] *= 0.9
 
@@ -225,4 +245,5 @@ class Tracker:
         self._missed = np.concatenate([self._missed, np.zeros(n, np.int64)])
         self._cls = np.concatenate([self._cls, cls])
         self._last += [i if self.iou == "mask" else None for i in instances]
+        self._area = np.concatenate([self._area, [i.area if self.iou == "mask" else 0 for i in instances]])
         return np.arange(first, first + n)

@@ -16,7 +16,8 @@ What is measured, per zone and class, once per segmented frame (``ZoneTracker.up
   outside (or the track unseen) for ``inertia`` consecutive frames; the count is the number of
   tracks in. Without track ids the count is that frame's number of anchors inside.
 
-Events (``ZoneEvent.kind``), each for one zone and one class:
+Events (``ZoneEvent.kind``), each for one zone and one class (with ``snapshot: true`` the event message
+also carries a small JPEG of the frame's overlay, see ``edge_seg.publish.zone_messages``):
 
 * ``enter``: one track is now in the zone (instance models with track ids only);
   ``track_ids`` is that track.
@@ -71,6 +72,8 @@ class ZoneConfig(BaseModel):
     area_off: float = Field(default=0.02, ge=0, le=1, description="semantic: cleared below this share")
     min_duration_s: float = Field(default=0.0, ge=0, le=3600, description="occupied/cleared only after the "
                                                                           "condition held this long")
+    snapshot: bool = Field(default=False, description="attach a small JPEG of the frame's overlay (at most "
+                           "320 px on its long side) to this zone's events")
 
     @model_validator(mode="after")
     def _check(self) -> ZoneConfig:
@@ -117,6 +120,7 @@ class ZoneEvent:
     frame_seq: int | None
     ts: float
     value: float  # the area fraction or the count when it happened
+    snapshot: bool = False  # the zone asks for a JPEG of the frame with the event (``ZoneConfig.snapshot``)
 
 
 @dataclass
@@ -279,12 +283,12 @@ class ZoneTracker:
                 track.inside_run, track.outside_run = track.inside_run + 1, 0
                 if not track.inside and track.inside_run >= zone.inertia:
                     track.inside = True
-                    late.append(ZoneEvent(zone.name, cls, "enter", (tid,), frame_seq, ts, 1.0))
+                    late.append(ZoneEvent(zone.name, cls, "enter", (tid,), frame_seq, ts, 1.0, zone.snapshot))
             else:
                 track.inside_run, track.outside_run = 0, track.outside_run + 1
                 if track.inside and track.outside_run >= zone.inertia:
                     track.inside = False
-                    early.append(ZoneEvent(zone.name, cls, "leave", (tid,), frame_seq, ts, 0.0))
+                    early.append(ZoneEvent(zone.name, cls, "leave", (tid,), frame_seq, ts, 0.0, zone.snapshot))
                 if not track.inside and track.outside_run >= zone.inertia:
                     del watch.tracks[tid]  # forgotten: a later sighting starts afresh
 
@@ -311,7 +315,7 @@ class ZoneTracker:
         state.occupied = not state.occupied
         state.since = ts
         kind: EventKind = "occupied" if state.occupied else "cleared"
-        event = ZoneEvent(zone.name, cls, kind, state.track_ids, frame_seq, ts, round(value, 6))
+        event = ZoneEvent(zone.name, cls, kind, state.track_ids, frame_seq, ts, round(value, 6), zone.snapshot)
         (late if state.occupied else early).append(event)
         log.info("zone %s: %s %s (%s)", zone.name, cls, kind, f"count {int(value)}" if counting
                  else f"area {value:.3f}")

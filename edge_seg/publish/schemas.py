@@ -30,16 +30,17 @@ JPEG_MAGIC = b"\xff\xd8"
 COMMANDS = ("ping", "snapshot", "set_policy", "reload", "update_model", "rollback")
 MAX_PAYLOAD = 16 * 1024 * 1024  # data messages (the broker's own limit is usually far lower)
 MAX_COMMAND_PAYLOAD = 64 * 1024
+MAX_SNAPSHOT_B64 = 96 * 1024  # an event's optional JPEG (base64): small, so an event stays one small message
 MAX_DEPTH = 32  # JSON nesting accepted in any message
 DEVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a safe directory name and MQTT topic level
 MSG_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-def b64decode(text: str) -> bytes:
+def b64decode(text: str, field: str = "png") -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("'png' is not valid base64") from None
+        raise ValueError(f"{field!r} is not valid base64") from None
 
 
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
@@ -277,11 +278,20 @@ class EventMessage(_Envelope):
     track_ids: TrackIds = []
     value: Annotated[float, Field(ge=0)]  # the area fraction or the count when it happened
     frame_seq: Seq | None = None
+    # optional (zone ``snapshot: true``): base64 JPEG of the frame's overlay and its [width, height]; v1
+    # consumers that predate them ignore them (data messages ignore unknown fields)
+    snapshot_jpeg: Annotated[str, Field(max_length=MAX_SNAPSHOT_B64)] | None = None
+    snapshot_size: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=2)] | None \
+        = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EventMessage:
         if self.kind in ("enter", "leave") and len(self.track_ids) != 1:
             raise ValueError(f"a {self.kind} event names exactly one track, got {len(self.track_ids)}")
+        if (self.snapshot_jpeg is None) != (self.snapshot_size is None):
+            raise ValueError("snapshot_jpeg and snapshot_size come together")
+        if self.snapshot_jpeg is not None and not b64decode(self.snapshot_jpeg, "snapshot_jpeg").startswith(JPEG_MAGIC):
+            raise ValueError("snapshot_jpeg is not a base64 JPEG")
         return self
 
 

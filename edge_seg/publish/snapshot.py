@@ -13,14 +13,15 @@ import numpy as np
 from edge_seg.view.overlay import Overlay
 
 MAX_SIDE = 960  # snapshots are for a human to look at: no need for the full camera resolution
+EVENT_SIDE = 320  # a zone event's optional snapshot: a thumbnail (long side), a few KB
 SNAPSHOT_TIMEOUT_S = 10.0  # a snapshot request with no published frame by then is answered with an error
 
 
-def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int,
-                     quality: int = 80) -> tuple[str, tuple[int, int]]:
+def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int, quality: int = 80,
+                     max_side: int = MAX_SIDE) -> tuple[str, tuple[int, int]]:
     """Base64 JPEG of the result's overlay (drawn here when the loop drew none) and its (width, height).
 
-    The image is downscaled (max side ``MAX_SIDE``, then halved) until its base64 fits ``max_b64`` bytes.
+    The image is downscaled (long side at most ``max_side``, then halved) until its base64 fits ``max_b64`` bytes.
     The result's frame is already redacted (the loop redacts before any stage), so is the JPEG.
     """
     if overlay is None:
@@ -30,7 +31,7 @@ def overlay_jpeg_b64(result, overlay: np.ndarray | None, max_b64: int,
             image = image[y:y + h, x:x + w]
         overlay = Overlay(alpha=0.5, legend=True).annotate(image, result.segmentation)
     height, width = overlay.shape[:2]
-    scale = min(1.0, MAX_SIDE / max(height, width))
+    scale = min(1.0, max_side / max(height, width))
     while True:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = overlay if size == (width, height) else cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
@@ -72,4 +73,4 @@ class SnapshotRequests:
         return late
 
 
-__all__ = ["SNAPSHOT_TIMEOUT_S", "SnapshotRequests", "overlay_jpeg_b64", "snapshot_answer"]
+__all__ = ["EVENT_SIDE", "SNAPSHOT_TIMEOUT_S", "SnapshotRequests", "overlay_jpeg_b64", "snapshot_answer"]

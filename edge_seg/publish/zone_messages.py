@@ -4,7 +4,10 @@
   (``enter`` | ``leave`` | ``occupied`` | ``cleared``, defined in ``edge_seg.postprocess.zones``),
   ``track_ids`` (the track entering or leaving; the tracks in the zone for occupied/cleared; empty
   without tracking or for semantic models), ``value`` (area fraction or count when it happened),
-  ``frame_seq``, and ``ts`` = the frame's capture time. QoS 1 through the outbox like masks.
+  ``frame_seq``, and ``ts`` = the frame's capture time. QoS 1 through the outbox like masks. A zone
+  with ``snapshot: true`` adds ``snapshot_jpeg`` (base64 JPEG of the frame's overlay, redacted like
+  the frame, long side at most 320 px) and ``snapshot_size`` ([width, height]); optional fields of
+  v1, which consumers that predate them ignore.
 * **zone state** (schema ``edge_seg.zone_state/v1``, published **retained**, not through the
   outbox: only the newest state matters and it is sent again on every connect): ``zone``,
   ``occupied`` (by any watched class) and ``classes``: per class ``occupied``, ``count``
@@ -25,13 +28,16 @@ def state_topic(zone: str) -> str:
     return f"zone/{zone}/state"
 
 
-def encode_event(event, *, device: str, seq: int) -> Encoded:
-    """An event message for one ``edge_seg.postprocess.zones.ZoneEvent``."""
+def encode_event(event, *, device: str, seq: int, snapshot: tuple[str, tuple[int, int]] | None = None) -> Encoded:
+    """An event message for one ``edge_seg.postprocess.zones.ZoneEvent``; ``snapshot``: (base64 JPEG, its
+    (width, height)) to attach."""
     head = envelope(EVENT_SCHEMA, device, seq, event.ts)
     head.update({"zone": event.zone, "class": event.class_name, "kind": event.kind,
                  "track_ids": [int(t) for t in event.track_ids], "value": finite(max(event.value, 0.0), 6) or 0.0})
     if event.frame_seq is not None:
         head["frame_seq"] = int(event.frame_seq)
+    if snapshot is not None:
+        head["snapshot_jpeg"], head["snapshot_size"] = snapshot[0], [int(v) for v in snapshot[1]]
     return encoded_message("event", head, json_bytes(head))
 
 

@@ -3,11 +3,12 @@
 ``ZoneStage`` (``edge_seg.loop.zone_stage``) leaves ``result.extras["zone_events"]`` (a list of
 ``ZoneEvent``) and ``result.extras["zone_states"]`` (zone name → its ``ZoneState`` copies, for the
 zones whose state changed). On the publisher thread, ``encode(result)`` turns the events into
-``event`` messages (returned: the publisher commits them to the outbox, QoS 1, nothing lost
-offline) and sends each changed zone state **retained** at once when connected. The newest state
-per zone is kept in memory and sent again on every (re)connect (``resend``, paho's thread), so the
-broker's retained copy is right even if a change happened while it was away (Mosquitto keeps
-retained messages across its own restarts only with ``persistence true``).
+``event`` messages (returned: the publisher commits them to the outbox, QoS 1, nothing lost offline;
+with a JPEG of the frame's overlay when the zone has ``snapshot: true``, made here on the publisher
+thread, once per frame) and sends each changed zone state **retained** at once when connected. The
+newest state per zone is kept in memory and sent again on every (re)connect (``resend``, paho's
+thread), so the broker's retained copy is right even if a change happened while it was away
+(Mosquitto keeps retained messages across its own restarts only with ``persistence true``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from collections.abc import Callable
 
 from edge_seg.publish.envelope import Encoded
+from edge_seg.publish.schemas import MAX_SNAPSHOT_B64
+from edge_seg.publish.snapshot import EVENT_SIDE, overlay_jpeg_b64
 from edge_seg.publish.zone_messages import encode_event, encode_zone_state
 
 
@@ -35,8 +38,12 @@ class ZoneOutput:
 
     def encode(self, result) -> list[Encoded]:
         """The event messages of ``result`` (for the outbox); its changed zone states are sent retained now."""
-        events = [encode_event(e, device=self.device, seq=self.seqs.next("event"))
-                  for e in result.extras.get("zone_events") or ()]
+        found = result.extras.get("zone_events") or ()
+        snapshot = None
+        if any(e.snapshot for e in found):  # one JPEG per frame, for every event that asks
+            snapshot = overlay_jpeg_b64(result, result.overlay, MAX_SNAPSHOT_B64, max_side=EVENT_SIDE)
+        events = [encode_event(e, device=self.device, seq=self.seqs.next("event"),
+                               snapshot=snapshot if e.snapshot else None) for e in found]
         self.counts["events"] += len(events)
         frame = result.frame
         for zone, states in (result.extras.get("zone_states") or {}).items():

@@ -30,6 +30,7 @@ def segmenter_factory(config) -> Callable:
 
     def create(path):
         return Segmenter.create(model=path, backend=m.backend, num_threads=m.num_threads,
+                                norm=m.norm, input_size=m.input_size,
                                 entropy=m.entropy or crops == "entropy", margin=crops == "margin",
                                 smoothing=config.smoothing if config.smoothing.enabled else None,
                                 upsample=config.overlay.upsample)

@@ -139,3 +139,107 @@ def test_build_and_run_an_engine_on_the_gpu(tmp_path):
     out = backend.infer(np.zeros(spec.shape, spec.dtype))
     assert out[0].shape == backend.output_specs[0].shape
     backend.close()
+
+
+# --- PyTorch-style NCHW ONNX through the engine cache: everything up to the GPU runs on onnxruntime here ----
+
+def _nchw_qdq(tmp_path: Path) -> tuple[Path, Path]:
+    """(float NCHW colour ONNX, its symmetric int8 Q/DQ version from onnxruntime's quantize_static)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx_builders
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"images": rng.random((1, 3, 32, 32), dtype=np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    float_path = onnx_builders.build_colour(tmp_path / "colour_nchw.onnx")
+    qdq_path = tmp_path / "colour_nchw_qdq.onnx"
+    quantize_static(str(float_path), str(qdq_path), Frames(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "QuantizeBias": False})
+    return float_path, qdq_path
+
+
+def test_nchw_qdq_onnx_is_tensorrt_ready_and_agrees_with_the_float_model_on_onnxruntime(tmp_path):
+    import numpy as np
+    import onnx
+    import tflite_builders
+
+    from converters.tensorrt import tensorrt_problems
+    from edge_seg.segmenter import Segmenter
+
+    float_path, qdq_path = _nchw_qdq(tmp_path)
+    assert tensorrt_problems(onnx.load(qdq_path)) == []  # symmetric int8, zero points 0: explicit quantisation
+    frame, truth = tflite_builders.colour_frame()
+    maps = []
+    for path in (float_path, qdq_path):
+        with Segmenter.create(model=path) as seg:
+            assert seg.manifest.input.layout == "NCHW" and seg.manifest.output.layout == "NCHW"
+            maps.append(seg.segment(frame).class_map)
+    assert np.array_equal(maps[0], truth) and (maps[1] == truth).mean() > 0.98
+
+
+def test_tensorrt_reads_ultralytics_metadata_of_the_onnx_it_builds_from(tmp_path):
+    pytest.importorskip("onnx")
+    import onnx_builders
+
+    path = onnx_builders.build_colour(tmp_path / "m.onnx", metadata=onnx_builders.ultralytics_props({0: "a"}, [32, 32]))
+    props = trt_backend.onnx_metadata_props(path)
+    assert props["names"] == "{0: 'a'}" and props["imgsz"] == "[32, 32]"
+
+
+@pytest.mark.hardware
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_nchw_onnx_engine_agrees_with_onnxruntime_on_the_gpu(tmp_path, precision):
+    if not HAS_TENSORRT:
+        pytest.skip("needs TensorRT and an NVIDIA GPU (Jetson or desktop)")
+    import numpy as np
+
+    from edge_seg.backends import create
+    from edge_seg.backends.base import BackendOptions
+
+    float_path, qdq_path = _nchw_qdq(tmp_path)
+    path = qdq_path if precision == "int8" else float_path
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    ort = create("onnxruntime")
+    ort.load(path, None, BackendOptions(extra={"providers": ["CPUExecutionProvider"]}))
+    want = ort.infer(x)[0]
+    trt = create("tensorrt")
+    trt.load(path, None, BackendOptions(extra={"engine_dir": str(tmp_path / "engines"), "precision": precision}))
+    assert trt.input_spec.shape == (1, 3, 32, 32) and trt.output_specs[0].shape == (1, 4, 32, 32)
+    got = trt.infer(x)[0]
+    assert np.abs(got - want).max() < (0.05 if precision == "fp16" else 0.2)
+    trt.close()
+
+
+@pytest.mark.hardware
+def test_ultralytics_engine_with_json_header_loads_on_the_gpu(tmp_path):
+    if not HAS_TENSORRT:
+        pytest.skip("needs TensorRT and an NVIDIA GPU (Jetson or desktop)")
+    import struct
+
+    import onnx_builders
+
+    from edge_seg.backends import create
+    from edge_seg.backends.base import BackendOptions
+    from edge_seg.model import load_model
+
+    path = onnx_builders.build_colour(tmp_path / "colour.onnx")
+    built, _ = trt_backend.ensure_engine(path, tmp_path / "engines", "fp16")
+    header = json.dumps({"task": "segment", "names": {"0": "r", "1": "g", "2": "b", "3": "d"}, "imgsz": [32, 32]})
+    engine = tmp_path / "colour.engine"
+    engine.write_bytes(struct.pack("<I", len(header)) + header.encode() + built.read_bytes())
+    backend = create("tensorrt")
+    backend.load(engine, None, BackendOptions())
+    assert backend.metadata["task"] == "segment"
+    backend.close()
+    loaded = load_model(engine)
+    assert loaded.manifest.classes == ["r", "g", "b", "d"]
+    loaded.close()

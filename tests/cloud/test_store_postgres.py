@@ -8,13 +8,15 @@ import time
 
 import numpy as np
 import pytest
-from broker import Broker, requires_mosquitto
+from broker import requires_mosquitto
 from consumer_helpers import Device, Running
+from mqtt_helpers import run_broker
 from store_helpers import CLASSES, pg_rows, send_batch
 
 from converters.formats import read_coco
 from edge_seg.cli.main import main
 from edge_seg.cloud.consumer import Consumer, iter_masks
+from edge_seg.cloud.events import iter_events
 from edge_seg.cloud.store_postgres import PgStore
 from edge_seg.maskio import read_palette_png
 from edge_seg.publish import messages as m
@@ -22,11 +24,7 @@ from edge_seg.publish import messages as m
 pytestmark = requires_mosquitto
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
+broker = pytest.fixture(run_broker, name="broker")
 
 
 def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_url, s3_server, capsys):
@@ -45,6 +43,11 @@ def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_u
     assert {r[0] for r in pg_rows(pg_url, "SELECT msg_id FROM messages")} == batch.stored
     assert pg_rows(pg_url, "SELECT count(*) FROM dead_letters") == [(batch.bad,)]
     assert pg_rows(pg_url, "SELECT zone, class, kind, track_ids FROM events") == [("driveway", "disc", "enter", [7])]
+    (key,), = pg_rows(pg_url, "SELECT object_key FROM messages WHERE kind = 'event'")
+    assert "/events/" in key and s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == \
+        batch.snapshot
+    (sqlite_event,) = iter_events(tmp_path / "out")
+    assert sqlite_event.snapshot.read_bytes() == batch.snapshot
     assert pg_rows(pg_url, "SELECT device, track_id FROM instance_tracks ORDER BY track_id") == \
         [("cam-3", 7), ("cam-3", 8)]
 
@@ -58,7 +61,11 @@ def test_postgres_and_s3_store_what_sqlite_stores(broker, tmp_path, pg_url, s3_u
             assert np.array_equal(class_map, sqlite_masks[msg_id])
             if msg_id in batch.class_maps:
                 assert np.array_equal(class_map, batch.class_maps[msg_id])
-        assert store.render_masks() == 5 and store.render_masks() == 0
+        assert main(["fleet", "render-masks", "--db", pg_url, "--objects", s3_url, "--limit", "2"]) == 0
+        assert main(["fleet", "render-masks", "--db", pg_url, "--objects", s3_url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines == [f"rendered {n} masks to PNG objects in {s3_url}" for n in (2, 3)]
+        assert store.render_masks() == 0
         (msg_id, png_key), = pg_rows(pg_url, "SELECT msg_id, png_key FROM masks WHERE msg_id = 'inst-1'")
         assert png_key.startswith(s3_url.split("/", 3)[3] + "/masks/")
         assert np.array_equal(read_palette_png(store.mask_png("inst-1")), pg_masks["inst-1"])
@@ -131,3 +138,25 @@ def test_bench_store_measures_cpu_per_mask_on_both_stores(tmp_path, pg_url, s3_u
         assert result["masks"] == 30 and 0 < result["cpu_ms_per_mask"] < 1000 and result["masks_per_s"] > 0
     assert results[1]["rendered"] == 50  # 20 warm-up + 30 timed, all rendered to PNG objects afterwards
     assert pg_rows(pg_url, "SELECT count(*), count(png_key) FROM masks") == [(50, 50)]
+
+
+def test_gaps_are_counted_by_the_database_whichever_store_stored_them(pg_url, s3_url):
+    stores = [PgStore(pg_url, s3_url, migrate=True) for _ in range(2)]  # two consumers, one database
+    try:
+        def send(k: int, seq: int) -> None:
+            stores[k].store(m.decode(m.encode_metrics(device="cam-1", seq=seq, summary={}).payload))
+
+        for k, seq in ((0, 1), (1, 2), (0, 5), (1, 6)):  # 3 and 4 missing, the stream split over two consumers
+            send(k, seq)
+        stores[0].flush(force=True)
+        assert stores[0].gaps.counts["gaps"] == 2 and stores[0].devices["cam-1"]["gaps"] == {"metrics": 2}
+        send(1, 3)  # late, to the other consumer
+        stores[0].flush(force=True)
+        assert stores[0].gaps.counts["gaps"] == 1
+        send(0, 6 + 2 * 10**9)  # a counter reset (a device that lost its counter file): no gap
+        send(1, 7 + 2 * 10**9)
+        stores[1].flush(force=True)
+        assert stores[1].gaps.counts == {"gaps": 0, "late": 0, "out_of_order": 0, "seq_resets": 1}
+    finally:
+        for store in stores:
+            store.close()

@@ -16,6 +16,7 @@ import pytest
 from broker import Broker, requires_mosquitto
 from consumer_helpers import Device, Running
 from message_builders import instances_payload, make_seg
+from mqtt_helpers import run_broker
 from store_helpers import pg_rows
 
 from edge_seg.cli.main import main
@@ -29,11 +30,7 @@ from edge_seg.publish import messages as m
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.stop()
+broker = pytest.fixture(run_broker, name="broker")
 
 
 def test_migrations_fresh_rerun_old_and_newer_versions(pg_url, s3_url):
@@ -166,3 +163,23 @@ def test_postgres_gone_mid_run_exits_non_zero_and_a_restart_loses_nothing(broker
         if not pg_server.running:
             pg_server.start()
     assert proc.returncode == 0
+
+
+def test_object_storage_gone_is_store_unavailable_not_a_dead_letter(pg_url, s3_url, monkeypatch):
+    from message_builders import MODEL, make_crop
+
+    from edge_seg.cloud.objects import ObjectStore
+    from edge_seg.errors import StoreUnavailableError
+
+    store = PgStore(pg_url, s3_url, migrate=True)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        store.objects = ObjectStore(s3_url)
+        crop = m.encode_crop(make_crop(0), device="cam-1", seq=1, model=MODEL, frame_size=(1280, 720))
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="cannot write to object storage at http://127.0.0.1"):
+            store.store(m.decode(crop.payload, crop.content_type))
+        assert time.monotonic() - started < 15
+        assert pg_rows(pg_url, "SELECT count(*) FROM messages") == [(0,)]  # no row names a missing object
+    finally:
+        store.close()

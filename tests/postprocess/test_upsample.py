@@ -259,3 +259,15 @@ def test_binary_model_boundaries_match_the_float_reference(binary_256):
           f"nearest {nearest:.4f}")
     assert smooth >= 0.95
     assert nearest < smooth - 0.1
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4, 6])
+def test_edge_samples_are_those_of_one_remap_per_plane(channels):
+    rng = np.random.default_rng(channels)
+    probs = rng.integers(0, 256, (96, 120, channels), dtype=np.uint8)
+    map_x = rng.uniform(-1, 120, (8, 1024)).astype(np.float32)
+    map_y = rng.uniform(-1, 96, (8, 1024)).astype(np.float32)
+    got = upsample._remap_planes(probs, map_x, map_y)
+    for plane, samples in zip(cv2.split(probs), got, strict=True):
+        one = cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert np.array_equal(samples, one)

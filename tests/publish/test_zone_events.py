@@ -7,10 +7,12 @@ payloads use only documented keys, the Prometheus gauges follow the zones.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from mqtt_helpers import Collector, publisher_factory, run_broker, wait_for
@@ -160,3 +162,52 @@ def test_the_scripted_clip_gives_exactly_the_expected_events_across_an_outage_an
     states = _retained_states(broker)
     assert {z: (s.occupied, s.frame_seq) for z, s in states.items()} == {"left": (False, 11), "right": (False, 25)}
     assert states["right"].classes["car"].count == 0 and states["right"].classes["car"].track_ids == []
+
+
+def test_a_zone_with_snapshots_sends_a_small_jpeg_of_the_frame_with_its_events(broker, make_publisher, tmp_path):
+    zones = [ZONES[0], ZONES[1].model_copy(update={"snapshot": True})]  # right only
+    out = tmp_path / "consumer"
+    consumer = Consumer(broker.url, out, client_id="snap-consumer")
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, kwargs={"stop_event": stop}, daemon=True)
+    thread.start()
+    assert consumer.ready.wait(10)
+    raw = Collector(broker.host, broker.port, "edge_seg/dev1/event", client_id="snap-raw")
+    publisher = make_publisher(broker.url, policy={"every_n": 0, "area_delta": None}, metrics_interval_s=None,
+                               hooks={"zones": zones, "zone_counts": True})
+    wait_for(lambda: publisher.link.connected, 10, what="connect")
+    stage, t0 = ZoneStage(ZoneTracker(zones)), time.time()
+    image = np.zeros((360, 640, 3), np.uint8)
+    image[:, :320] = (200, 0, 0)  # blue left half, red right half (BGR)
+    image[:, 320:] = (0, 0, 200)
+    try:
+        for seq in range(16):  # up to the car entering the right zone
+            result = FrameResult(Frame(image, t0 + seq / 10, seq), segmentation_at(seq), None, {})
+            stage(result)
+            publisher.publish(result)
+        assert publisher.flush(10)
+        wanted = [e for e in EXPECTED if e[0] < 16]
+        wait_for(lambda: len(raw.on("event")) >= len(wanted), 15, what="the events")
+        wait_for(lambda: len(list(iter_events(out))) >= len(wanted), 15, what="the stored events")
+    finally:
+        stop.set()
+        thread.join(10)
+        raw.close()
+    events = [decode(m.payload) for m in raw.on("event")]
+    assert [(e.frame_seq, e.zone, e.kind) for e in events] == [(f, z, k) for f, z, _c, k, _t in wanted]
+    for event in events:
+        if event.zone == "left":
+            assert event.snapshot_jpeg is None and event.snapshot_size is None
+            continue
+        thumb = cv2.imdecode(np.frombuffer(base64.b64decode(event.snapshot_jpeg), np.uint8), cv2.IMREAD_COLOR)
+        assert thumb.shape == (180, 320, 3) and event.snapshot_size == [320, 180]
+        assert thumb[5, 5, 0] > 150 and thumb[5, 5, 2] < 50  # the frame's blue half, top left
+        assert thumb[5, 314, 2] > 150 and thumb[5, 314, 0] < 50  # and its red half
+    stored = {e.msg_id: e for e in iter_events(out)}
+    for event in events:  # the consumer keeps each snapshot as a file next to its event row
+        path = stored[event.msg_id].snapshot
+        if event.snapshot_jpeg is None:
+            assert path is None
+        else:
+            assert path.read_bytes() == base64.b64decode(event.snapshot_jpeg)
+    assert "snapshot_jpeg" not in (out / "messages.jsonl").read_text()  # pixel data stays out of the JSON lines

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge_seg.postprocess.zones import ZoneEvent, ZoneState
 from edge_seg.publish.messages import (
@@ -64,3 +66,42 @@ def test_nan_values_are_refused():
     payload = encode_event(_event(kind="occupied", track_ids=()), device="cam1", seq=1).payload
     with pytest.raises(MessageError, match="NaN"):
         decode(payload.replace(b'"value":1.0', b'"value":NaN'))
+
+
+def test_an_event_may_carry_a_jpeg_snapshot_that_an_older_v1_consumer_ignores():
+    jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 a jpeg").decode("ascii")
+    enc = encode_event(_event(), device="cam1", seq=5, snapshot=(jpeg, (320, 180)))
+    msg = decode(enc.payload)
+    assert msg.snapshot_jpeg == jpeg and msg.snapshot_size == [320, 180]
+    assert decode(encode_event(_event(), device="cam1", seq=6).payload).snapshot_jpeg is None
+
+    class EventV1AsReleased(BaseModel):  # what a consumer built before the snapshot fields validates with
+        model_config = ConfigDict(extra="ignore", frozen=True, strict=True, allow_inf_nan=False)
+        schema_: str = Field(alias="schema")
+        device: str
+        msg_id: str
+        seq: int
+        ts: float
+        zone: str
+        class_: str = Field(alias="class")
+        kind: str
+        track_ids: list[int] = []
+        value: float
+        frame_seq: int | None = None
+
+    old = EventV1AsReleased.model_validate_json(enc.payload)
+    assert (old.schema_, old.zone, old.kind, old.track_ids) == ("edge_seg.event/v1", "drive-way", "enter", [7])
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"snapshot_jpeg": base64.b64encode(b"\x89PNG not a jpeg").decode()}, "not a base64 JPEG"),
+    ({"snapshot_jpeg": "%%%"}, "'snapshot_jpeg' is not valid base64"),
+    ({"snapshot_size": None}, "come together"),
+    ({"snapshot_size": [320]}, "snapshot_size"),
+])
+def test_bad_snapshots_are_refused(change, words):
+    jpeg = base64.b64encode(b"\xff\xd8\xff\xe0 a jpeg").decode("ascii")
+    obj = json.loads(encode_event(_event(), device="cam1", seq=1, snapshot=(jpeg, (32, 18))).payload)
+    obj.update(change)
+    with pytest.raises(MessageError, match=words):
+        decode(json.dumps(obj).encode())
