@@ -32,6 +32,8 @@ class _Section(BaseModel):
 class DeviceConfig(_Section):
     name: str = Field(default="edge-01", pattern=r"^[A-Za-z0-9_.-]+$", description="device id (MQTT topics, metrics)")
     state_dir: Path = Field(default=Path("/var/lib/edge-seg"), description="models, outbox, engine cache")
+    labels: dict[str, str] = Field(default_factory=dict, description="e.g. {site: north}: in the MQTT status "
+                                   "(extra.labels), what 'edge-seg fleet rollout --select' matches")
 
 
 class ModelConfig(_Section):

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from edge_seg.cli import fleet_rollout
 from edge_seg.cli.store_options import store_args, store_of
 from edge_seg.errors import StoreError
 
@@ -130,7 +131,8 @@ def add_bench_store(actions) -> None:
     p.set_defaults(func=cmd_bench_store)
 
 
-SUBCOMMANDS = [add_status, add_export_coco, add_render_masks, add_bench_store]
+SUBCOMMANDS = [add_status, add_export_coco, add_render_masks, add_bench_store,
+               fleet_rollout.register]  # + rollout, simulate, bench
 
 
 def register(sub) -> argparse._SubParsersAction:

@@ -48,13 +48,14 @@ def wait_listening(proc: subprocess.Popen, port: int, timeout: float = 10.0) -> 
 class LocalBroker:
     """``with LocalBroker(dir) as url:`` runs Mosquitto on 127.0.0.1 until the block ends."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, options: tuple[str, ...] = ()):
         self.binary = mosquitto_binary()
         if self.binary is None:
             raise EdgeSegError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         self.directory = Path(directory)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.options = tuple(options)  # more mosquitto.conf lines, e.g. "max_queued_messages 100000"
 
     @property
     def url(self) -> str:
@@ -64,7 +65,8 @@ class LocalBroker:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
-                 "set_tcp_nodelay true", f"log_dest file {self.directory.resolve() / 'mosquitto.log'}"]
+                 "set_tcp_nodelay true", f"log_dest file {self.directory.resolve() / 'mosquitto.log'}",
+                 *self.options]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to the mosquitto user, who cannot write our log
         config.write_text("\n".join(lines) + "\n")

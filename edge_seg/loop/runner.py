@@ -97,11 +97,13 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
     cameras = config.cameras()
     multi = len(cameras) > 1
     built.publisher = Publisher(config.mqtt, device=config.device.name, state_dir=config.device.state_dir,
+                                labels=config.device.labels,
                                 model=ModelIdentity(m.name, m.version, segmenter.loaded.sha256),
                                 classes=m.classes, source_state=lambda: source_state(built.pipeline.cameras),
                                 degraded=lambda: degraded(built.pipeline.cameras),
                                 summary=lambda: {"loop": stats.snapshot(), **_quality(built.metrics)},
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
+                                rollback=ota.handle_rollback,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,
                                 zones=() if multi else cameras[0].zones,  # HA zone entities: one camera only
                                 zone_counts=m.task == "instance",

@@ -141,11 +141,7 @@ def handle_update_model(args: dict) -> dict:
     if reloader is None:
         reply["reload"] = "hot reload is off: restart the service to use the new model"
         return reply
-    ticket = reloader.request("update_model")
-    outcome = ticket.wait(wait_s)
-    if outcome is not None and outcome.get("outcome") == "unchanged":  # the file watch got there first
-        outcome = next((o for o in reversed(reloader.outcomes)
-                        if o.get("id") == result.id and o.get("outcome") != "unchanged"), outcome)
+    outcome = _await_swap(reloader, "update_model", result.id, wait_s)
     if outcome is None:
         reply["reload"] = {"outcome": "pending", "note": f"not finished within {wait_s:g} s; see the status"}
         return reply
@@ -156,6 +152,35 @@ def handle_update_model(args: dict) -> dict:
     return reply
 
 
+def _await_swap(reloader, reason: str, model_id: str, wait_s: float) -> dict | None:
+    """Ask the loop to reload and wait for the outcome for ``model_id`` (None: not within ``wait_s``)."""
+    outcome = reloader.request(reason).wait(wait_s)
+    if outcome is not None and outcome.get("outcome") == "unchanged":  # the file watch got there first
+        outcome = next((o for o in reversed(reloader.outcomes)
+                        if o.get("id") == model_id and o.get("outcome") != "unchanged"), outcome)
+    return outcome
+
+
+def handle_rollback(args: dict) -> dict:
+    """The MQTT ``rollback`` command (``schemas.RollbackArgs``): ``current`` back to ``previous`` (only while
+    ``expect_current`` is current, when given), then wait up to ``wait_s`` for the loop to swap to it."""
+    service = _ACTIVE
+    if service is None:
+        raise OtaError("rollback: no running loop with OTA on this device")
+    if service.store is None:
+        raise OtaError("rollback: model.path is not in the model store (set it to <state_dir>/models/current)")
+    left, now = service.store.rollback(str(args.get("reason") or "rollback command"),
+                                       mark_bad=bool(args.get("mark_bad", True)),
+                                       expect_current=args.get("expect_current"))
+    reply = {"left": left, "current": now}
+    if service.reloader is None:
+        reply["reload"] = "hot reload is off: restart the service to use the previous model"
+        return reply
+    outcome = _await_swap(service.reloader, "rollback", now, float(args.get("wait_s", 120.0)))
+    reply["reload"] = outcome if outcome is not None else {"outcome": "pending", "note": "see the status"}
+    return reply
+
+
 __all__ = ["BundleError", "IntegrityError", "OtaError", "SignatureError", "active", "generate_keypair",
-           "handle_update_model", "install", "pack", "set_active", "status", "store_for", "trusted_keys", "update",
-           "verify_bundle"]
+           "handle_rollback", "handle_update_model", "install", "pack", "set_active", "status", "store_for",
+           "trusted_keys", "update", "verify_bundle"]

@@ -16,6 +16,9 @@ A command is one UTF-8 JSON object (``edge_seg.publish.messages.CommandMessage``
   ``ota.allowed_url_prefixes``, http(s) only, see ``commands_urls``) → download, verify,
   install and hot-swap through ``edge_seg.ota.actions`` (the running service); the result says what happened,
   or the error why not (e.g. a rollback and its reason). Without an OTA-enabled service: an error.
+* ``rollback`` (args ``expect_current``, ``reason``, ``mark_bad``, ``wait_s``: ``schemas.RollbackArgs``) →
+  ``current`` goes back to ``previous`` and the loop hot-swaps to it (``edge_seg.ota.actions.handle_rollback``);
+  with ``expect_current`` only while that model id is still current (a fleet rollout halting a wave sends it).
 
 Anything else (bad JSON, not UTF-8, over 64 KB, unknown command or field, wrong type, bad or
 missing signature, a hook that raises) is answered with ``ok: false``, a one-line ``error`` and
@@ -72,11 +75,12 @@ from edge_seg.publish.messages import (
     encode_command_result,
 )
 from edge_seg.publish.mqtt_config import CommandsConfig, PolicyConfig
-from edge_seg.publish.schemas import UpdateModelArgs
+from edge_seg.publish.schemas import RollbackArgs, UpdateModelArgs
 
 log = logging.getLogger(__name__)
 REMEMBERED_IDS = 1024
-PRIVILEGED = ("update_model", "set_policy", "reload", "snapshot")  # need a signature unless commands.insecure
+# need a signature unless commands.insecure
+PRIVILEGED = ("update_model", "rollback", "set_policy", "reload", "snapshot")
 UNSUPPORTED_OTA = "unsupported: this device runs without OTA model updates (no model store / service)"
 _PENDING = object()
 
@@ -103,6 +107,7 @@ class CommandHooks:
     snapshot: Callable[[str], None] | None = None  # arm a snapshot; the result is sent with the next frame
     reload: Callable[[], dict | None] | None = None  # raises on failure
     update_model: Callable[[dict], dict] | None = None  # download + install + swap; raises with the reason
+    rollback: Callable[[dict], dict] | None = None  # current back to previous + swap; raises with the reason
 
 
 def arg_error(cmd: str, err: ValidationError, fields) -> str:
@@ -210,6 +215,8 @@ class CommandHandler:
                 return self.result(cid, True, hooks.update_model(checked.model_dump(exclude_unset=True)))
             except Exception as err:  # noqa: BLE001 - reported as the command's result
                 return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
+        if command.cmd == "rollback":
+            return self._rollback(cid, args)
         if command.cmd == "set_policy":
             return self._set_policy(cid, args)
         if command.cmd == "snapshot":
@@ -230,6 +237,18 @@ class CommandHandler:
                 return self.result(cid, False, error=f"reload failed: {str(err)[:300]}")
             return self.result(cid, True, outcome if isinstance(outcome, dict) else {"reloaded": True})
         return self.result(cid, False, error=f"unknown command {command.cmd!r}")  # pragma: no cover - schema forbids
+
+    def _rollback(self, cid: str, args: dict) -> Encoded:
+        if self.hooks.rollback is None:
+            return self.result(cid, False, error=UNSUPPORTED_OTA)
+        try:
+            checked = RollbackArgs.model_validate(args)
+        except ValidationError as err:
+            return self.result(cid, False, error=arg_error("rollback", err, RollbackArgs.model_fields))
+        try:
+            return self.result(cid, True, self.hooks.rollback(checked.model_dump()))
+        except Exception as err:  # noqa: BLE001 - reported as the command's result
+            return self.result(cid, False, error=f"rollback failed: {str(err)[:300]}")
 
     def _set_policy(self, cid: str, args: dict) -> Encoded:
         if self.hooks.set_policy is None:

@@ -77,12 +77,13 @@ class Publisher:
                  classes: Sequence[str] = (), source_state: Callable[[], str | None] | None = None,
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
-                 update_model: Callable[[dict], dict] | None = None, allowed_url_prefixes: Sequence[str] = (),
-                 zones: Sequence = (), zone_counts: bool = False, start: bool = True,
+                 update_model: Callable[[dict], dict] | None = None, rollback: Callable[[dict], dict] | None = None,
+                 allowed_url_prefixes: Sequence[str] = (), zones: Sequence = (), zone_counts: bool = False,
+                 labels: dict[str, str] | None = None, start: bool = True,
                  cameras: Mapping[str, PolicyConfig] | None = None, camera_states: Callable[[], dict] | None = None):
         self.config, self.device = config, device
         self.base = f"{config.topic_prefix}/{device}"
-        self.model, self.classes = model, tuple(classes)
+        self.model, self.classes, self.labels = model, tuple(classes), dict(labels or {})  # labels: status extra
         self._source_state, self._degraded, self._summary = source_state, degraded, summary
         self._started = time.monotonic()
         self.counts = {"frames": 0, "queued": 0, "queue_dropped": 0, "masks": 0, "crops": 0, "encode_errors": 0,
@@ -91,7 +92,8 @@ class Publisher:
         self.policy = CameraPolicies(config.policy, cameras)  # each camera's own (several cameras)
         self._camera_states = camera_states  # () -> each camera's state, for the status message
         hooks = CommandHooks(uptime=self.uptime, set_policy=lambda args: self.policy.update(**args),
-                             snapshot=self._arm_snapshot, reload=reload, update_model=update_model)
+                             snapshot=self._arm_snapshot, reload=reload, update_model=update_model,
+                             rollback=rollback)
         self.commands = build_handler(config.commands, device, hooks, lambda: self.seqs.next("cmd/result"),
                                       state_dir=state_dir, allowed_url_prefixes=allowed_url_prefixes)
         self.runner = CommandRunner(self.commands, self._send_direct)
@@ -182,7 +184,7 @@ class Publisher:
             fps = (self.counts["frames"] - frames) / (now - at)
             self._fps = (self.counts["frames"], now, fps)
         state, degraded = self._hook(self._source_state), self._hook(self._degraded)
-        extra = {"nodelay": self.link.nodelay}
+        extra = {"nodelay": self.link.nodelay, **({"labels": self.labels} if self.labels else {})}
         if self._camera_states is not None:
             extra["cameras"] = self._hook(self._camera_states)  # name -> state, degraded, fps, counters
         return encode_status(device=self.device, seq=self.seqs.next("status"), online=online, model=self.model, fps=fps,
@@ -250,7 +252,7 @@ class Publisher:
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY_S
                     self.outbox.expire(set(self._mids.values()))
-                    self._expire_snapshots(now)
+                    self._snapshots.fail_expired(now, self._reply)
             except Exception as err:  # noqa: BLE001 - the publisher thread must survive a bad frame
                 log.error("publisher step failed: %s", err, exc_info=log.isEnabledFor(logging.DEBUG))
             finally:
@@ -275,7 +277,8 @@ class Publisher:
         if encoded:
             self._store(encoded)
         if snapshot_frame is not None:
-            self._answer_snapshots(*snapshot_frame)
+            item, mask = snapshot_frame
+            self._snapshots.answer(item.result, mask.msg_id, self.config.max_payload - 2048, self._reply)
         self._pump()
 
     def _encode(self, item: _Work) -> list[Encoded]:
@@ -345,17 +348,8 @@ class Publisher:
         self._snapshots.arm(command_id)
         self.policy.request_snapshot()
 
-    def _answer_snapshots(self, item: _Work, mask: Encoded) -> None:
-        waiting = self._snapshots.take()
-        if waiting:
-            body = snapshot.snapshot_answer(item.result, mask.msg_id, self.config.max_payload - 2048)
-            for command_id in waiting:
-                self._send_direct(self.commands.result(command_id, True, body))
-
-    def _expire_snapshots(self, now: float) -> None:
-        for command_id in self._snapshots.expire(now):
-            error = f"snapshot: no frame within {snapshot.SNAPSHOT_TIMEOUT_S:.0f} s"
-            self._send_direct(self.commands.result(command_id, False, error=error))
+    def _reply(self, command_id: str, ok: bool, body: dict | None, error: str | None) -> None:
+        self._send_direct(self.commands.result(command_id, ok, body, error=error))
 
     # --- shutdown ---------------------------------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:

@@ -27,7 +27,7 @@ ZONE_STATE_SCHEMA = "edge_seg.zone_state/v1"
 JSON_CONTENT_TYPE = "application/json"
 CROP_CONTENT_TYPE = "application/vnd.edge-seg.crop"
 JPEG_MAGIC = b"\xff\xd8"
-COMMANDS = ("ping", "snapshot", "set_policy", "reload", "update_model")
+COMMANDS = ("ping", "snapshot", "set_policy", "reload", "update_model", "rollback")
 MAX_PAYLOAD = 16 * 1024 * 1024  # data messages (the broker's own limit is usually far lower)
 MAX_COMMAND_PAYLOAD = 64 * 1024
 MAX_SNAPSHOT_B64 = 96 * 1024  # an event's optional JPEG (base64): small, so an event stays one small message
@@ -320,7 +320,7 @@ class CommandMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
     schema_: Literal["edge_seg.cmd/v1"] | None = Field(default=None, alias="schema")
     id: Annotated[str, Field(min_length=1, max_length=128)]
-    cmd: Literal["ping", "snapshot", "set_policy", "reload", "update_model"]
+    cmd: Literal["ping", "snapshot", "set_policy", "reload", "update_model", "rollback"]
     args: dict[str, Any] = {}
     ts: Ts | None = None
     sig: Annotated[str, Field(max_length=1024)] | None = None
@@ -334,6 +334,18 @@ class UpdateModelArgs(BaseModel):
     sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     allow_downgrade: StrictBool = False
     wait_s: Annotated[float, Field(ge=0, le=3600)] = 120.0  # strict: an int or a float, never a bool or a string
+
+
+class RollbackArgs(BaseModel):
+    """``rollback`` args, strict: ``expect_current`` (only roll back while that model id is current: a newer install
+    or a rollback the device did itself wins), ``reason`` (kept in the store's history, the model left is marked bad
+    unless ``mark_bad`` is false), ``wait_s`` for the hot swap."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    expect_current: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    reason: Annotated[StrictStr, Field(max_length=256)] = "rollback command"
+    mark_bad: StrictBool = True
+    wait_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
 
 
 Message = Union[MaskMessage, InstancesMessage, CropMessage, InstanceCropMessage, StatusMessage,  # noqa: UP007
@@ -350,4 +362,5 @@ __all__ = ["BY_SCHEMA", "COMMANDS", "COMMAND_SCHEMA", "CROP_CONTENT_TYPE", "CROP
            "JSON_CONTENT_TYPE", "MASK_SCHEMA", "MAX_COMMAND_PAYLOAD", "MAX_DEPTH", "MAX_PAYLOAD", "METRICS_SCHEMA",
            "MSG_ID_PATTERN", "MaskMessage", "Message", "MetricsMessage", "ModelInfo", "RESULT_SCHEMA", "Reason",
            "RunnerUp", "STATUS_SCHEMA", "StatusMessage", "UpdateModelArgs", "b64decode"]
+__all__ += ["RollbackArgs"]
 __all__ += ["EVENT_SCHEMA", "EventMessage", "ZONE_STATE_SCHEMA", "ZoneClassState", "ZoneStateMessage"]

@@ -72,5 +72,18 @@ class SnapshotRequests:
             self._waiting = [(c, d) for c, d in self._waiting if d > now]
         return late
 
+    def answer(self, result, mask_msg_id: str, max_b64: int, reply) -> None:
+        """Answer every waiting request with this frame: ``reply(command_id, ok, body, error)``."""
+        waiting = self.take()
+        if waiting:
+            body = snapshot_answer(result, mask_msg_id, max_b64)
+            for command_id in waiting:
+                reply(command_id, True, body, None)
+
+    def fail_expired(self, now: float, reply) -> None:
+        """Answer the requests whose deadline passed by ``now`` with an error."""
+        for command_id in self.expire(now):
+            reply(command_id, False, None, f"snapshot: no frame within {SNAPSHOT_TIMEOUT_S:.0f} s")
+
 
 __all__ = ["EVENT_SIDE", "SNAPSHOT_TIMEOUT_S", "SnapshotRequests", "overlay_jpeg_b64", "snapshot_answer"]

@@ -241,3 +241,19 @@ def test_unchanged_current_and_the_mqtt_update_model_command(loop, env):
     lp.stop()
     with pytest.raises(OtaError, match="no running loop with OTA"):
         ota.handle_update_model({"url": "http://127.0.0.1:9/x"})
+
+
+def test_the_mqtt_rollback_command_returns_to_the_previous_model_only_from_the_expected_one(loop, env):
+    lp = loop()
+    with RangeServer(env["bundles"]["new"].read_bytes()) as server:
+        installed = ota.handle_update_model({"url": server.url, "wait_s": 30})["installed"]
+    with pytest.raises(OtaError, match="not rolling back: current is now"):
+        ota.handle_rollback({"expect_current": lp.old_id, "wait_s": 30})  # a fleet rollout's stale view: refused
+    reply = ota.handle_rollback({"expect_current": installed, "reason": "fleet rollout r1: wave 2 failed",
+                                 "mark_bad": True, "wait_s": 30})
+    lp.frames(3)
+    lp.stop()
+    assert reply["left"] == installed and reply["current"] == lp.old_id
+    assert reply["reload"]["outcome"] in ("swapped", "confirmed"), reply
+    assert lp.store.current_id() == lp.old_id and lp.recorder.rows[-1][1].version == "1.0.0"
+    assert lp.store.read_state()["bad"][installed] == "fleet rollout r1: wave 2 failed"
