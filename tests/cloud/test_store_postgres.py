@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from broker import requires_mosquitto
 from consumer_helpers import Device, Running
-from mqtt_helpers import run_broker
+from mqtt_helpers import fake_result, run_broker
 from store_helpers import CLASSES, pg_rows, send_batch
 
 from converters.formats import read_coco
@@ -160,3 +160,24 @@ def test_gaps_are_counted_by_the_database_whichever_store_stored_them(pg_url, s3
     finally:
         for store in stores:
             store.close()
+
+
+def test_each_camera_of_a_device_is_its_own_stream_and_row_column(pg_url, s3_url):
+    """Two cameras count their own seq (1, 2, 3 each, interleaved): no false gap; each row names its camera."""
+    store = PgStore(pg_url, s3_url, migrate=True)
+    try:
+        segmentation = fake_result(1).segmentation
+        for seq in (1, 2, 3):
+            for camera in ("front", "yard"):
+                enc = m.encode_mask(segmentation, device="box", seq=seq, ts=float(seq), camera=camera)
+                assert store.store(m.decode(enc.payload, enc.content_type))
+        store.flush(force=True)
+        assert store.gaps.counts["gaps"] == 0
+        assert pg_rows(pg_url, "SELECT camera, count(*) FROM messages GROUP BY camera ORDER BY camera") == \
+            [("front", 3), ("yard", 3)]
+        assert pg_rows(pg_url, "SELECT camera, count(*) FROM masks GROUP BY camera ORDER BY camera") == \
+            [("front", 3), ("yard", 3)]
+        assert pg_rows(pg_url, "SELECT kind, highest, stored FROM streams ORDER BY kind") == \
+            [("front/mask", 3, 3), ("yard/mask", 3, 3)]
+    finally:
+        store.close()
