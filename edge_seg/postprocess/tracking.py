@@ -147,7 +147,9 @@ class Tracker:
             if self.min_hits <= 1:
                 ids[k] = int(self._ids[row])
         for k, inst in enumerate(out):
-            out[k] = replace(inst, track_id=ids.get(k))
+            track_id = ids.get(k)
+            if track_id != inst.track_id:  # an Instance is immutable: unchanged ones are shared
+                out[k] = replace(inst, track_id=track_id)
         return tuple(out)
 
     def _births(self, instances, left: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
@@ -184,13 +186,15 @@ class Tracker:
             return boxes_iou, boxes_iou
         iou = boxes_iou.copy()
         pairs = np.nonzero(boxes_iou > 0)
-        det_area = {int(d): instances[d].area for d in np.unique(pairs[1])}
-        for t, d in zip(*pairs):
+        det_area = {d: instances[d].area for d in np.unique(pairs[1]).tolist()}
+        centres = np.array([(0.0, 0.0) if last is None else (last.bbox[0] + last.bbox[2] / 2,
+                                                            last.bbox[1] + last.bbox[3] / 2) for last in self._last])
+        shifts = np.rint(self._state[:, :2] - centres.reshape(-1, 2)).astype(np.int64).tolist()  # predicted motion
+        areas = self._area.tolist()
+        for t, d in zip(pairs[0].tolist(), pairs[1].tolist()):
             last = self._last[t]
             if last is not None:
-                shift = (int(round(self._state[t, 0] - (last.bbox[0] + last.bbox[2] / 2))),
-                         int(round(self._state[t, 1] - (last.bbox[1] + last.bbox[3] / 2))))
-                iou[t, d] = _mask_iou(last, shift, instances[d], (int(self._area[t]), det_area[int(d)]))
+                iou[t, d] = _mask_iou(last, shifts[t], instances[d], (areas[t], det_area[d]))
         return boxes_iou, iou
 
     def _match(self, iou: np.ndarray, det_cls: np.ndarray, tracks: np.ndarray, dets: np.ndarray, least: float,
