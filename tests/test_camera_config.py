@@ -58,3 +58,14 @@ def test_repeated_source_flags_name_the_cameras():
 def test_one_source_flag_keeps_the_single_camera_form():
     config = _run_config(build_parser().parse_args(["run", "--source", "synthetic://?seed=3"]))
     assert config.sources == [] and config.source.uri == "synthetic://?seed=3"
+
+
+@pytest.mark.parametrize("flag", ["a/b=synthetic://", "my cam=rtsp://cam/1"])
+def test_a_bad_camera_name_before_a_uri_is_named_not_taken_for_a_file(flag):
+    with pytest.raises(ConfigError, match="sources.0.name"):
+        _run_config(build_parser().parse_args(["run", "--source", flag]))
+
+
+def test_a_file_path_with_an_equals_sign_stays_a_path():
+    config = _run_config(build_parser().parse_args(["run", "--source", "/data/run=1/clip.mp4"]))
+    assert config.sources == [] and config.source.uri == "/data/run=1/clip.mp4"

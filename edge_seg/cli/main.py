@@ -138,13 +138,14 @@ def _preview_address(text: str) -> tuple[str, int]:
 
 
 _NAMED_SOURCE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)$")
+_NAMED_URI = re.compile(r"^([^=:/][^=:]*)=([a-z][a-z0-9+.-]*://.*)$")  # a bad name before a URI: say so
 
 
 def _source_flags(data: dict, flags: list[str]) -> None:
     """``--source URI`` (one camera) or ``--source NAME=URI`` repeated (several): replaces the config's sources."""
     if not flags:
         return
-    named = [_NAMED_SOURCE.match(flag) for flag in flags]
+    named = [_NAMED_SOURCE.match(flag) or _NAMED_URI.match(flag) for flag in flags]
     if len(flags) == 1 and named[0] is None:
         data["source"]["uri"] = flags[0]
         data["sources"] = []
