@@ -33,15 +33,17 @@ class CameraParts:
 
 
 def open_camera(camera: CameraConfig, stats: LoopStats, events: list, listeners: list,
-                lores: tuple[int, int] | None = None):
+                lores: tuple[int, int] | None = None, many: bool = False):
     """``camera``'s source behind a reconnect watchdog; ``lores``: the model input size, for a camera that can
-    scale a second stream to it (picamera2).
+    scale a second stream to it (picamera2); ``many``: one of several cameras (its name goes in the log lines).
 
     The source is opened here, so a bad URI fails before any thread starts; a live camera or stream
     that is only unavailable (unplugged, busy, not up yet at boot) is retried with backoff instead.
     """
     from edge_seg.sources import SourceUnavailable, open_source
     from edge_seg.sources.reconnect import ResilientSource
+
+    who = f" (camera {camera.name})" if many else ""
 
     def factory():
         return open_source(camera.uri, loop=camera.loop, fps=camera.fps, lores=lores)
@@ -52,12 +54,13 @@ def open_camera(camera: CameraConfig, stats: LoopStats, events: list, listeners:
             stats.reconnects += 1
         for listener in listeners:
             listener(event)
-        log.warning("source %s: %s", event.kind, event.detail)
+        log.warning("source %s%s: %s", event.kind, who, event.detail)
 
     try:
         first = factory()
     except SourceUnavailable as exc:
-        log.warning("source unavailable: %s; retrying with backoff (at most every %g s)", exc, camera.backoff_cap_s)
+        log.warning("source unavailable%s: %s; retrying with backoff (at most every %g s)", who, exc,
+                    camera.backoff_cap_s)
         first = None
     return ResilientSource(factory, deadline=camera.deadline_s, backoff_cap=camera.backoff_cap_s, on_event=on_event,
                            first=first)

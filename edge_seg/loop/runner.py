@@ -124,7 +124,8 @@ def _cameras(config: Config, segmenter: Segmenter, stats: LoopStats, events: lis
             whole = cam.roi is None and not config.pipeline.tiling.enabled  # lores shows the whole view
             cam_stats = LoopStats() if multi else stats
             listeners: list = []  # the metrics' source_up, added by _add_stages
-            source = open_camera(cam, cam_stats, events, listeners, lores=segmenter.input_size if whole else None)
+            source = open_camera(cam, cam_stats, events, listeners, lores=segmenter.input_size if whole else None,
+                                 many=multi)
             cameras.append(Camera(source, name=cam.name if multi else None, every_n=cam.every_n, roi=cam.roi,
                                   stats=cam_stats, listeners=listeners))
     except Exception:
