@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import socket
 import threading
 import time
 from collections import Counter
@@ -131,6 +132,12 @@ class Simulator:
 
     def start(self, connect_timeout: float = 180.0) -> Simulator:
         """Connect the devices, ``CONNECT_BATCH`` at a time (waits until all are), then start the driver threads."""
+        if self.devices:  # a broker that is not there at all: say so now, not after the whole timeout
+            host, port = self.devices[0].broker.host, self.devices[0].broker.port
+            try:
+                socket.create_connection((host, port), timeout=10.0).close()
+            except OSError as err:
+                raise InputError(f"cannot reach the MQTT broker at {host}:{port}: {err.strerror or err}") from None
         deadline = time.monotonic() + connect_timeout
         for first in range(0, len(self.devices), CONNECT_BATCH):  # a storm of N handshakes would time out
             batch = self.devices[first:first + CONNECT_BATCH]

@@ -26,3 +26,13 @@ def test_a_split_fleets_statistics_add_up():
     assert total["devices"] == 400 and total["processes"] == 2 and total["frames"] == 4000
     assert total["cpu_ms_per_frame"] == 1.5 and total["elapsed_s"] == 11.0  # (3000 x 1 + 1000 x 3) / 4000
     assert total["sent"] == {"mask": 6000, "crop": 1200} and total["commands_run"] == {"rollback": 2}
+
+
+def test_simulate_against_no_broker_fails_at_once_with_one_line(capsys):
+    from edge_seg.cli.main import main
+    from edge_seg.demo.broker import free_port
+
+    assert main(["fleet", "simulate", "--devices", "2", "--rate", "0",
+                 "--broker", f"mqtt://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the MQTT broker at 127.0.0.1:" in err[0], err
