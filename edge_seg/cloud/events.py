@@ -39,6 +39,7 @@ class StoredEvent:
     ts: float
     msg_id: str
     snapshot: Path | None = None  # the event's JPEG snapshot, when it carried one
+    camera: str | None = None  # the camera of a device with several (its messages row says which)
 
 
 def insert_event(db: sqlite3.Connection, msg) -> None:
@@ -58,7 +59,7 @@ def iter_events(out_dir: str | os.PathLike, device: str | None = None, zone: str
     db = sqlite3.connect(f"file:{out / 'consumer.sqlite'}?mode=ro", uri=True)
     try:
         sql, args = ("SELECT e.device, e.zone, e.class, e.kind, e.track_ids, e.value, e.frame_seq, e.seq, e.ts, "
-                     "e.msg_id, m.path FROM events e LEFT JOIN messages m ON m.msg_id = e.msg_id"), []
+                     "e.msg_id, m.path, m.camera FROM events e LEFT JOIN messages m ON m.msg_id = e.msg_id"), []
         where = [(c, v) for c, v in (("e.device", device), ("e.zone", zone)) if v is not None]
         if where:
             sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
@@ -68,9 +69,9 @@ def iter_events(out_dir: str | os.PathLike, device: str | None = None, zone: str
         rows = []
     finally:
         db.close()
-    for dev, zone_name, cls, kind, ids, value, frame_seq, seq, ts, msg_id, path in rows:
+    for dev, zone_name, cls, kind, ids, value, frame_seq, seq, ts, msg_id, path, camera in rows:
         yield StoredEvent(dev, zone_name, cls, kind, tuple(json.loads(ids)), value, frame_seq, seq, ts, msg_id,
-                          None if path is None else out / path)
+                          None if path is None else out / path, camera)
 
 
 __all__ = ["EVENTS_SQL", "StoredEvent", "insert_event", "iter_events"]
