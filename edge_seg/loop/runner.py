@@ -105,7 +105,7 @@ def _publisher(config: Config, segmenter: Segmenter, stats: LoopStats, built: Bu
                                 reload=_reload_active_service, update_model=ota.handle_update_model,
                                 rollback=ota.handle_rollback,
                                 allowed_url_prefixes=config.ota.allowed_url_prefixes,
-                                zones=() if multi else cameras[0].zones,  # HA zone entities: one camera only
+                                zones={cam.name: cam.zones for cam in cameras} if multi else cameras[0].zones,
                                 zone_counts=m.task == "instance",
                                 cameras={cam.name: cam.publish for cam in cameras} if multi else None,
                                 camera_states=built.pipeline.camera_states if multi else None)

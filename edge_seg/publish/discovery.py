@@ -64,10 +64,12 @@ def discovery_configs(device: str, base_topic: str, classes: Sequence[str] = (),
 
 
 def zone_discovery_configs(device: str, base_topic: str, zones: Sequence, counting: bool, model: str | None = None,
-                           ha_prefix: str = "homeassistant") -> list[tuple[str, bytes]]:
+                           ha_prefix: str = "homeassistant", camera: str | None = None) -> list[tuple[str, bytes]]:
     """(topic, retained JSON payload) per zone (a ``binary_sensor``) and per zone and class (a ``sensor``).
 
-    ``zones`` are ``ZoneConfig`` values; ``counting``: instance counts (True) or area percentages (False).
+    ``zones`` are ``ZoneConfig`` values; ``counting``: instance counts (True) or area percentages (False);
+    ``camera``: the zones of that camera of a device with several (its ``{camera}/zone/...`` topics, its name
+    in the entities' ids and names).
     """
     dev = object_id(device)
     info = {"identifiers": [f"edge_seg_{dev}"], "name": f"edge-seg {device}", "manufacturer": "edge_seg"}
@@ -75,10 +77,12 @@ def zone_discovery_configs(device: str, base_topic: str, zones: Sequence, counti
         info["model"] = model
     common = {"availability_topic": f"{base_topic}/status", "availability_template": _ONLINE, "device": info}
     out = []
+    data_base = base_topic if camera is None else f"{base_topic}/{camera}"
+    cam_id, cam_name = ("", "") if camera is None else (f"_{object_id(camera)}", f"{camera} ")
     for zone in zones:
-        state = f"{base_topic}/zone/{zone.name}/state"
-        unique = f"{dev}_zone_{object_id(zone.name)}"
-        body = {"unique_id": f"edge_seg_{unique}", "object_id": unique, "name": f"{zone.name} occupied",
+        state = f"{data_base}/zone/{zone.name}/state"
+        unique = f"{dev}{cam_id}_zone_{object_id(zone.name)}"
+        body = {"unique_id": f"edge_seg_{unique}", "object_id": unique, "name": f"{cam_name}{zone.name} occupied",
                 "state_topic": state, "value_template": "{{ 'ON' if value_json.occupied else 'OFF' }}",
                 "payload_on": "ON", "payload_off": "OFF", "device_class": "occupancy", **common}
         out.append((f"{ha_prefix}/binary_sensor/{unique}/config", json.dumps(body, separators=(",", ":")).encode()))
@@ -86,10 +90,10 @@ def zone_discovery_configs(device: str, base_topic: str, zones: Sequence, counti
             key = f"{unique}_{object_id(cls)}"
             item = "value_json.classes[" + json.dumps(cls) + "]"
             if counting:
-                extra = {"name": f"{zone.name} {cls} count", "value_template": "{{ " + item + ".count | int(0) }}",
-                         "icon": "mdi:counter"}
+                extra = {"name": f"{cam_name}{zone.name} {cls} count",
+                         "value_template": "{{ " + item + ".count | int(0) }}", "icon": "mdi:counter"}
             else:
-                extra = {"name": f"{zone.name} {cls} area", "unit_of_measurement": "%",
+                extra = {"name": f"{cam_name}{zone.name} {cls} area", "unit_of_measurement": "%",
                          "value_template": "{{ (" + item + ".area | float(0) * 100) | round(1) }}"}
             body = {"unique_id": f"edge_seg_{key}", "object_id": key, "state_topic": state,
                     "state_class": "measurement", **extra, **common}

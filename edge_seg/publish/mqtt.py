@@ -78,7 +78,7 @@ class Publisher:
                  degraded: Callable[[], str | None] | None = None,
                  summary: Callable[[], dict] | None = None, reload: Callable[[], dict | None] | None = None,
                  update_model: Callable[[dict], dict] | None = None, rollback: Callable[[dict], dict] | None = None,
-                 allowed_url_prefixes: Sequence[str] = (), zones: Sequence = (), zone_counts: bool = False,
+                 allowed_url_prefixes: Sequence[str] = (), zones: Sequence | Mapping = (), zone_counts: bool = False,
                  labels: dict[str, str] | None = None, start: bool = True,
                  cameras: Mapping[str, PolicyConfig] | None = None, camera_states: Callable[[], dict] | None = None):
         self.config, self.device = config, device
@@ -102,7 +102,9 @@ class Publisher:
                                on_ack=lambda mid, failed: self._wake((mid, failed)), on_command=self.runner.submit)
         self.client = self.link.client
         self.seqs = Sequences(state_dir)  # seq per topic, monotonic across restarts; reads the outbox: before it
-        self.zones, self._zone_counts = tuple(zones), zone_counts  # ZoneConfig values; counts: an instance model
+        # ZoneConfig values, or camera -> its ZoneConfig values (several cameras); counts: an instance model
+        self.zones = dict(zones) if isinstance(zones, Mapping) else {None: tuple(zones)}
+        self._zone_counts = zone_counts
         self.zone_output = ZoneOutput(device, self.seqs, lambda e, retain: self._send_direct(e, retain=retain),
                                       lambda: self.link.connected)
         self.outbox = Outbox(Path(state_dir) / "outbox.sqlite", ttl_s=config.outbox.ttl_s,  # last: nothing to undo
@@ -203,8 +205,9 @@ class Publisher:
             return
         name = f"{self.model.name} {self.model.version}" if self.model is not None else None
         configs = discovery_configs(self.device, self.base, self.classes, name, self.config.ha_prefix)
-        configs += zone_discovery_configs(self.device, self.base, self.zones, self._zone_counts, name,
-                                          self.config.ha_prefix)
+        for camera, zones in self.zones.items():
+            configs += zone_discovery_configs(self.device, self.base, zones, self._zone_counts, name,
+                                              self.config.ha_prefix, camera)
         for topic, payload in configs:
             self.client.publish(topic, payload, qos=1, retain=True)
         self._ha_sent = True

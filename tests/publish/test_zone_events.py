@@ -76,6 +76,21 @@ def test_discovery_payloads_use_only_documented_home_assistant_keys():
     assert area["unit_of_measurement"] == "%" and ".area" in area["value_template"]
 
 
+def test_each_camera_of_a_device_gets_its_own_zone_entities_on_its_own_topics():
+    base = "edge_seg/box"
+    front = zone_discovery_configs("box", base, ZONES, counting=True, camera="front")
+    yard = zone_discovery_configs("box", base, ZONES, counting=True, camera="yard")
+    for topic, payload in front + yard:
+        body = _check_ha(topic, payload)
+        assert body["availability_topic"] == f"{base}/status"  # the device's, not the camera's
+    bodies = {t: json.loads(p) for t, p in front + yard}
+    assert len(bodies) == len(front) + len(yard)  # no entity of one camera overwrites the other's
+    left = bodies["homeassistant/binary_sensor/box_front_zone_left/config"]
+    assert left["state_topic"] == f"{base}/front/zone/left/state" and left["name"].startswith("front ")
+    assert bodies["homeassistant/sensor/box_yard_zone_right_car/config"]["state_topic"] == \
+        f"{base}/yard/zone/right/state"
+
+
 def _retained_states(broker) -> dict[str, ZoneStateMessage]:
     """The retained state of both zones, as a new subscriber gets it from the broker (retain flag set)."""
     def kept():
