@@ -201,22 +201,10 @@ class CommandHandler:
                 return self.result(cid, False, error="ping takes no args")
             return self.result(cid, True, {"pong": True, "uptime_s": round(hooks.uptime(), 3)})
         if command.cmd == "update_model":
-            if hooks.update_model is None:
-                return self.result(cid, False, error=UNSUPPORTED_OTA)
-            try:
-                checked = UpdateModelArgs.model_validate(args)
-            except ValidationError as err:
-                return self.result(cid, False, error=arg_error("update_model", err, UpdateModelArgs.model_fields))
-            try:
-                check_update_url(checked.url, self.allowed_url_prefixes)
-            except UrlRefused as err:
-                return self.result(cid, False, error=str(err))
-            try:
-                return self.result(cid, True, hooks.update_model(checked.model_dump(exclude_unset=True)))
-            except Exception as err:  # noqa: BLE001 - reported as the command's result
-                return self.result(cid, False, error=f"update_model failed: {str(err)[:300]}")
+            return self._ota(cid, "update_model", hooks.update_model, UpdateModelArgs, args, given_only=True,
+                             check=lambda checked: check_update_url(checked.url, self.allowed_url_prefixes))
         if command.cmd == "rollback":
-            return self._rollback(cid, args)
+            return self._ota(cid, "rollback", hooks.rollback, RollbackArgs, args)
         if command.cmd == "set_policy":
             return self._set_policy(cid, args)
         if command.cmd == "snapshot":
@@ -238,17 +226,25 @@ class CommandHandler:
             return self.result(cid, True, outcome if isinstance(outcome, dict) else {"reloaded": True})
         return self.result(cid, False, error=f"unknown command {command.cmd!r}")  # pragma: no cover - schema forbids
 
-    def _rollback(self, cid: str, args: dict) -> Encoded:
-        if self.hooks.rollback is None:
+    def _ota(self, cid: str, name: str, hook, schema, args: dict, given_only: bool = False, check=None) -> Encoded:
+        """An OTA command (``update_model``, ``rollback``): its args validated by ``schema`` and ``check``
+        (raises ``UrlRefused``), then ``hook`` with them (``given_only``: without the defaults of args not
+        given); its outcome or error is the result."""
+        if hook is None:
             return self.result(cid, False, error=UNSUPPORTED_OTA)
         try:
-            checked = RollbackArgs.model_validate(args)
+            checked = schema.model_validate(args)
         except ValidationError as err:
-            return self.result(cid, False, error=arg_error("rollback", err, RollbackArgs.model_fields))
+            return self.result(cid, False, error=arg_error(name, err, schema.model_fields))
         try:
-            return self.result(cid, True, self.hooks.rollback(checked.model_dump()))
+            if check is not None:
+                check(checked)
+        except UrlRefused as err:
+            return self.result(cid, False, error=str(err))
+        try:
+            return self.result(cid, True, hook(checked.model_dump(exclude_unset=given_only)))
         except Exception as err:  # noqa: BLE001 - reported as the command's result
-            return self.result(cid, False, error=f"rollback failed: {str(err)[:300]}")
+            return self.result(cid, False, error=f"{name} failed: {str(err)[:300]}")
 
     def _set_policy(self, cid: str, args: dict) -> Encoded:
         if self.hooks.set_policy is None:
