@@ -51,10 +51,10 @@ def split_stream(stream: str) -> tuple[str | None, str]:
     return (head, tail) if sep and head != "cmd" else (None, stream)
 
 
-def stream_of(msg: Message) -> str:
-    """The stream key sequence numbers count on: the kind, ``CAMERA/kind`` for a camera's own topics."""
+def stream_of(msg: Message, kind: str) -> str:
+    """The stream key sequence numbers count on: ``kind`` (``kind_of(msg)``), ``CAMERA/kind`` for a camera's own
+    topics."""
     camera = getattr(msg, "camera", None)
-    kind = kind_of(msg)
     return kind if camera is None else f"{camera}/{kind}"
 
 

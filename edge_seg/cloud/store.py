@@ -208,13 +208,12 @@ class Store:
         record = {"kind": kind, "received": round(now, 6), "path": rel, **message_record(msg)}
         self._jsonl.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._jsonl.flush()
-        self._track(msg, kind, now)
+        self._track(msg, stream_of(msg, kind), now)  # a camera's topics count on their own
         return True
 
-    def _track(self, msg: Message, kind: str, now: float) -> None:
-        kind = stream_of(msg)  # a camera's topics count on their own
-        delta = self.gaps.observe(msg.device, kind, msg.seq, msg.msg_id)
-        track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, kind, now, delta)
+    def _track(self, msg: Message, stream: str, now: float) -> None:
+        delta = self.gaps.observe(msg.device, stream, msg.seq, msg.msg_id)
+        track_device(self.devices.setdefault(msg.device, {"counts": {}}), msg, stream, now, delta)
         self._dirty_devices = True
 
     def coco(self) -> dict:

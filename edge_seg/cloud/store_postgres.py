@@ -160,7 +160,7 @@ class PgStore:
 
         kind, now = kind_of(msg), time.time()
         record = message_record(msg)
-        stream = stream_of(msg)  # a camera's topics count their seq on their own
+        stream = stream_of(msg, kind)  # a camera's topics count their seq on their own
         params = {"msg_id": msg.msg_id, "kind": kind, "stream": stream, "camera": getattr(msg, "camera", None),
                   "device": msg.device, "seq": msg.seq, "ts": msg.ts,
                   "now": now, "frame_seq": getattr(msg, "frame_seq", None), "key": None, "record": Json(record),
