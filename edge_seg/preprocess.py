@@ -77,10 +77,6 @@ def build_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray | None:
         table.astype(dtype).reshape(256, 1, 3)
 
 
-# NCHW batches handed out before one is written again: one being prepared, one waiting, one in inference, spare
-_RING = 4
-
-
 class Preprocessor:
     """Turns BGR frames into input tensors for one model; reuses its buffers."""
 
@@ -95,8 +91,6 @@ class Preprocessor:
         self.input_size = (shape[3], shape[2]) if self.nchw else (shape[2], shape[1])
         self._lut = build_lut(spec, tensor)
         self._dtype = np.dtype(tensor.dtype)
-        self._ring = [np.empty(shape, self._dtype) for _ in range(_RING)] if self.nchw else []
-        self._next = 0
         # NCHW: per output channel, (source plane of the BGR image, its table as (256, 1) or None)
         order = (2, 1, 0) if spec.color_order == "rgb" else (0, 1, 2)
         self._planes = [(src, None if self._lut is None else np.ascontiguousarray(self._lut[:, :, c]))
@@ -136,9 +130,11 @@ class Preprocessor:
         return image[None, ...], transform
 
     def _nchw(self, image: np.ndarray) -> np.ndarray:
-        """The BGR uint8 image at input size → the next ring buffer [1, 3, H, W], one table pass per plane."""
-        out = self._ring[self._next]
-        self._next = (self._next + 1) % _RING
+        """The BGR uint8 image at input size → a new [1, 3, H, W] batch, one table pass per plane.
+
+        A new array each frame, as the NHWC path's: frames are prepared on capture threads while earlier
+        ones wait or run in inference, so no buffer is reused under them."""
+        out = np.empty(self.tensor.shape, self._dtype)
         planes = cv2.split(image)
         for c, (src, table) in enumerate(self._planes):
             dst = out[0, c].view(np.uint8) if self._dtype == np.int8 else out[0, c]

@@ -182,8 +182,7 @@ class Segmenter:
 
     def prepare(self, frame: np.ndarray, lores: np.ndarray | None = None) -> tuple[np.ndarray, Transform]:
         """Preprocess a BGR uint8 frame into the model's input tensor (from ``lores``, the camera's
-        model-size copy of the same view, when given). An NCHW input comes from a ring of 4 reused
-        buffers: invoke it (or copy it) before 4 more frames are prepared."""
+        model-size copy of the same view, when given)."""
         return self._pre(frame, lores)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:

@@ -105,7 +105,7 @@ class PairedWindows:
 
     def __init__(self, segmenter: Segmenter, image: np.ndarray, every: int, invokes: int = 100, settle: int = 3):
         self.segmenter = segmenter
-        self.batch = segmenter.prepare(image)[0].copy()  # kept while the loop prepares frames (NCHW: a ring buffer)
+        self.batch = segmenter.prepare(image)[0]
         self.every, self.invokes, self.settle = every, invokes, settle
         self.windows: list[tuple[int, float, float]] = []  # (frames, loop seconds, bare invoke p50 ms)
         self.paused_wall = self.paused_cpu = 0.0  # time spent timing bare invokes (taken out of the loop's figures)
