@@ -193,12 +193,7 @@ class Segmenter:
         """
         if self._batch > 1:  # the backend now takes a batch (``batch_size``): this frame and padding
             return self.invoke_many([batch])[0]
-        outputs = self.loaded.backend.infer(batch)
-        if self._instance is not None:
-            return [outputs[i] for i in self._instance_indices]
-        if self._nchw_out:
-            return outputs[self._out_index].transpose(0, 2, 3, 1)
-        return outputs[self._out_index]
+        return self._raw(self.loaded.backend.infer(batch), slice(None))
 
     def batch_size(self, n: int) -> int:
         """Ask the backend to take ``n`` frames per invoke (``invoke_many``); how many it takes (1: no batching).
@@ -216,10 +211,15 @@ class Segmenter:
         if n < size and getattr(self.loaded.backend, "fixed_batch", False):
             stacked = np.concatenate([stacked, np.zeros((size - n, *stacked.shape[1:]), stacked.dtype)], axis=0)
         outputs = self.loaded.backend.infer(stacked)
+        return [self._raw(outputs, slice(k, k + 1)) for k in range(n)]
+
+    def _raw(self, outputs: list[np.ndarray], frames: slice):
+        """The raw output ``invoke`` returns, of the ``frames`` of a batch: the instance outputs' list, or the
+        semantic output (an NCHW one as a [n, h, w, C] view)."""
         if self._instance is not None:
-            return [[outputs[i][k:k + 1] for i in self._instance_indices] for k in range(n)]
-        out = outputs[self._out_index]
-        return [out[k:k + 1] for k in range(n)]
+            return [outputs[i][frames] for i in self._instance_indices]
+        out = outputs[self._out_index][frames]
+        return out.transpose(0, 2, 3, 1) if self._nchw_out else out
 
     @property
     def smoothing(self) -> bool:

@@ -209,3 +209,18 @@ def test_run_takes_norm_and_input_size_for_a_model_without_manifest(tmp_path, ca
     assert len(records) >= 2 and records[0]["classes"] == [f"class_{i}" for i in range(4)]
     notice = next(r.message for r in caplog.records if "has no manifest" in r.message)
     assert "sized 40x24 from --input-size" in notice and "normalisation --norm imagenet used instead" in notice
+
+
+def test_a_batched_invoke_of_an_nchw_model_gives_each_frame_the_output_it_gets_alone(tmp_path):
+    from edge_seg.segmenter import Segmenter
+
+    model = onnx_builders.build_colour(tmp_path / "dyn.onnx", dynamic=True)
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (24, 40, 3), np.uint8) for _ in range(3)]
+    with Segmenter.create(model=model, input_size=(40, 24)) as one, \
+            Segmenter.create(model=model, input_size=(40, 24)) as many:
+        assert many.batch_size(3) == 3
+        alone = [one.invoke(one.prepare(frame)[0]) for frame in frames]
+        together = many.invoke_many([many.prepare(frame)[0] for frame in frames])
+        for a, b in zip(alone, together):
+            assert a.shape == b.shape == (1, 24, 40, 4) and np.allclose(a, b, atol=1e-5)
