@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_seg.config import CameraConfig, Config
+from edge_seg.loop.camera import close_stages
 from edge_seg.loop.stats import LoopStats
 
 log = logging.getLogger(__name__)
@@ -80,13 +81,7 @@ def camera_stages(config: Config, segmenter, parts: CameraParts) -> list:
     try:
         _add_stages(stages, config, segmenter, parts)
     except Exception:
-        for stage in stages:
-            close = getattr(stage, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as err:  # noqa: BLE001 - the first error is the one to report
-                    log.warning("closing %s after a failed start: %s", getattr(stage, "name", stage), err)
+        close_stages(stages, "after a failed start")  # the first error is the one to report
         raise
     return stages
 

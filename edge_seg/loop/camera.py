@@ -7,12 +7,15 @@ A loop with one camera has one ``Camera`` named None (topics and messages keep t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from edge_seg.errors import InputError
 from edge_seg.loop.stats import LoopStats
 from edge_seg.sources.base import Frame, Source
 from edge_seg.sources.reconnect import degraded_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -98,4 +101,20 @@ def degraded(cameras: list[Camera]) -> str | None:
     return "; ".join(problems) or None
 
 
-__all__ = ["Camera", "add_up", "degraded", "source_state", "states"]
+
+def close_stages(stages, when: str) -> Exception | None:
+    """Close every stage that has ``close``, each even if an earlier one fails (a video file still gets
+    finished); failures are logged (``when``: e.g. "at the end"), the first is returned."""
+    first = None
+    for stage in stages:
+        close = getattr(stage, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as err:  # noqa: BLE001 - every other stage is still closed
+            log.warning("closing %s %s: %s", getattr(stage, "name", type(stage).__name__), when, err)
+            first = first or err
+    return first
+
+__all__ = ["Camera", "add_up", "close_stages", "degraded", "source_state", "states"]

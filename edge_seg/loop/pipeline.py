@@ -34,7 +34,7 @@ from dataclasses import replace
 
 from edge_seg.errors import InputError
 from edge_seg.loop.batching import invoke_batch
-from edge_seg.loop.camera import Camera, add_up, states
+from edge_seg.loop.camera import Camera, add_up, close_stages, states
 from edge_seg.loop.result import FrameResult, region
 from edge_seg.loop.scheduler import LatestSlot, RoundRobin
 from edge_seg.loop.stats import LoopStats, StageClock
@@ -386,11 +386,8 @@ class Pipeline:
             thread.join(timeout=10)
         for cam in self.cameras:
             cam.source.close()
-        for stage in [*(s for cam in self.cameras for s in cam.stages), *self.stages]:
-            close = getattr(stage, "close", None)
-            if close is not None:
-                close()
-        errors = [cam.error for cam in self.cameras if cam.error is not None]
+        failed = close_stages([*(s for cam in self.cameras for s in cam.stages), *self.stages], "at the end")
+        errors = [cam.error for cam in self.cameras if cam.error is not None] + ([failed] if failed else [])
         if self.error is None and errors:
             self.error = errors[0]
         if self.multi:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from edge_seg.config import Config
 from edge_seg.errors import EdgeSegError
 from edge_seg.loop.assemble import CameraParts, camera_stages, open_camera, start_preview
-from edge_seg.loop.camera import Camera
+from edge_seg.loop.camera import Camera, close_stages
 from edge_seg.loop.pipeline import Pipeline
 from edge_seg.loop.stats import LoopStats
 from edge_seg.segmenter import DEFAULT_MODEL, Segmenter
@@ -191,10 +191,7 @@ def build(config: Config) -> Built:
     except Exception:
         if built.preview is not None:  # a later stage failed (e.g. an output path): free the port again
             built.preview.stop()
-        for stage in [s for cam in cameras for s in cam.stages] + built.pipeline.stages:
-            close = getattr(stage, "close", None)
-            if close is not None:
-                close()
+        close_stages([s for cam in cameras for s in cam.stages] + built.pipeline.stages, "after a failed start")
         for cam in cameras:
             cam.source.close()
         segmenter.close()

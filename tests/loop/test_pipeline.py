@@ -210,3 +210,25 @@ def test_loop_serves_preview_and_metrics_while_running(colour_config):
     assert processed >= 10
     assert families["edge_seg_source_up"].samples[0].value == 1
     assert not _loop_threads() and not thread.is_alive()
+
+
+def test_a_stage_that_fails_to_close_neither_keeps_the_others_open_nor_goes_unreported():
+    class Stage:
+        def __init__(self, fail: bool):
+            self.name, self.fail, self.closed = "failing" if fail else "fine", fail, False
+
+        def __call__(self, result) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+            if self.fail:
+                raise OSError("No space left on device")
+
+    stages = [Stage(True), Stage(False)]
+    with Segmenter.create() as seg:
+        pipeline = Pipeline(open_source("synthetic://?width=160&height=96"), seg, stages=stages, max_frames=5)
+        pipeline.run()
+    assert [s.closed for s in stages] == [True, True]
+    assert isinstance(pipeline.error, OSError) and "No space left" in str(pipeline.error)
+    assert not _loop_threads()
