@@ -255,8 +255,12 @@ class PgStore:
         self.gaps.counts["seq_resets"] = sum(int(resets) for *_, resets in rows)
         for device, kind, gaps, _ in rows:
             entry = self.devices.get(device)
-            if entry is not None and gaps > 0:
+            if entry is None:
+                continue
+            if gaps > 0:
                 entry.setdefault("gaps", {})[kind] = int(gaps)
+            else:  # filled by late messages since (or a counter reset)
+                entry.get("gaps", {}).pop(kind, None)
 
     def close(self) -> None:
         """Read the last counts (unless the server is gone) and close (idempotent)."""

@@ -181,3 +181,20 @@ def test_each_camera_of_a_device_is_its_own_stream_and_row_column(pg_url, s3_url
             [("front/mask", 3, 3), ("yard/mask", 3, 3)]
     finally:
         store.close()
+
+
+def test_a_gap_filled_late_leaves_the_device_s_gap_count(pg_url, s3_url):
+    store = PgStore(pg_url, s3_url, migrate=True)
+    try:
+        def send(seq: int) -> None:
+            store.store(m.decode(m.encode_metrics(device="cam-1", seq=seq, summary={}).payload))
+
+        send(1)
+        send(3)
+        store.flush(force=True)
+        assert store.devices["cam-1"]["gaps"] == {"metrics": 1}
+        send(2)  # the missing one, late
+        store.flush(force=True)
+        assert store.gaps.counts["gaps"] == 0 and store.devices["cam-1"].get("gaps", {}) == {}
+    finally:
+        store.close()
