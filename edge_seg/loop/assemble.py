@@ -151,11 +151,12 @@ def start_preview(config: Config, metrics):
     from edge_seg.view.access import read_token_file
     from edge_seg.view.preview import PreviewServer
 
-    pv = config.preview
+    pv, cameras = config.preview, config.cameras()
     token = read_token_file(pv.token_file) if pv.token_file is not None else pv.token
     server = PreviewServer(host=pv.host, port=pv.port, metrics=metrics, max_fps=pv.max_fps,
                            max_clients=pv.max_clients, request_timeout_s=pv.request_timeout_s,
-                           write_timeout_s=pv.write_timeout_s, token=token, allow_open=pv.allow_open)
+                           write_timeout_s=pv.write_timeout_s, token=token, allow_open=pv.allow_open,
+                           cameras=[cam.name for cam in cameras] if len(cameras) > 1 else ())
     return server.start()
 
 

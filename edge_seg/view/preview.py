@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
@@ -52,7 +52,7 @@ class PreviewServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, metrics: Metrics | None = None,
                  jpeg_quality: int = 80, max_fps: float = 10.0, stale_after_s: float = 5.0, *,
                  max_clients: int = 8, request_timeout_s: float = 5.0, write_timeout_s: float = 5.0,
-                 token: str | None = None, allow_open: bool = False) -> None:
+                 token: str | None = None, allow_open: bool = False, cameras: Sequence[str] = ()) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be in 1..100")
         if max_fps <= 0:
@@ -67,7 +67,9 @@ class PreviewServer:
         self.max_clients, self.request_timeout_s, self.write_timeout_s = max_clients, request_timeout_s, write_timeout_s
         self.gate = TokenGate(token)
         self.allow_open = allow_open
-        self._views: dict[str | None, _View] = {}  # one per camera (None: the only one), from its first frame
+        # one per camera (None: the only one): the named ones made now, so HTTP threads never see the dict grow
+        # while they go through it, and a camera that never sent a frame shows (and fails /healthz) as such
+        self._views: dict[str | None, _View] = {name: _View() for name in cameras}
         self._stopping = threading.Event()
         self._httpd: BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -163,7 +165,7 @@ class PreviewServer:
 
     @property
     def cameras(self) -> list[str]:
-        """The named cameras with a view (several cameras: the page is a grid), in the order they came."""
+        """The named cameras (several cameras: the page is a grid): those given, then any that came later."""
         return [name for name in self._views if name is not None]
 
     # -- the consumer side (HTTP threads) -------------------------------------------------------

@@ -31,3 +31,13 @@ def test_one_camera_keeps_the_single_page():
         status, _, page = get(server.url)
         assert status == 200 and b'id="overlay"' in page
         assert "views" not in json.loads(get(server.url + "stats.json")[2])
+
+
+def test_a_camera_that_never_sent_a_frame_is_on_the_grid_and_fails_healthz():
+    with PreviewServer(port=0, cameras=["front", "yard"]).start() as server:
+        server.update(make_frame(1), {"source_state": "live"}, camera="front")
+        assert b'["front", "yard"]' in get(server.url)[2]  # the grid before yard's first frame
+        assert server.health() == (False, "camera yard: no frame received yet")
+        assert json.loads(get(server.url + "stats.json")[2])["views"]["yard"]["frame"] is None
+        server.update(make_frame(2), {"source_state": "live"}, camera="yard")
+        assert server.health() == (True, "ok")
