@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_seg.backends.base import BackendOptions
-from edge_seg.manifest import OutputSpec, output_layout, output_tensor, yolo_seg_tensors
+from edge_seg.manifest import INSTANCE_KINDS, OutputSpec, output_layout, output_tensor, yolo_seg_tensors
 from edge_seg.model import LoadedModel, load_model
 from edge_seg.postprocess.semantic import Decoded, SemanticDecoder, float_spec, probabilities
 from edge_seg.preprocess import Preprocessor, Transform
@@ -140,7 +140,7 @@ class Segmenter:
         # a [1, C, h, w] output is read through a [1, h, w, C] view: planes stay contiguous, nothing is copied
         self._nchw_out = output_layout(manifest) == "NCHW" and len(out.shape) == 4
         self._instance = None  # an InstanceDecoder for yolo_seg models; invoke() then returns a list of outputs
-        if manifest.output.kind in ("yolo_seg", "yolo_seg_end2end"):
+        if manifest.output.kind in INSTANCE_KINDS:
             self._instance, self._instance_indices = _instance_decoder(manifest, backend.output_specs)
             self._decode = self._smoother = self._probability_decoder = None
             if smoothing is not None:
@@ -243,7 +243,7 @@ class Segmenter:
         """
         if self._instance is not None:
             return self._decode_instances(raw, transform, timings)
-        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        smoother = self._smoother_of(stream)
         decoded = smoother(raw, frame) if smoother is not None else self._decode(raw)
         return self._segmentation(decoded, transform, timings)
 
@@ -258,7 +258,7 @@ class Segmenter:
             from edge_seg.errors import ModelError
 
             raise ModelError("tiling is not supported for instance (yolo_seg) models")
-        smoother = self._smoother if stream is None else self._smoother_of(stream)
+        smoother = self._smoother_of(stream)
         if smoother is not None:
             decoded = smoother.smooth(probs[0], frame)
         else:

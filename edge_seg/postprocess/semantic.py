@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge_seg.errors import ModelError
-from edge_seg.manifest import OutputSpec
+from edge_seg.manifest import INSTANCE_KINDS, OutputSpec
 from edge_seg.postprocess.upsample import binary_threshold, binary_uint8, channel_planes, uint8_probabilities
 from edge_seg.tensors import TensorSpec
 
@@ -105,7 +105,7 @@ class SemanticDecoder:
         self.num_classes = num_classes
         self.probs = probs and self.kind != "class_map"  # also uint8 probabilities (``Decoded.probs``)
         self.threshold_u8 = binary_threshold(self.threshold)
-        if self.kind in ("yolo_seg", "yolo_seg_end2end"):
+        if self.kind in INSTANCE_KINDS:
             raise ModelError("output kind 'yolo_seg' (instance segmentation) is not supported by this version")
 
     def __call__(self, raw: np.ndarray) -> Decoded:
