@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_seg.cloud.records import coco_dataset
+from edge_seg.cloud.records import coco_dataset, write_atomic
 from edge_seg.errors import InputError, StoreError
 
 IMAGES_PREFIX = "images/"
@@ -114,7 +114,7 @@ def export_coco(dest: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         source = ObjectStore(objects)
 
         def fetch(image: dict) -> None:
-            _write(images_dir / _relative(image["file_name"]), source.get(image["object_key"]))
+            write_atomic(images_dir / _relative(image["file_name"]), source.get(image["object_key"]))
     else:
         data = _coco_sqlite(Path(out_dir))
         labelling = Path(out_dir) / "labelling"
@@ -128,19 +128,13 @@ def export_coco(dest: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     for image in data["images"]:
         image["file_name"] = _relative(image["file_name"])
     dest.mkdir(parents=True, exist_ok=True)
-    _write(dest / "annotations.json", json.dumps(data).encode())
+    write_atomic(dest / "annotations.json", json.dumps(data).encode())
     return data
 
 
 def _relative(file_name: str) -> str:
     return file_name[len(IMAGES_PREFIX):] if file_name.startswith(IMAGES_PREFIX) else file_name
 
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = ["DeviceState", "export_coco", "fleet_status"]

@@ -10,7 +10,9 @@ the labelling queue from stored rows).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -35,6 +37,14 @@ GREY = [(i, i, i) for i in range(256)]
 INSTANCE_COLOURS = [(0, 0, 0)] + [tuple(int(v) for v in np.random.default_rng(k).integers(60, 256, 3))
                                   for k in range(1, 256)]
 COCO_INFO = {"description": "edge_seg uncertain crops with model pre-annotations", "version": "1.0"}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def kind_of(msg: Message) -> str:
@@ -177,4 +187,4 @@ def coco_dataset(categories: Iterable[tuple[int, str]], images: Iterable[tuple[i
 
 
 __all__ = ["coco_dataset", "coco_rows", "crop_file_name", "instance_id_map", "kind_of", "mask_png",
-           "message_record", "track_device", "track_rows"]
+           "message_record", "split_stream", "stream_of", "track_device", "track_rows", "write_atomic"]

@@ -121,16 +121,9 @@ class Signer:
             raise InputError(f"cannot read the signing key {path}: {err.strerror}") from None
         self.hmac_key, self.private = None, None
         if raw.lstrip().startswith(b"-----BEGIN") and b"PRIVATE KEY" in raw:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+            from edge_seg.ota.sign import load_private_key
 
-            try:
-                key = load_pem_private_key(raw, password=None)
-            except (ValueError, TypeError):
-                raise InputError(f"{path}: not an unencrypted PEM private key") from None
-            if not isinstance(key, Ed25519PrivateKey):
-                raise InputError(f"{path}: the PEM key is not an Ed25519 private key")
-            self.private = key
+            self.private = load_private_key(Path(path))  # an OtaError (one line) unless an Ed25519 key
         else:
             self.hmac_key = raw.rstrip(b"\r\n")
             if not self.hmac_key:

@@ -54,6 +54,7 @@ from edge_seg.cloud.records import (
     stream_of,
     track_device,
     track_rows,
+    write_atomic,
 )
 from edge_seg.errors import InputError
 from edge_seg.maskio import read_palette_png
@@ -79,14 +80,6 @@ CREATE TABLE IF NOT EXISTS instance_tracks (msg_id TEXT NOT NULL, device TEXT NO
     x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS instance_tracks_track ON instance_tracks (device, track_id, ts);
 """
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -164,15 +157,15 @@ class Store:
         if isinstance(msg, (MaskMessage, InstancesMessage)):
             suffix = "_instances" if isinstance(msg, InstancesMessage) else ""
             path = self.out / "masks" / msg.device / f"{msg.seq:09d}_{msg.msg_id}{suffix}.png"
-            _write_atomic(path, mask_png(msg))
+            write_atomic(path, mask_png(msg))
         elif isinstance(msg, (CropMessage, InstanceCropMessage)):
             name = crop_file_name(msg.device, msg.seq, msg.msg_id)
             path = self.out / "labelling" / name
-            _write_atomic(path, msg.jpeg)
+            write_atomic(path, msg.jpeg)
             coco = coco_rows(msg, name)
         elif isinstance(msg, EventMessage) and msg.snapshot_jpeg is not None:
             path = self.out / "events" / msg.device / f"{msg.seq:09d}_{msg.msg_id}.jpg"
-            _write_atomic(path, base64.b64decode(msg.snapshot_jpeg))
+            write_atomic(path, base64.b64decode(msg.snapshot_jpeg))
         rel = None if path is None else path.relative_to(self.out).as_posix()
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -229,10 +222,10 @@ class Store:
         self._last_flush = now
         if self._dirty_coco:
             self._dirty_coco = False
-            _write_atomic(self.out / "labelling" / "annotations.json", json.dumps(self.coco()).encode())
+            write_atomic(self.out / "labelling" / "annotations.json", json.dumps(self.coco()).encode())
         if self._dirty_devices:
             self._dirty_devices = False
-            _write_atomic(self.out / "devices.json", json.dumps(self.devices, indent=1, sort_keys=True).encode())
+            write_atomic(self.out / "devices.json", json.dumps(self.devices, indent=1, sort_keys=True).encode())
 
     def close(self) -> None:
         """Write the state files and close (idempotent)."""
