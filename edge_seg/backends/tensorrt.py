@@ -289,7 +289,8 @@ class TensorRTBackend(LoadedSpecs):
         path = Path(path)
         extra = options.extra
         if path.suffix == ".onnx":
-            self.metadata = onnx_metadata_props(path)
+            if manifest is None:  # only a model without a manifest is described by it: no onnx.load otherwise
+                self.metadata = onnx_metadata_props(path)
             path, _ = ensure_engine(path, extra.get("engine_dir"), extra.get("precision", "fp16"),
                                     int(extra.get("workspace_mb", 1024)), extra.get("dla_core"))
         sidecar = path.with_suffix(".json")
